@@ -1,0 +1,304 @@
+"""VQGAN (Esser et al., "Taming Transformers", 2021): convolutional encoder -> vector quantizer -> decoder.
+
+Read it against the paper's Fig. 2 / the seed's `taming/modules/diffusionmodules/model.py`:
+ResnetBlock (GroupNorm + swish), AttnBlock (single-head self-attention over pixels), Downsample / Upsample,
+Encoder, Decoder, and the VQGAN that glues them to a quantizer from `vqgan/quantize.py`.
+
+Differences from the seed, all for speed or clarity, none changing the function computed:
+- attention through `F.scaled_dot_product_attention` instead of bmm + softmax;
+- swish via `F.silu` (one fused op instead of x * sigmoid(x));
+- GroupNorm groups = gcd(32, channels), so tiny test configs (16 channels) work; 32 for every paper config;
+- the 1x1 `quant_conv` maps z_channels -> code_dim for both quantizers (for ``l2`` that is the projection to the
+  low-dimensional lookup space; for ``taming`` with code_dim == z_channels it is the seed's quant_conv).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vqgan.quantize import build_quantizer
+
+
+@dataclass
+class VQGANConfig:
+    resolution: int = 64
+    ch: int = 64                                  # base channel count
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2)       # f = 2**(len(ch_mult)-1): 64 px -> 8x8 codes
+    num_res_blocks: int = 1
+    attn_resolutions: tuple[int, ...] = (8,)      # feature-map sizes (px) that get self-attention
+    z_channels: int = 64                          # encoder output / decoder input channels
+    dropout: float = 0.0
+    # quantizer
+    quantizer: str = "l2"                         # "l2" (cosine lookup, keeps codes alive) or "taming" (paper)
+    n_codes: int = 512
+    code_dim: int = 16                            # low-dim l2 lookup keeps the codebook alive
+    beta: float = 0.25                            # commitment weight
+    legacy_beta: bool = False                     # True: the seed's beta placement (beta on the codebook term)
+    ema: bool = False                             # codes follow an EMA of their assigned encoder outputs
+    ema_decay: float = 0.99
+    restart_dead_after: int = 0                   # >0: restart codes unused for this many training forwards
+    kmeans_init: bool = False                     # initialise codes by k-means on the first training batch
+
+    def __post_init__(self):
+        self.ch_mult = tuple(int(m) for m in self.ch_mult)
+        self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
+        problems = []
+        if self.quantizer not in ("l2", "taming"):
+            problems.append(f"quantizer={self.quantizer!r} (choose 'l2' or 'taming')")
+        if not self.ch_mult:
+            problems.append("ch_mult is empty")
+        elif self.resolution % self.downsample:
+            problems.append(f"resolution={self.resolution} is not divisible by f={self.downsample}")
+        if self.n_codes < 2 or self.code_dim < 1:
+            problems.append(f"n_codes={self.n_codes}, code_dim={self.code_dim}")
+        if not 0.0 < self.ema_decay < 1.0:
+            problems.append(f"ema_decay={self.ema_decay} (must be in (0, 1))")
+        if problems:
+            raise ValueError("invalid VQGAN config: " + "; ".join(problems))
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def grid(self) -> int:
+        return self.resolution // self.downsample
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ch_mult"], d["attn_resolutions"] = list(self.ch_mult), list(self.attn_resolutions)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VQGANConfig":
+        """Flat dict (as written by to_dict), or the config file's nested form
+        ``{"model": {...}, "quantizer": {"kind": "l2", ...}}``. Unknown keys are errors."""
+        d = dict(d)
+        if isinstance(d.get("model"), dict) or isinstance(d.get("quantizer"), dict):
+            flat = dict(d.pop("model", {}) or {})
+            q = dict(d.pop("quantizer", {}) or {})
+            if "kind" in q:
+                q["quantizer"] = q.pop("kind")
+            flat.update(q)
+            flat.update(d)
+            d = flat
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown VQGAN config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+
+def Normalize(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=math.gcd(32, channels), num_channels=channels, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, dropout: float):
+        super().__init__()
+        self.norm1 = Normalize(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.norm2 = Normalize(out_ch)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        # the seed's 1x1 "nin_shortcut" when the channel count changes
+        self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.nin_shortcut(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all h*w positions, residual."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.norm = Normalize(ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)  # the seed's q, k, v 1x1 convs fused into one
+        self.proj_out = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).transpose(-1, -2).unbind(1)  # 3 x (B, HW, C)
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, HW, C); scale 1/sqrt(C) as the seed
+        h = h.transpose(1, 2).reshape(B, C, H, W)
+        return x + self.proj_out(h)
+
+
+class Downsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        # the seed pads (0, 1, 0, 1) and convolves 3x3 stride 2 without padding: asymmetric, kept for parity
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2)
+
+    def forward(self, x):
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Encoder(nn.Module):
+    """(B, 3, H, W) -> (B, z_channels, H/f, W/f)."""
+
+    def __init__(self, cfg: VQGANConfig):
+        super().__init__()
+        self.conv_in = nn.Conv2d(3, cfg.ch, 3, padding=1)
+        res, in_ch = cfg.resolution, cfg.ch
+        self.down = nn.ModuleList()
+        for level, mult in enumerate(cfg.ch_mult):
+            out_ch = cfg.ch * mult
+            blocks, attns = nn.ModuleList(), nn.ModuleList()
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResnetBlock(in_ch, out_ch, cfg.dropout))
+                attns.append(AttnBlock(out_ch) if res in cfg.attn_resolutions else nn.Identity())
+                in_ch = out_ch
+            stage = nn.Module()
+            stage.block, stage.attn = blocks, attns
+            if level != len(cfg.ch_mult) - 1:
+                stage.downsample = Downsample(in_ch)
+                res //= 2
+            self.down.append(stage)
+        self.mid = nn.Sequential(ResnetBlock(in_ch, in_ch, cfg.dropout), AttnBlock(in_ch),
+                                 ResnetBlock(in_ch, in_ch, cfg.dropout))
+        self.norm_out = Normalize(in_ch)
+        self.conv_out = nn.Conv2d(in_ch, cfg.z_channels, 3, padding=1)
+
+    def forward(self, x):
+        h = self.conv_in(x)
+        for stage in self.down:
+            for block, attn in zip(stage.block, stage.attn):
+                h = attn(block(h))
+            if hasattr(stage, "downsample"):
+                h = stage.downsample(h)  # (B, C, H, W) -> (B, C, H/2, W/2)
+        h = self.mid(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """(B, z_channels, h, w) -> (B, 3, h*f, w*f); mirrors the encoder with one extra ResnetBlock per level."""
+
+    def __init__(self, cfg: VQGANConfig):
+        super().__init__()
+        in_ch = cfg.ch * cfg.ch_mult[-1]
+        res = cfg.grid
+        self.conv_in = nn.Conv2d(cfg.z_channels, in_ch, 3, padding=1)
+        self.mid = nn.Sequential(ResnetBlock(in_ch, in_ch, cfg.dropout), AttnBlock(in_ch),
+                                 ResnetBlock(in_ch, in_ch, cfg.dropout))
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.ch_mult))):
+            out_ch = cfg.ch * mult
+            blocks, attns = nn.ModuleList(), nn.ModuleList()
+            for _ in range(cfg.num_res_blocks + 1):
+                blocks.append(ResnetBlock(in_ch, out_ch, cfg.dropout))
+                attns.append(AttnBlock(out_ch) if res in cfg.attn_resolutions else nn.Identity())
+                in_ch = out_ch
+            stage = nn.Module()
+            stage.block, stage.attn = blocks, attns
+            if level != 0:
+                stage.upsample = Upsample(in_ch)
+                res *= 2
+            self.up.append(stage)
+        self.norm_out = Normalize(in_ch)
+        self.conv_out = nn.Conv2d(in_ch, 3, 3, padding=1)
+
+    def forward(self, z):
+        h = self.mid(self.conv_in(z))
+        for stage in self.up:
+            for block, attn in zip(stage.block, stage.attn):
+                h = attn(block(h))
+            if hasattr(stage, "upsample"):
+                h = stage.upsample(h)  # (B, C, h, w) -> (B, C, 2h, 2w)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class VQGAN(nn.Module):
+    def __init__(self, cfg: VQGANConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.code_dim, 1)
+        self.quantize = build_quantizer(
+            cfg.quantizer, n_codes=cfg.n_codes, dim=cfg.code_dim, beta=cfg.beta, legacy_beta=cfg.legacy_beta,
+            ema=cfg.ema, ema_decay=cfg.ema_decay, restart_dead_after=cfg.restart_dead_after,
+            kmeans_init=cfg.kmeans_init)
+        self.post_quant_conv = nn.Conv2d(cfg.code_dim, cfg.z_channels, 1)
+        self.decoder = Decoder(cfg)
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's last conv weight: the adaptive GAN weight balances gradient norms here."""
+        return self.decoder.conv_out.weight
+
+    def encode(self, x):
+        """x (B, 3, H, W) in [-1, 1] -> (zq (B, code_dim, h, w), indices (B, h, w), qloss, stats)."""
+        return self.quantize(self.quant_conv(self.encoder(x)))
+
+    def decode(self, zq):
+        return self.decoder(self.post_quant_conv(zq))
+
+    def forward(self, x):
+        zq, indices, qloss, stats = self.encode(x)
+        xrec = self.decode(zq)
+        stats = {"indices": indices, "perplexity": stats["perplexity"], "usage": stats["usage"]}
+        return xrec, qloss, stats
+
+    @torch.no_grad()
+    def encode_to_indices(self, x) -> torch.Tensor:
+        return self.quantize.lookup_indices(self.quant_conv(self.encoder(x)))
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.quantize.embed(indices))
+
+    # --- checkpoints: safetensors weights + JSON config, written atomically ---------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        _atomic_write(directory / "model.safetensors", lambda p: save_file(state, str(p)))
+        _atomic_write(directory / "config.json",
+                      lambda p: Path(p).write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n"))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "VQGAN":
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        for name in ("config.json", "model.safetensors"):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory / name} is missing: expected a directory written by "
+                                        "VQGAN.save_pretrained (train_vqgan's output)")
+        cfg = VQGANConfig.from_dict(json.loads((directory / "config.json").read_text()))
+        model = cls(cfg)
+        model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(map_location)))
+        return model.to(map_location)
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
