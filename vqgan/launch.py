@@ -1,0 +1,74 @@
+"""Run a training module on N processes: in this process for N <= 1, through `accelerate launch` otherwise.
+
+    python -m vqgan.launch --num-processes 2 -- -m vqgan.train --config cfg.json --data ... --out ...
+
+Why a wrapper and not `accelerate launch` in the rule directly:
+- with N = 1 there is no need for a launcher process at all (and no port);
+- with N > 1 we always pass `--multi_gpu`: on a GPU host that is the usual DDP launch, on a CPU-only host it
+  starts N real gloo processes (`--cpu --num_processes N` silently runs a single process);
+- every launch gets a free `--main_process_port`, so parallel Snakemake jobs on one host don't collide on 29500.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import subprocess
+import sys
+
+from vqgan.training import free_port
+
+
+def build_command(num_processes: int, module: str, args: list[str], port: int | None = None) -> list[str]:
+    """The `accelerate launch` command line for N > 1 processes on one machine."""
+    return [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes", str(num_processes),
+        "--num_machines", "1",
+        "--machine_rank", "0",
+        "--main_process_port", str(port or free_port()),
+        # the run's own Accelerator(mixed_precision=...) takes the value from the experiment config
+        "--mixed_precision", "no",
+        "--dynamo_backend", "no",
+        "-m", module, *args,
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" in argv:
+        split = argv.index("--")
+        own, rest = argv[:split], argv[split + 1:]
+    else:
+        own, rest = argv, []
+    p = argparse.ArgumentParser(
+        prog="python -m vqgan.launch",
+        description="Run `-m <module> <args>` on N processes (in-process for N <= 1, accelerate launch for N > 1).",
+        epilog="example: python -m vqgan.launch --num-processes 2 -- -m vqgan.train --config cfg.yaml ...",
+    )
+    p.add_argument("--num-processes", type=int, default=1, help="processes (GPUs, or CPU gloo processes); default 1")
+    p.add_argument("--port", type=int, default=None, help="rendezvous port for N > 1 (default: a free one)")
+    a = p.parse_args(own)
+    if len(rest) < 2 or rest[0] != "-m":
+        p.error("after '--' give the module to run: -- -m vqgan.train <its arguments>")
+    module, args = rest[1], rest[2:]
+
+    if a.num_processes <= 1:
+        # Same interpreter, same process: argv as if the module had been started with python -m.
+        sys.argv = [module, *args]
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        except SystemExit as e:
+            code = e.code
+            return code if isinstance(code, int) else (0 if code is None else 1)
+        return 0
+
+    cmd = build_command(a.num_processes, module, args, a.port)
+    print("launch:", " ".join(cmd), file=sys.stderr, flush=True)
+    # Our own process group is the job's: a SIGKILL to the group (Snakemake, a test) reaches every worker.
+    return subprocess.call(cmd, env=os.environ.copy())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
