@@ -226,9 +226,11 @@ def load_square(path: str | os.PathLike, resolution: int) -> tuple[np.ndarray, s
         w, h = rgb.size
         s = min(w, h)
         left, top = (w - s) // 2, (h - s) // 2
+        # Crop first, then resize: the kernel then never reads pixels outside the square (resize's `box=` would).
         # Pillow's BICUBIC widens its kernel by the scale factor when shrinking, i.e. it is antialiased
-        # (the same resize clean-fid recommends); `box` crops and resizes in one pass.
-        out = rgb.resize((resolution, resolution), Image.Resampling.BICUBIC, box=(left, top, left + s, top + s))
+        # (the resize clean-fid recommends).
+        square = rgb.crop((left, top, left + s, top + s))
+        out = square.resize((resolution, resolution), Image.Resampling.BICUBIC)
         return np.asarray(out, dtype=np.uint8), mode
 
 
