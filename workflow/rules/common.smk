@@ -43,17 +43,13 @@ def _validate_section(data, name, where):
 
 
 def _check_atari_games(ds, games):
-    import gymnasium
-    import ale_py
+    from atari_collect.games import resolve_game
 
-    gymnasium.register_envs(ale_py)
-    known = sorted(k[4:-3] for k in gymnasium.registry if k.startswith("ALE/") and k.endswith("-v5"))
     for game in games:
-        if game not in known:
-            raise ConfigError(
-                f"config key datasets.{ds}.games: unknown Atari game {game!r}; use ALE names such as "
-                f"{', '.join(known[:6])}, ... ({len(known)} games ship with ale-py)"
-            )
+        try:
+            resolve_game(game)
+        except ValueError as e:
+            raise ConfigError(f"config key datasets.{ds}.games: {e}") from None
 
 
 def _check_config(cfg):

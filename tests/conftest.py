@@ -1,0 +1,37 @@
+"""Shared paths for the tests: the repository root and the shared tiny COCO (100 real COCO-2017 images)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TINY_COCO = SHARED / "data" / "coco-tiny" / "tiny_coco"
+BIN = Path(sys.executable).parent  # the venv running pytest; its snakemake and our CLIs live here
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def tiny_coco() -> Path:
+    if not (TINY_COCO / "annotations").is_dir():
+        pytest.fail(f"shared tiny COCO not found at {TINY_COCO}: the tests need ../shared beside the repository")
+    return TINY_COCO
+
+
+def run_snakemake(*args: str, cwd: Path = REPO, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run Snakemake with this venv's tools first on PATH (rules call `python -m vqgan...`)."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
