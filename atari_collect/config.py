@@ -1,0 +1,147 @@
+"""One Atari dataset entry of the config, parsed and checked.
+
+The workflow's JSON schema fills the same defaults and rejects the same mistakes before any job runs; this module
+repeats the checks so that `atari-collect` run by hand fails just as clearly (naming the key and what to do).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+# Keys of a dataset entry that belong to later stages (per-dataset overrides); the collector ignores them.
+OTHER_STAGE_KEYS = {"vqgan", "transformer", "sample", "fid"}
+
+POLICIES = ("random", "sticky_random", "go_explore")
+
+
+class ConfigError(ValueError):
+    """A bad dataset entry; the message names the key, the value and what to do."""
+
+
+@dataclass
+class PolicyConfig:
+    name: str = "sticky_random"
+    # sticky_random: probability of keeping the last action. 0.75 ≈ 4-step runs: long enough to cross a room,
+    # which uniform random (repeat_prob=0) rarely does (it jitters in place).
+    repeat_prob: float = 0.75
+    # go_explore only (see explore.py):
+    explore_steps: int = 100           # agent steps per exploration from a restored cell
+    cell: str = "auto"                 # "auto": RAM cell for games we know (MsPacman), else "pixels"
+    max_seconds: float | None = None   # wall-time limit per game; None = frames only (stopping early breaks determinism)
+    emit: str = "all"                  # "all": every explored frame; "new": only frames of steps that found a new/better cell
+
+
+@dataclass
+class AtariConfig:
+    resolution: int
+    games: list[str]
+    frames_per_game: int
+    kind: str = "atari"
+    val_fraction: float = 0.2          # share of each game's frames held out, whole episodes at a time
+    frame_skip: int = 4                # emulator frames per agent step (ALE v5 default)
+    sticky_actions: float = 0.25       # ALE repeat_action_probability (v5 default; Machado et al. 2018)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    max_episode_steps: int = 2000      # agent steps before an episode is cut
+    seed: int = 0
+    num_envs: int = 8                  # vector env width; part of the data (episodes interleave per env)
+    crop: list[int] | None = None      # [top, left, height, width] in native 210x160 pixels, before resizing
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _fail(key: str, value: Any, what: str) -> ConfigError:
+    return ConfigError(f"dataset config key {key!r} = {value!r}: {what}")
+
+
+def _check_int(key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(key, value, f"must be an integer >= {minimum}")
+    if value < minimum:
+        raise _fail(key, value, f"must be >= {minimum}")
+    return value
+
+
+def _check_prob(key: str, value: Any, lo_open: bool = False, hi_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(key, value, "must be a number in [0, 1]")
+    if (value < 0 or value > 1) or (lo_open and value == 0) or (hi_open and value == 1):
+        lo, hi = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise _fail(key, value, f"must lie in {lo}0, 1{hi}")
+    return float(value)
+
+
+def parse_policy(raw: Any) -> PolicyConfig:
+    if raw is None:
+        return PolicyConfig()
+    if isinstance(raw, str):  # shorthand: policy: go_explore
+        raw = {"name": raw}
+    if not isinstance(raw, dict):
+        raise _fail("policy", raw, "must be a mapping like {name: sticky_random, repeat_prob: 0.75}")
+    known = {f.name for f in dataclasses.fields(PolicyConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise _fail(f"policy.{unknown[0]}", raw[unknown[0]], f"unknown key; known keys: {sorted(known)}")
+    p = PolicyConfig(**raw)
+    if p.name not in POLICIES:
+        raise _fail("policy.name", p.name, f"unknown policy; choose one of {list(POLICIES)}")
+    p.repeat_prob = _check_prob("policy.repeat_prob", p.repeat_prob)
+    p.explore_steps = _check_int("policy.explore_steps", p.explore_steps, 1)
+    if p.cell not in ("auto", "pixels", "ram"):
+        raise _fail("policy.cell", p.cell, "must be 'auto', 'pixels' or 'ram'")
+    if p.max_seconds is not None and (isinstance(p.max_seconds, bool) or not isinstance(p.max_seconds, (int, float))
+                                      or p.max_seconds <= 0):
+        raise _fail("policy.max_seconds", p.max_seconds, "must be a positive number of seconds or null")
+    if p.emit not in ("all", "new"):
+        raise _fail("policy.emit", p.emit, "must be 'all' or 'new'")
+    return p
+
+
+def parse_config(raw: dict[str, Any]) -> AtariConfig:
+    """Build an AtariConfig from one `datasets.<name>` entry, filling defaults and rejecting mistakes."""
+    from .games import resolve_game  # local: games imports ale_py, which is slow to import
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"dataset config must be a mapping, got {type(raw).__name__}")
+    raw = {k: v for k, v in raw.items() if k not in OTHER_STAGE_KEYS}
+    known = {f.name for f in dataclasses.fields(AtariConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], known, n=1)
+        raise _fail(unknown[0], raw[unknown[0]], "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    + f"; known keys: {sorted(known)}")
+    for key in ("resolution", "games", "frames_per_game"):
+        if key not in raw:
+            raise ConfigError(f"dataset config: required key {key!r} is missing")
+    raw = dict(raw)
+    raw["policy"] = parse_policy(raw.get("policy"))
+    cfg = AtariConfig(**raw)
+
+    if cfg.kind != "atari":
+        raise _fail("kind", cfg.kind, "the Atari collector only handles kind 'atari'")
+    cfg.resolution = _check_int("resolution", cfg.resolution, 8)
+    cfg.frames_per_game = _check_int("frames_per_game", cfg.frames_per_game, 2)
+    cfg.frame_skip = _check_int("frame_skip", cfg.frame_skip, 1)
+    cfg.max_episode_steps = _check_int("max_episode_steps", cfg.max_episode_steps, 1)
+    cfg.seed = _check_int("seed", cfg.seed, 0)
+    cfg.num_envs = _check_int("num_envs", cfg.num_envs, 1)
+    cfg.val_fraction = _check_prob("val_fraction", cfg.val_fraction, lo_open=True, hi_open=True)
+    cfg.sticky_actions = _check_prob("sticky_actions", cfg.sticky_actions)
+
+    if not isinstance(cfg.games, list) or not cfg.games or not all(isinstance(g, str) for g in cfg.games):
+        raise _fail("games", cfg.games, "must be a non-empty list of ALE game names like ['MsPacman', 'Pong']")
+    if len(set(cfg.games)) != len(cfg.games):
+        raise _fail("games", cfg.games, "lists a game twice; each game is one class label")
+    for g in cfg.games:
+        resolve_game(g)  # raises ConfigError naming the game and some valid names
+
+    if cfg.crop is not None:
+        c = cfg.crop
+        if not isinstance(c, list) or len(c) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in c):
+            raise _fail("crop", c, "must be null or [top, left, height, width] (integers, native 210x160 pixels)")
+        top, left, h, w = c
+        if top < 0 or left < 0 or h < 1 or w < 1 or top + h > 210 or left + w > 160:
+            raise _fail("crop", c, "must lie inside the native 210x160 frame (top+height <= 210, left+width <= 160)")
+    return cfg

@@ -1,0 +1,114 @@
+"""Per-game frames -> the train/val dataset folders of DESIGN.md, split by episode (or by state lineage)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vqgan.dataset import write_split
+
+from .config import AtariConfig
+
+
+class CollectError(RuntimeError):
+    """Collection cannot produce a valid dataset from this config; the message says which key to change."""
+
+
+@dataclass
+class GameFrames:
+    """Everything one game contributed, in collection order (episodes contiguous)."""
+
+    game: str
+    images: np.ndarray      # (N, R, R, 3) uint8
+    episode: np.ndarray     # (N,) int64: trajectory id within the game
+    step: np.ndarray        # (N,) int64: agent step within the episode (0 = the frame after reset/restore)
+    action: np.ndarray      # (N,) int64: index into the game's minimal action set that led here; -1 at step 0
+    reward: np.ndarray      # (N,) float32: reward of the step that led here
+    group: np.ndarray       # (N,) int64: the unit that may not cross splits (episode, or root lineage)
+    level: np.ndarray       # (N,) int64: level/maze where the game exposes it, -1 where unknown
+    stats: dict[str, Any] = field(default_factory=dict)  # per-game record for the manifest (coverage, timing)
+
+
+def split_by_group(group: np.ndarray, val_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask of the frames that go to val: whole groups, about `val_fraction` of the frames.
+
+    Groups are visited in a seeded random order and each is taken if it brings the val share closer to the target,
+    so one long episode cannot swallow the validation split; the first group visited is always taken so val is
+    never empty, and at least one group stays in train.
+    """
+    ids, counts = np.unique(group, return_counts=True)
+    if len(ids) < 2:
+        raise CollectError(
+            f"only {len(ids)} episode(s) collected, so train and val cannot be split by episode; "
+            "raise num_envs or frames_per_game, or lower max_episode_steps"
+        )
+    target = val_fraction * len(group)
+    taken, total = [], 0
+    for j in rng.permutation(len(ids)):
+        if len(taken) == len(ids) - 1:
+            break  # keep at least one group for training
+        if not taken or abs(total + counts[j] - target) < abs(total - target):
+            taken.append(ids[j])
+            total += counts[j]
+    return np.isin(group, taken)
+
+
+def write_dataset(out: str | Path, cfg: AtariConfig, games: list[GameFrames], made_by: str,
+                  extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Split every game by group and write `{out}/train` and `{out}/val` with the shared dataset contract."""
+    import ale_py
+    import gymnasium
+
+    out = Path(out)
+    parts: dict[str, list[tuple[GameFrames, np.ndarray]]] = {"train": [], "val": []}
+    for label, g in enumerate(games):
+        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, label, 0x5B17]))
+        val = split_by_group(g.group, cfg.val_fraction, rng)
+        parts["val"].append((g, val))
+        parts["train"].append((g, ~val))
+
+    written = {}
+    for split, chosen in parts.items():
+        images = np.concatenate([g.images[m] for g, m in chosen])
+        meta = pd.concat(
+            [
+                pd.DataFrame(
+                    {
+                        "source_id": [f"{g.game}/ep{e}/t{s}" for e, s in zip(g.episode[m], g.step[m])],
+                        "game": g.game,
+                        "label": label,
+                        "episode": g.episode[m],
+                        "step": g.step[m],
+                        "action": g.action[m],
+                        "reward": g.reward[m],
+                        "level": g.level[m],
+                    }
+                )
+                for label, (g, m) in enumerate(chosen)
+            ],
+            ignore_index=True,
+        )
+        manifest = {
+            "source": "ale",
+            "split": split,
+            "games": list(cfg.games),
+            "classes": list(cfg.games),
+            "seed": cfg.seed,
+            "config": cfg.to_dict(),
+            "ale_py_version": ale_py.__version__,
+            "gymnasium_version": gymnasium.__version__,
+            "frames": int(len(images)),
+            "frames_per_game": {g.game: int(m.sum()) for g, m in chosen},
+            "episodes": int(sum(len(np.unique(g.episode[m])) for g, m in chosen)),
+            "episodes_per_game": {g.game: int(len(np.unique(g.episode[m]))) for g, m in chosen},
+            "made_by": made_by,
+            "per_game": {g.game: g.stats for g, _ in chosen},
+            "created_unix": int(time.time()),
+            **(extra or {}),
+        }
+        written[split] = write_split(out / split, images, meta, manifest)
+    return written
