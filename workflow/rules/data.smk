@@ -9,7 +9,7 @@ localrules:
 rule download_coco:
     # Network: stays on the login node under SLURM. Skipped when coco.root names a local copy.
     output:
-        summary="resources/coco/download.json",
+        summary="resources/coco/.complete",
     params:
         coco=json.dumps(config["coco"], sort_keys=True),
         datasets=json.dumps({ds: json.loads(dataset_json(ds)) for ds in COCO_DATASETS}, sort_keys=True),

@@ -1,0 +1,49 @@
+# VQGAN stage: train with Accelerate (resumable state outside the declared outputs), then evaluate
+# reconstructions on the val split against trivial baselines computed from the train split.
+
+
+rule train_vqgan:
+    input:
+        train="results/data/{ds}/train",
+    output:
+        model="results/vqgan/{ds}/model.safetensors",
+        config="results/vqgan/{ds}/config.json",
+        metrics="results/vqgan/{ds}/metrics.csv",
+        summary="results/vqgan/{ds}/train.json",
+    params:
+        cfg=lambda w: section_json(w.ds, "vqgan"),
+        out=lambda w: f"results/vqgan/{w.ds}",
+        # not an output: Snakemake deletes outputs before a rerun, the state must survive to resume
+        state=lambda w: f"results/vqgan/{w.ds}/state",
+        weights=config["weights_dir"],
+    log:
+        "logs/train_vqgan/{ds}.log",
+    benchmark:
+        "benchmarks/train_vqgan/{ds}.tsv"
+    shell:
+        "python -m vqgan.launch --num-processes {resources.gpu} -- -m vqgan.train"
+        " --config {params.cfg:q} --data {input.train:q} --out {params.out:q} --state-dir {params.state:q}"
+        " --weights-dir {params.weights:q} > {log:q} 2>&1"
+
+
+rule eval_vqgan:
+    input:
+        model=rules.train_vqgan.output.model,
+        val="results/data/{ds}/val",
+        train="results/data/{ds}/train",
+    output:
+        json="results/vqgan/{ds}/recon.json",
+        grid=report("results/vqgan/{ds}/recon.png", caption="../report/recon.rst", category="Reconstructions"),
+        recon=directory("results/vqgan/{ds}/recon"),
+    params:
+        cfg=lambda w: json.dumps(DATASETS[w.ds]["_vqgan"]["eval"], sort_keys=True),
+        model=lambda w: f"results/vqgan/{w.ds}",
+        weights=config["weights_dir"],
+    log:
+        "logs/eval_vqgan/{ds}.log",
+    benchmark:
+        "benchmarks/eval_vqgan/{ds}.tsv"
+    shell:
+        "python -m vqgan.evaluate --config {params.cfg:q} --model {params.model:q} --data {input.val:q}"
+        " --train-data {input.train:q} --weights-dir {params.weights:q} --out-json {output.json:q}"
+        " --out-png {output.grid:q} --recon-dir {output.recon:q} > {log:q} 2>&1"
