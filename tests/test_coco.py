@@ -18,6 +18,7 @@ from test_download import make_zip, serve_files, sha
 from vqgan.coco import (
     COMPLETE, CocoDataset, CocoError, RemoteFile, download_coco, load_coco, main, prepare, select_images,
 )
+import vqgan.coco as coco_module
 from vqgan.dataset import read_split
 from vqgan.download import DownloadError
 
@@ -113,7 +114,8 @@ def test_bad_dataset_entries_name_the_key():
         CocoDataset.from_dict({"kind": "atari", "resolution": 32}, "coco64")
 
 
-def test_broken_and_odd_files_are_converted_or_skipped_and_counted(tmp_path):
+def test_broken_and_odd_files_are_converted_or_skipped_and_counted(tmp_path, monkeypatch):
+    monkeypatch.setattr(coco_module, "POOL_MIN_IMAGES", 0)  # decode in a real worker pool, as at full size
     root = tmp_path / "coco"
     shutil.copytree(TINY / "annotations", root / "annotations")
     shutil.copytree(TINY / "val2017", root / "val2017")

@@ -245,6 +245,10 @@ def _load_task(task: tuple[str, int]) -> tuple[np.ndarray | None, str]:
         return None, f"{type(e).__name__}: {e}"
 
 
+# Decoding one COCO image takes ~6 ms, starting a spawned worker ~1 s: below this many images, one process wins.
+POOL_MIN_IMAGES = 200
+
+
 def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -334,7 +338,7 @@ def prepare(
     paths = {}
     with contextlib.ExitStack() as stack:
         pool = None
-        if workers > 1:
+        if workers > 1 and ds.train_images + ds.val_images >= POOL_MIN_IMAGES:
             # spawn, not fork: the parent may hold torch/OpenMP threads (pytest, notebooks) that fork can deadlock.
             pool = stack.enter_context(mp.get_context("spawn").Pool(workers))
         for split in SPLITS:
@@ -472,7 +476,11 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         if args.command == "download":
-            summary = download_coco(load_config_arg(args.config), load_config_arg(args.datasets), args.out,
+            section = load_config_arg(args.config)
+            if section.get("root"):
+                print(f"note: coco.root is set ({section['root']}), so the workflow reads that copy; "
+                      f"downloading into {args.out} anyway as asked", file=sys.stderr)
+            summary = download_coco(section, load_config_arg(args.datasets), args.out,
                                     progress=not args.no_progress)
             counts = ", ".join(f"{s}2017: {v['selected']}" for s, v in summary["splits"].items())
             print(f"COCO ({summary['mode']} mode) ready in {args.out}: {counts} images, {summary['seconds']} s")
