@@ -87,8 +87,10 @@ def _schema_keys(node: dict, prefix: str = "") -> list[str]:
     keys = []
     for key, sub in node.get("properties", {}).items():
         dotted = f"{prefix}.{key}" if prefix else key
-        keys.append(dotted)
-        keys += _schema_keys(sub, dotted)
+        if "properties" in sub:  # a section: its leaves are documented
+            keys += _schema_keys(sub, dotted)
+        else:
+            keys.append(dotted)
     return keys
 
 
