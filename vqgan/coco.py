@@ -286,9 +286,10 @@ def prepare_split(
     images = images[: len(keep)]
 
     if not keep:
+        why = (f"first error: {skipped[0]['error']}" if skipped
+               else f"no image matches categories={ds.categories}, min_size={ds.min_size}")
         raise CocoError(
-            f"{split}: none of the {len(records)} selected images under {folder} could be used "
-            f"(first error: {skipped[0]['error'] if skipped else f'no image matches categories={ds.categories}, min_size={ds.min_size}'}). "
+            f"{split}: none of the {len(records)} selected images under {folder} could be used ({why}). "
             "Check `coco.root` (or rerun download_coco), and the dataset's categories/min_size"
         )
     if len(keep) < requested:
