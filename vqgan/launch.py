@@ -4,8 +4,10 @@
 
 Why a wrapper and not `accelerate launch` in the rule directly:
 - with N = 1 there is no need for a launcher process at all (and no port);
-- with N > 1 we always pass `--multi_gpu`: on a GPU host that is the usual DDP launch, on a CPU-only host it
-  starts N real gloo processes (`--cpu --num_processes N` silently runs a single process);
+- with N > 1 we always pass `--multi_gpu`: on a GPU host that is the usual DDP launch. On a CPU-only host
+  `--multi_gpu` alone starts N processes that each train alone (accelerate only picks MULTI_CPU/gloo when told
+  "cpu", and `--cpu --num_processes N` silently runs a single process), so we also set ACCELERATE_USE_CPU=true:
+  N processes, one gloo process group;
 - every launch gets a free `--main_process_port`, so parallel Snakemake jobs on one host don't collide on 29500.
 """
 from __future__ import annotations
@@ -33,6 +35,18 @@ def build_command(num_processes: int, module: str, args: list[str], port: int | 
         "--dynamo_backend", "no",
         "-m", module, *args,
     ]
+
+
+def launch_env() -> dict[str, str]:
+    """The environment for `accelerate launch`: CPU-only hosts get gloo DDP (see the module docstring)."""
+    import torch
+
+    env = os.environ.copy()
+    if not torch.cuda.is_available():
+        env["ACCELERATE_USE_CPU"] = "true"
+        # one math thread per process unless the caller chose otherwise: N processes share the cores
+        env.setdefault("OMP_NUM_THREADS", "1")
+    return env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     cmd = build_command(a.num_processes, module, args, a.port)
-    print("launch:", " ".join(cmd), file=sys.stderr, flush=True)
+    env = launch_env()
+    print("launch:", " ".join(cmd), f"(ACCELERATE_USE_CPU={env.get('ACCELERATE_USE_CPU', 'false')})",
+          file=sys.stderr, flush=True)
     # Our own process group is the job's: a SIGKILL to the group (Snakemake, a test) reaches every worker.
-    return subprocess.call(cmd, env=os.environ.copy())
+    return subprocess.call(cmd, env=env)
 
 
 if __name__ == "__main__":

@@ -111,7 +111,8 @@ def build_models(cfg: dict[str, dict[str, Any]], resolution: int, weights_dir: s
     from vqgan.model import VQGAN, VQGANConfig
 
     model_cfg = VQGANConfig.from_dict({"model": cfg["model"], "quantizer": cfg["quantizer"], "resolution": resolution})
-    loss_cfg = LossConfig.from_dict(cfg["loss"]) if hasattr(LossConfig, "from_dict") else LossConfig(**cfg["loss"])
+    loss_cfg = LossConfig.from_dict(cfg["loss"])
+    # VQLoss refuses to build without the VGG16 weights when perceptual_weight > 0 (never a silent fallback)
     return VQGAN(model_cfg), VQLoss(loss_cfg, weights_dir=weights_dir)
 
 
@@ -141,26 +142,6 @@ def to_model_input(batch: torch.Tensor, flip: np.ndarray | None, device) -> torc
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def sync_gradients(module: torch.nn.Module, accelerator) -> None:
-    """Average `module`'s gradients over processes with one all-reduce.
-
-    The discriminator runs inside the loss module (`loss.discriminator_loss`), not through a DDP wrapper's
-    forward, so DDP cannot sync it; this does, once per optimizer step.
-    """
-    if accelerator.num_processes <= 1:
-        return
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
-    flat /= accelerator.num_processes
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
 def _scalars(logs: dict[str, Any], prefix: str = "") -> dict[str, float]:
     out = {}
     for k, v in (logs or {}).items():
@@ -171,6 +152,17 @@ def _scalars(logs: dict[str, Any], prefix: str = "") -> dict[str, float]:
         if isinstance(v, (int, float)):
             out[prefix + k] = float(v)
     return out
+
+
+def weight_hashes(model: torch.nn.Module, disc: torch.nn.Module) -> dict[str, str]:
+    """Hashes that must agree across ranks: G's whole state (parameters and codebook buffers) and D's parameters.
+
+    D's BatchNorm running statistics are left out: DDP broadcasts rank 0's buffers at the start of each forward,
+    so after the last forward each rank holds the statistics of its own last batch (they are never used: D only
+    runs in training mode, and only rank 0's copy is checkpointed).
+    """
+    return {"g": state_dict_hash(model.state_dict()),
+            "d_params": state_dict_hash(dict(disc.named_parameters()))}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -224,16 +216,19 @@ def train(args, sections, tc: TrainConfig, split) -> int:
         raise SystemExit(str(e))
 
     seed_everything(tc.seed)
-    model, loss = build_models(sections, split.resolution, args.weights_dir)
+    try:
+        model, loss = build_models(sections, split.resolution, args.weights_dir)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}")
     model = model.to(memory_format=torch.channels_last)
     loss = loss.to(accelerator.device)
-    disc = loss.discriminator
     opt_g = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=tc.disc_lr or tc.lr, betas=tc.betas,
+    opt_d = torch.optim.Adam(loss.discriminator.parameters(), lr=tc.disc_lr or tc.lr, betas=tc.betas,
                              weight_decay=tc.weight_decay)
-    # Only the generator goes through DDP; D is registered as a second model so save_state checkpoints it.
-    model, disc_prepared, opt_g, opt_d = accelerator.prepare(model, disc, opt_g, opt_d)
+    # Both G and D go through DDP (D inside the loss module, which calls it); save_state checkpoints both.
+    model, loss.discriminator, opt_g, opt_d = accelerator.prepare(model, loss.discriminator, opt_g, opt_d)
     raw_model = accelerator.unwrap_model(model)
+    disc = accelerator.unwrap_model(loss.discriminator)
 
     ckpts = CheckpointManager(run_dir, keep=tc.keep_checkpoints)
     resumed = ckpts.resume(accelerator)
@@ -252,13 +247,12 @@ def train(args, sections, tc: TrainConfig, split) -> int:
 
     dump = Path(args.debug_dump_weights) if args.debug_dump_weights else None
     if dump is not None:
-        initial = {"g": state_dict_hash(raw_model.state_dict()), "d": state_dict_hash(disc.state_dict())}
+        initial = weight_hashes(raw_model, disc)
 
     sampler = StepBatchSampler(len(split), per_device, rank, world, tc.seed, start=start * tc.grad_accum)
     loader = torch.utils.data.DataLoader(ImageBatches(split.images), batch_sampler=sampler, collate_fn=_keep,
                                          num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0)
     batches = iter(loader)
-    disc_start = int(getattr(loss.cfg, "disc_start", 0)) if hasattr(loss, "cfg") else 0
     images_per_step = per_device * world * tc.grad_accum
     t_start, meter, interval = time.perf_counter(), Throughput(), []
     bar = tqdm(total=tc.steps, initial=start, desc="vqgan", disable=not accelerator.is_local_main_process,
@@ -276,10 +270,11 @@ def train(args, sections, tc: TrainConfig, split) -> int:
             flip = sampler.coin(micro, salt=1) if tc.augment == "hflip" else None
             x = to_model_input(next(batches), flip, accelerator.device)
             row: dict[str, float] = {}
-            with accelerator.accumulate(model):
-                # --- generator: D frozen, so the adversarial term moves G only
+            with accelerator.accumulate(model, loss.discriminator):
+                # --- generator. D is frozen and its DDP wrapper told not to expect gradients: the adversarial
+                # term must move G only (otherwise G's loss would leave gradients in D for opt_d to apply).
                 disc.requires_grad_(False)
-                with accelerator.autocast():
+                with accelerator.autocast(), accelerator.no_sync(loss.discriminator):
                     xrec, qloss, stats = model(x)
                     g_loss, g_logs = loss.generator_loss(x, xrec, qloss, step, last_layer=raw_model.last_layer)
                 disc.requires_grad_(True)
@@ -294,15 +289,13 @@ def train(args, sections, tc: TrainConfig, split) -> int:
                 row.update(_scalars(g_logs), usage=float(stats["usage"]), perplexity=float(stats["perplexity"]))
 
                 # --- discriminator on real vs. detached reconstructions, only once it has started
-                if step >= disc_start:
+                if loss.disc_active(step):
                     with accelerator.autocast():
                         d_loss, d_logs = loss.discriminator_loss(x, xrec.detach(), step)
                     check_finite(accelerator, {"d_loss": d_loss}, step, last_good)
                     accelerator.backward(d_loss)
-                    if accelerator.sync_gradients:
-                        sync_gradients(disc, accelerator)
-                        if tc.grad_clip:
-                            torch.nn.utils.clip_grad_norm_(disc.parameters(), tc.grad_clip)
+                    if accelerator.sync_gradients and tc.grad_clip:
+                        accelerator.clip_grad_norm_(loss.discriminator.parameters(), tc.grad_clip)
                     opt_d.step()
                     opt_d.zero_grad(set_to_none=True)
                     row.update(_scalars(d_logs))
@@ -315,7 +308,7 @@ def train(args, sections, tc: TrainConfig, split) -> int:
             means = accumulate_means(interval)
             rate = meter.rate()
             metrics.log(done, {**means, "lr": lr_g, "disc_lr": lr_d, "images_per_s": rate})
-            bar.set_postfix({k: f"{means[k]:.3g}" for k in ("total_loss", "loss", "usage") if k in means}
+            bar.set_postfix({k: f"{means[k]:.3g}" for k in ("g_loss", "rec", "usage") if k in means}
                             | {"img/s": f"{rate:.1f}"})
             interval = []
         if done % tc.checkpoint_every == 0 or done == tc.steps:
@@ -327,7 +320,7 @@ def train(args, sections, tc: TrainConfig, split) -> int:
     accelerator.wait_for_everyone()
     if dump is not None:
         dump.mkdir(parents=True, exist_ok=True)
-        final = {"g": state_dict_hash(raw_model.state_dict()), "d": state_dict_hash(disc.state_dict())}
+        final = weight_hashes(raw_model, disc)
         write_json_atomic(dump / f"rank{rank}.json", {"initial": initial, "final": final, "start_step": start})
     if accelerator.is_main_process:
         out = Path(args.out)

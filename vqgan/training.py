@@ -60,7 +60,7 @@ def state_dict_hash(state: dict[str, torch.Tensor]) -> str:
     """sha256 over a state dict's names and bytes: equal hashes mean bit-identical weights."""
     h = hashlib.sha256()
     for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
+        t = state[name].detach().cpu().flatten().clone()  # flat copy: channels_last strides hash the same
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -267,10 +267,10 @@ class NonFiniteLossError(RuntimeError):
 
 
 def check_finite(accelerator, values: dict[str, torch.Tensor | float], step: int, last_good: Path | None) -> None:
-    """Abort before the optimizer step if any value on any rank is NaN/inf.
+    """Abort before the backward pass if any value on any rank is NaN/inf.
 
     The flag is all-reduced so that every rank raises together (a rank that raised alone would leave the others
-    hanging in the next collective). The weights are untouched by the bad step and no state is saved after it.
+    hanging in the next collective). No state is saved after the bad step, so the newest checkpoint stays good.
     """
     bad = [k for k, v in values.items() if not math.isfinite(float(v))]
     flag = torch.tensor([1.0 if bad else 0.0], device=accelerator.device)
@@ -280,8 +280,8 @@ def check_finite(accelerator, values: dict[str, torch.Tensor | float], step: int
         where = f"{last_good}" if last_good is not None else "none yet (no checkpoint was written before this step)"
         shown = ", ".join(f"{k}={float(v):.4g}" for k, v in values.items())
         raise NonFiniteLossError(
-            f"non-finite loss at step {step} ({shown or 'on another rank'}); training stopped without updating "
-            f"the weights. Last good state: {where}. Rerunning resumes from it; to get past the divergence lower "
+            f"non-finite loss at step {step} ({shown or 'on another rank'}); training stopped and no state was "
+            f"saved after it. Last good state: {where}. Rerunning resumes from it; to get past the divergence lower "
             "train.lr, raise train.warmup_steps, set train.grad_clip, or use train.mixed_precision 'no'/'bf16' "
             "instead of 'fp16'."
         )
