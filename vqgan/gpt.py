@@ -242,6 +242,38 @@ class GPT(nn.Module):
         fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
         return torch.optim.AdamW(groups, lr=lr, betas=betas, **({"fused": True} if fused else {}))
 
+    # ------------------------------------------------------------------ checkpoints: safetensors + JSON
+    def save_pretrained(self, directory) -> None:
+        """`model.safetensors` + `config.json`, each renamed into place (weights first, config last)."""
+        import json
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+
+        from vqgan.training import atomic_file, write_text_atomic
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        atomic_file(directory / "model.safetensors", lambda p: save_file(state, str(p)))
+        write_text_atomic(directory / "config.json", json.dumps(self.config.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory, map_location="cpu") -> "GPT":
+        import json
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        for name in ("config.json", "model.safetensors"):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory / name} is missing: expected a folder written by "
+                                        "GPT.save_pretrained (train_transformer's output)")
+        model = cls(GPTConfig.from_dict(json.loads((directory / "config.json").read_text())))
+        model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(map_location)))
+        return model.to(map_location)
+
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def generate(
