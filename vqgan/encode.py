@@ -41,7 +41,7 @@ def encode_images(model, images: np.ndarray, batch_size: int = 64, device="cpu",
 
     out = []
     for lo in tqdm(range(0, len(images), batch_size), desc=desc, file=sys.stderr, dynamic_ncols=True):
-        x = to_tensor(images[lo : lo + batch_size], device)
+        x = to_tensor(np.array(images[lo : lo + batch_size]), device)  # a copy: memory maps are read-only
         out.append(model.encode_to_indices(x).cpu().numpy())
     if not out:
         raise ValueError("no images to encode")

@@ -1,0 +1,119 @@
+"""encode and sample stages on a tiny VQGAN: what lands on disk, its shapes and dtypes, and determinism."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from vqgan import encode, sample
+from vqgan.dataset import write_split
+from vqgan.gpt import GPT, GPTConfig
+from vqgan.images import load_png, to_tensor
+
+torch.set_num_threads(1)
+CLASSES = ["Pong", "MsPacman"]
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory):
+    """A 2-class 16 px dataset, an untrained tiny VQGAN (f=4: 4x4 codes) and its encoded codes."""
+    from vqgan.model import VQGAN, VQGANConfig
+
+    root = tmp_path_factory.mktemp("stage")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 10), ("val", 5)):
+        labels = np.arange(n) % 2
+        images = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+        meta = pd.DataFrame({"source_id": np.arange(n), "game": [CLASSES[c] for c in labels], "label": labels})
+        write_split(root / "data" / split, images, meta, {"source": "test", "classes": CLASSES})
+    torch.manual_seed(0)
+    vq = VQGAN(VQGANConfig(resolution=16, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
+                           z_channels=8, n_codes=32, code_dim=4))
+    vq.save_pretrained(root / "vqgan")
+    assert encode.main(["--model", str(root / "vqgan"), "--data", str(root / "data"), "--out", str(root / "codes"),
+                        "--batch-size", "4"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def transformer(stage):
+    """An untrained GPT shaped for the stage's codes, saved the way train_transformer saves it."""
+    meta = json.loads((stage / "codes" / "codes.json").read_text())
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=meta["n_codes"], n_classes=meta["n_classes"], block_size=16, n_layer=1,
+                        n_head=2, n_embd=16))
+    gpt.save_pretrained(stage / "transformer")
+    shutil.copy(stage / "codes" / "codes.json", stage / "transformer" / "codes.json")
+    return stage / "transformer"
+
+
+def run_sample(stage, transformer, out, **cfg):
+    return sample.main(["--config", json.dumps(cfg), "--transformer", str(transformer), "--vqgan",
+                        str(stage / "vqgan"), "--out", str(stage / out), "--device", "cpu"])
+
+
+def test_encode_writes_the_models_codes_in_the_smallest_dtype(stage):
+    from vqgan.dataset import read_split
+    from vqgan.model import VQGAN
+
+    meta = json.loads((stage / "codes" / "codes.json").read_text())
+    assert meta["n_codes"] == 32 and meta["grid"] == [4, 4]
+    assert meta["n_classes"] == 2 and meta["class_names"] == CLASSES and meta["counts"] == {"train": 10, "val": 5}
+    vq = VQGAN.from_pretrained(stage / "vqgan").eval()
+    for split, n in (("train", 10), ("val", 5)):
+        codes = np.load(stage / "codes" / f"{split}.npy")
+        labels = np.load(stage / "codes" / f"{split}_labels.npy")
+        assert codes.shape == (n, 4, 4) and codes.dtype == np.int16
+        assert labels.tolist() == (np.arange(n) % 2).tolist()
+        expected = vq.encode_to_indices(to_tensor(read_split(stage / "data" / split).images)).numpy()
+        np.testing.assert_array_equal(codes, expected)
+
+
+def test_code_dtype_is_the_smallest_that_fits():
+    assert encode.code_dtype(1024) == np.int16
+    assert encode.code_dtype(32768) == np.int16  # codes 0..32767
+    assert encode.code_dtype(32769) == np.int32
+
+
+def test_sample_writes_per_class_pngs_at_the_vqgan_resolution(stage, transformer):
+    assert run_sample(stage, transformer, "s1", n_per_class=3, batch_size=4, seed=1) == 0
+    out = stage / "s1"
+    pngs = sorted(p.name for p in out.glob("*.png") if p.name != "grid.png")
+    assert pngs == [f"{c}_{i:05d}.png" for c in sorted(CLASSES) for i in range(3)]
+    for name in pngs:
+        assert load_png(out / name).shape == (16, 16, 3)
+    info = json.loads((out / "samples.json").read_text())
+    assert info["count"] == 6 and info["per_class"] == {"Pong": 3, "MsPacman": 3} and info["seed"] == 1
+    # grid: 2 rows (classes) of 3 samples at 2x scale with 2 px padding
+    assert load_png(out / "grid.png").shape == (2 * (32 + 2) + 2, 3 * (32 + 2) + 2, 3)
+
+
+def test_n_samples_is_dealt_round_robin_over_classes(stage, transformer):
+    assert run_sample(stage, transformer, "s2", n_samples=5, batch_size=2) == 0
+    info = json.loads((stage / "s2" / "samples.json").read_text())
+    assert info["per_class"] == {"Pong": 3, "MsPacman": 2}
+    assert len([p for p in (stage / "s2").glob("*.png") if p.name != "grid.png"]) == 5
+
+
+def test_sampling_is_deterministic_for_a_seed(stage, transformer):
+    for out, seed in (("d1", 5), ("d2", 5), ("d3", 6)):
+        assert run_sample(stage, transformer, out, n_per_class=2, batch_size=4, seed=seed, top_k=None) == 0
+    read = lambda out: [load_png(stage / out / f"{c}_{i:05d}.png") for c in CLASSES for i in range(2)]  # noqa
+    assert all(np.array_equal(a, b) for a, b in zip(read("d1"), read("d2")))
+    assert not all(np.array_equal(a, b) for a, b in zip(read("d1"), read("d3")))
+
+
+def test_sample_rejects_bad_config_and_mismatched_models(stage, transformer, tmp_path):
+    with pytest.raises(SystemExit, match="not both"):
+        run_sample(stage, transformer, "bad", n_per_class=1, n_samples=2)
+    with pytest.raises(SystemExit, match="unknown sample keys"):
+        run_sample(stage, transformer, "bad", n_per_clas=1)
+    other = GPT(GPTConfig(vocab_size=64, n_classes=2, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(SystemExit, match="retrain the transformer"):
+        run_sample(stage, tmp_path / "other", "bad", n_per_class=1)
+    assert not (stage / "bad").exists()

@@ -1,0 +1,206 @@
+"""Sample images: the transformer writes code grids (KV-cache sampler), the VQGAN decodes them to pixels.
+
+    python -m vqgan.sample --config CONFIG --transformer results/transformer/{ds} --vqgan results/vqgan/{ds} \
+        --out results/samples/{ds} [--device cuda]
+
+`--config` is the `sample` section (keys: `SampleConfig`). Writes into `--out`::
+
+    {class}_{i:05d}.png    one PNG per sample at the VQGAN's resolution, i counting within the class
+    grid.png               up to 8 samples per class, one row per class
+    samples.json           counts per class, seed and settings, sampling speed
+
+Counts: `n_per_class` samples of every class, or `n_samples` in total dealt round-robin over the classes (set
+one; neither means 16 per class). Deterministic for a given config: one `torch.Generator` seeded with `seed`
+drives every draw, batch after batch (so the batch size is part of what fixes the samples). The folder is built
+under a temporary name and renamed into place, so it is either complete or absent.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vqgan.cli import load_config_arg
+from vqgan.gpt import GPT
+from vqgan.images import grid, save_png, to_uint8
+from vqgan.training import write_json_atomic
+
+GRID_PER_CLASS = 8
+
+
+@dataclass
+class SampleConfig:
+    n_per_class: int | None = None  # samples of every class ...
+    n_samples: int | None = None  # ... or this many in total, round-robin over classes (set at most one)
+    batch_size: int = 16
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int | None = 100  # taming's default for its samples; null = off
+    top_p: float | None = None  # nucleus sampling; null = off
+    seed: int = 0
+    precision: str = "fp32"  # transformer weights in "fp32" or "bf16" (faster; the VQGAN always decodes in fp32)
+
+    def __post_init__(self):
+        problems = []
+        if self.n_per_class is not None and self.n_samples is not None:
+            problems.append("set n_per_class or n_samples, not both")
+        for k in ("n_per_class", "n_samples"):
+            v = getattr(self, k)
+            if v is not None and int(v) < 1:
+                problems.append(f"{k}={v} (must be >= 1)")
+        if self.batch_size < 1:
+            problems.append(f"batch_size={self.batch_size} (must be >= 1)")
+        if self.temperature < 0:
+            problems.append(f"temperature={self.temperature} (must be >= 0; 0 = greedy)")
+        if self.top_k is not None and self.top_k < 1:
+            problems.append(f"top_k={self.top_k} (must be >= 1, or null for off)")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            problems.append(f"top_p={self.top_p} (must be in (0, 1], or null for off)")
+        if self.precision not in ("fp32", "bf16"):
+            problems.append(f"precision={self.precision!r} (use 'fp32' or 'bf16')")
+        if problems:
+            raise ValueError("invalid sample config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "SampleConfig":
+        d = dict(d or {})
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown sample keys {unknown}; known: {sorted(f.name for f in fields(cls))}")
+        return cls(**d)
+
+    def counts(self, n_classes: int) -> list[int]:
+        """Samples per class."""
+        if self.n_samples is not None:
+            base, extra = divmod(int(self.n_samples), n_classes)
+            return [base + (c < extra) for c in range(n_classes)]
+        return [int(self.n_per_class or 16)] * n_classes
+
+
+def safe_name(name: str) -> str:
+    """A class name usable in a file name (Atari game names already are)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)) or "class"
+
+
+@torch.no_grad()
+def sample_codes(gpt: GPT, labels: list[int], cfg: SampleConfig, device, desc: str = "sample") -> torch.Tensor:
+    """(N,) class ids -> (N, block_size) codes, in batches of `cfg.batch_size`, one generator for all."""
+    from tqdm.auto import tqdm
+
+    g = torch.Generator(device=device).manual_seed(int(cfg.seed))
+    out = []
+    for lo in tqdm(range(0, len(labels), cfg.batch_size), desc=desc, file=sys.stderr, dynamic_ncols=True):
+        y = torch.tensor(labels[lo : lo + cfg.batch_size], dtype=torch.long, device=device)
+        out.append(gpt.generate(y, len(y), temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                                generator=g).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def decode(vqgan, codes: torch.Tensor, grid_hw: tuple[int, int], batch_size: int, device) -> np.ndarray:
+    """(N, h*w) codes -> (N, H, W, 3) uint8 images."""
+    images = []
+    for lo in range(0, len(codes), batch_size):
+        idx = codes[lo : lo + batch_size].view(-1, *grid_hw).to(device)
+        images.append(to_uint8(vqgan.decode_indices(idx)))
+    return np.concatenate(images)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m vqgan.sample", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="the sample section: inline JSON or a YAML/JSON file")
+    p.add_argument("--transformer", required=True, help="trained transformer folder (results/transformer/{ds})")
+    p.add_argument("--vqgan", required=True, help="trained VQGAN folder (results/vqgan/{ds})")
+    p.add_argument("--out", required=True, help="output folder (results/samples/{ds})")
+    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = SampleConfig.from_dict(load_config_arg(args.config))
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"--config: {e}")
+    from vqgan.model import VQGAN
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        gpt = GPT.from_pretrained(args.transformer, map_location=device).eval()
+        vqgan = VQGAN.from_pretrained(args.vqgan, map_location=device).eval()
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: {e}")
+    codes_json = Path(args.transformer) / "codes.json"
+    meta = json.loads(codes_json.read_text()) if codes_json.is_file() else {}
+    h, w = meta.get("grid", [vqgan.cfg.grid, vqgan.cfg.grid])
+    class_names = list(meta.get("class_names") or [str(c) for c in range(gpt.config.n_classes)])
+    if vqgan.cfg.n_codes != gpt.config.vocab_size or h * w != gpt.config.block_size:
+        raise SystemExit(
+            f"error: the transformer in {args.transformer} was trained on {gpt.config.vocab_size} codes in sequences "
+            f"of {gpt.config.block_size}, but the VQGAN in {args.vqgan} has {vqgan.cfg.n_codes} codes on a "
+            f"{vqgan.cfg.grid}x{vqgan.cfg.grid} grid; retrain the transformer on this VQGAN's codes"
+        )
+    if len(class_names) != gpt.config.n_classes:
+        raise SystemExit(f"error: {codes_json} names {len(class_names)} classes, the model has {gpt.config.n_classes}")
+    if cfg.precision == "bf16":
+        gpt = gpt.to(torch.bfloat16)
+
+    counts = cfg.counts(gpt.config.n_classes)
+    labels = [c for c, n in enumerate(counts) for _ in range(n)]  # class-major
+    t0 = time.perf_counter()
+    codes = sample_codes(gpt, labels, cfg, device)
+    sample_s = time.perf_counter() - t0
+    images = decode(vqgan, codes, (h, w), cfg.batch_size, device)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        rows, names, k = [], [], 0
+        for c, n in enumerate(counts):
+            for i in range(n):
+                name = f"{safe_name(class_names[c])}_{i:05d}.png"
+                save_png(tmp / name, images[k + i])
+                names.append(name)
+            if n:
+                rows.append(images[k : k + min(n, GRID_PER_CLASS)])
+            k += n
+        res = images.shape[1]
+        save_png(tmp / "grid.png", grid(rows, scale=2 if res <= 32 else 1))
+        write_json_atomic(tmp / "samples.json", {
+            "count": len(labels),
+            "per_class": {class_names[c]: n for c, n in enumerate(counts)},
+            "files": names,
+            "resolution": int(res),
+            "grid": [int(h), int(w)],
+            "seed": cfg.seed,
+            "settings": asdict(cfg),
+            "device": str(device),
+            "sampling_s": sample_s,
+            "tokens_per_s": len(labels) * h * w / max(sample_s, 1e-9),
+            "transformer": str(args.transformer),
+            "vqgan": str(args.vqgan),
+        })
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"wrote {len(labels)} samples ({', '.join(f'{class_names[c]}: {n}' for c, n in enumerate(counts))}) "
+          f"to {out} in {sample_s:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
