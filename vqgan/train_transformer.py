@@ -274,7 +274,7 @@ def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_dat
                     accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            interval.append({"loss": float(loss)})
+            interval.append({"loss": loss.item()})
             meter.add(x.numel() * world)
 
         done = step + 1
