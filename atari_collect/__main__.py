@@ -28,9 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="dataset folder; writes OUT/train and OUT/val")
     p.add_argument("--seed-override", type=int, default=None, metavar="SEED",
                    help="use this seed instead of the config's (e.g. for a second sample of the same config)")
-    p.add_argument("--num-threads", type=int, default=None,
-                   help="emulator threads for the vector env (default: the CPUs this process may use); "
-                        "does not change the data")
+    p.add_argument("--workers", type=int, default=None,
+                   help="emulator processes (default: the CPUs this process may use); does not change the data")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -56,12 +55,11 @@ def main(argv: list[str] | None = None) -> int:
             made_by = ("Go-Explore-style archive of cells with cloneState/restoreState, sticky-random explorations "
                        "from restored cells (atari_collect.explore); split by root lineage")
         else:
-            from .collect import collect_game_vector
+            from .collect import collect_plain
 
-            games = [collect_game_vector(cfg, i, args.num_threads, progress=not args.no_progress)
-                     for i in range(len(cfg.games))]
-            made_by = (f"{cfg.policy.name} policy in ale_py.AtariVectorEnv ({cfg.num_envs} envs), "
-                       "INTER_AREA resize, split by episode")
+            games = collect_plain(cfg, args.workers, progress=not args.no_progress)
+            made_by = (f"{cfg.policy.name} policy, {cfg.num_envs} seeded ale_py.ALEInterface streams per game "
+                       "(atari_collect.collect), INTER_AREA resize, split by episode")
         written = write_dataset(args.out, cfg, games, made_by)
     except CollectError as e:
         raise SystemExit(f"atari-collect: {e}")

@@ -11,6 +11,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+# One small frame at a time: OpenCV's worker threads only add hand-off cost (and fight the collector's processes).
+cv2.setNumThreads(1)
+
 NATIVE_H, NATIVE_W = 210, 160
 
 

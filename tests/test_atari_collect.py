@@ -31,7 +31,7 @@ def collect(tmp_path, name, cfg=TINY, *extra):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return collect(tmp_path_factory.mktemp("atari"), "a")
+    return collect(tmp_path_factory.mktemp("atari"), "a", TINY, "--workers", "2")
 
 
 def test_tiny_collection_follows_the_dataset_contract(tiny):
@@ -70,8 +70,8 @@ def test_episodes_are_contiguous_step_sequences(tiny):
 
 
 def test_same_config_and_seed_give_byte_identical_images(tiny, tmp_path):
-    # one emulator thread here vs the default in the fixture: threads must not change the data
-    train, val = collect(tmp_path, "b", TINY, "--num-threads", "1")
+    # one process here vs a pool in the fixture: the worker count must not change the data
+    train, val = collect(tmp_path, "b", TINY, "--workers", "1")
     assert (tmp_path / "b/train/images.npy").read_bytes() == tiny[0].path.joinpath("images.npy").read_bytes()
     assert np.array_equal(val.images, tiny[1].images)
     assert train.meta.equals(tiny[0].meta)
