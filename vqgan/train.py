@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return train(args, sections, tc, split)
     except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"\nerror: {e}", file=sys.stderr, flush=True)
         return 3
 
 
