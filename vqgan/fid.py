@@ -122,7 +122,7 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
         # Triangular matrix products (BLAS trmm) cost half a general matmul: Lᵀ B, then (Lᵀ B) L.
         lt_b = scipy.linalg.blas.dtrmm(1.0, lower, np.asfortranarray(b), side=0, lower=1, trans_a=1)
         m = scipy.linalg.blas.dtrmm(1.0, lower, lt_b, side=1, lower=1, trans_a=0)
-        eig = scipy.linalg.eigh(m, eigvals_only=True, check_finite=False, driver="evr")
+        eig = scipy.linalg.eigh(m, eigvals_only=True, check_finite=False, driver="ev")  # eigenvalues only: tridiagonal QR, the fastest here
         return float(np.sqrt(np.clip(eig, 0.0, None)).sum())
     w, v = np.linalg.eigh(sigma1)
     root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T  # √Σ₁, symmetric PSD
@@ -293,14 +293,19 @@ class InceptionFeatures:
 # --------------------------------------------------------------------------------------------------------------
 
 
+# Files in an image folder that are not samples: the sample stage's preview grid.
+NOT_SAMPLES = frozenset({"grid.png"})
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files under `folder` (recursively, sorted). `grid*.png` previews written beside samples are skipped."""
+    """Image files under `folder` (recursively, sorted), skipping hidden paths and the `grid.png` preview."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FIDError(f"{folder}: not a directory (did the stage that writes it run?)")
     files = sorted(
         p for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(("grid", "."))
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in NOT_SAMPLES and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
     if not files:
         raise FIDError(f"{folder}: no PNG/JPEG images found (did the stage that writes it run?)")
@@ -375,6 +380,13 @@ class RealFeatures:
     data_sha256: str
     cache_file: Path
     cached: bool
+    kind: str | None = None  # "coco" / "atari", from the split's manifest, for the results table
+
+
+def dataset_kind(manifest: dict[str, Any]) -> str | None:
+    """The config's dataset kind as the data stage recorded it (Atari writes its config; COCO writes source)."""
+    kind = (manifest.get("config") or {}).get("kind")
+    return kind or {"coco": "coco", "ale": "atari"}.get(manifest.get("source"), manifest.get("source"))
 
 
 def real_features(
@@ -412,14 +424,14 @@ def real_features(
     if cache_file.is_file():
         feats = np.load(cache_file)
         if feats.shape == (len(indices), 2048):
-            return RealFeatures(feats, count, resolution, data_sha, cache_file, cached=True)
+            return RealFeatures(feats, count, resolution, data_sha, cache_file, True, dataset_kind(split.manifest))
     files = [png_dir / f"{i:06d}.png" for i in indices]
     feats = files_features(files, extractor, cfg.batch_size, f"real {name}", workers)
     fd, tmp = tempfile.mkstemp(prefix=f".{cache_file.stem}.", suffix=".npy", dir=root)
     with os.fdopen(fd, "wb") as f:
         np.save(f, feats)
     os.replace(tmp, cache_file)
-    return RealFeatures(feats, count, resolution, data_sha, cache_file, cached=False)
+    return RealFeatures(feats, count, resolution, data_sha, cache_file, False, dataset_kind(split.manifest))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -473,6 +485,7 @@ def compute_scores(
     t_real = time.perf_counter()
     result: dict[str, Any] = {
         "dataset": name,
+        "kind": real.kind,
         "resolution": real.resolution,
         "mode": "clean",
         "n_requested": cfg.n,
@@ -524,7 +537,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", default="{}", help="the fid config section: inline JSON or a YAML/JSON file "
                    f"(keys: {', '.join(f.name for f in fields(FIDConfig))})")
     p.add_argument("--real", required=True, help="real val split folder (results/data/{ds}/val)")
-    p.add_argument("--gen", help="folder of generated PNGs (results/samples/{ds}); grid*.png is skipped")
+    p.add_argument("--gen", help="folder of generated PNGs (results/samples/{ds}); grid.png is skipped")
     p.add_argument("--recon", help="folder of val reconstruction PNGs (results/vqgan/{ds}/recon) for rFID")
     p.add_argument("--out", required=True, help="result JSON (results/fid/{ds}.json)")
     p.add_argument("--cache-dir", default="results/fid/cache", help="real-set PNGs and features, reused across runs")
