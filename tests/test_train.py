@@ -164,10 +164,14 @@ def test_two_process_gloo_run_syncs_gradients(train_split, tmp_path):
     assert ranks[0]["final"]["d_params"] != ranks[0]["initial"]["d_params"], "discriminator weights did not change"
     info = json.loads((tmp_path / "out" / "train.json").read_text())
     assert info["world_size"] == 2 and info["per_device_batch"] == 4 and info["images_seen"] == 32
+    from vqgan.model import VQGAN
+
+    model = VQGAN.from_pretrained(tmp_path / "out")  # the export loads into a fresh model
+    assert model.cfg.resolution == 16 and model.cfg.n_codes == 16
 
 
 def test_resume_after_kill_continues_step_count(train_split, tmp_path):
-    config = config_with(steps=30, checkpoint_every=3, keep_checkpoints=2, log_every=3)
+    config = config_with(steps=12, checkpoint_every=2, keep_checkpoints=2, log_every=2)
     clean = run(train_cmd(config, train_split, tmp_path / "clean", tmp_path / "clean_state",
                           "--debug-dump-weights", str(tmp_path / "clean_dump")))
     assert clean.returncode == 0, clean.stderr[-3000:]
@@ -185,7 +189,7 @@ def test_resume_after_kill_continues_step_count(train_split, tmp_path):
     victim.wait()
     assert not (out / "model.safetensors").exists(), "the run finished before the kill; the test proves nothing"
     killed_at = max(int(p.parent.name.split("-")[1]) for p in state.glob("*/checkpoint-*/" + TRAIN_STATE))
-    assert killed_at < 30
+    assert killed_at < 12
 
     resumed = run(cmd)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -196,40 +200,26 @@ def test_resume_after_kill_continues_step_count(train_split, tmp_path):
     runs = json.loads((tmp_path / "dump" / "rank0.json").read_text())
     assert runs["start_step"] == start
     info = json.loads((out / "train.json").read_text())
-    assert info["steps"] == 30 and info["resumed_from_step"] == start
+    assert info["steps"] == 12 and info["resumed_from_step"] == start
     metrics = pd.read_csv(out / "metrics.csv")
-    assert metrics["step"].tolist() == list(range(3, 31, 3)), "each logged step exactly once across the two runs"
+    assert metrics["step"].tolist() == list(range(2, 13, 2)), "each logged step exactly once across the two runs"
     # Same seed, data order a function of the step, RNG states restored: the resumed run is the clean run.
     assert runs["final"] == json.loads((tmp_path / "clean_dump" / "rank0.json").read_text())["final"]
     states = sorted(int(p.name.split("-")[1]) for p in next(state.iterdir()).glob("checkpoint-*"))
-    assert states == [27, 30], f"keep_checkpoints=2 should leave the newest two, found {states}"
+    assert states == [10, 12], f"keep_checkpoints=2 should leave the newest two, found {states}"
 
 
 def test_nan_loss_stops_training_and_keeps_last_good_state(train_split, tmp_path):
     out, state = tmp_path / "out", tmp_path / "state"
-    proc = run(train_cmd(config_with(steps=8, checkpoint_every=2), train_split, out, state,
-                         "--debug-inject-nan-at", "5"))
+    proc = run(train_cmd(config_with(steps=6, checkpoint_every=2), train_split, out, state,
+                         "--debug-inject-nan-at", "3"))
     assert proc.returncode != 0
-    assert "non-finite loss at step 5" in proc.stderr and "checkpoint-4" in proc.stderr, proc.stderr[-2000:]
+    assert "non-finite loss at step 3" in proc.stderr and "checkpoint-2" in proc.stderr, proc.stderr[-2000:]
     assert not (out / "model.safetensors").exists(), "a diverged run must not export a model"
     run_dir = next(state.iterdir())
-    assert CheckpointManager(run_dir).latest() == run_dir / "checkpoint-4"
+    assert CheckpointManager(run_dir).latest() == run_dir / "checkpoint-2"
     # the last good state is loadable and finite
     from safetensors.torch import load_file
 
-    weights = load_file(str(run_dir / "checkpoint-4" / "model.safetensors"))
+    weights = load_file(str(run_dir / "checkpoint-2" / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
-
-
-def test_changed_config_does_not_resume_old_state(train_split, tmp_path):
-    state = tmp_path / "state"
-    first = run(train_cmd(config_with(steps=2, checkpoint_every=2), train_split, tmp_path / "a", state))
-    assert first.returncode == 0, first.stderr[-2000:]
-    second = run(train_cmd(config_with(steps=2, checkpoint_every=2, lr=1e-4), train_split, tmp_path / "b", state))
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "resumed from" not in second.stdout and "starting fresh" in second.stdout
-    assert len(list(state.iterdir())) == 2
-    from vqgan.model import VQGAN
-
-    model = VQGAN.from_pretrained(tmp_path / "b")  # the export loads into a fresh model
-    assert model.cfg.resolution == 16 and model.cfg.n_codes == 16

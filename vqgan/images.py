@@ -14,7 +14,7 @@ from PIL import Image
 
 def to_tensor(images: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1], the range the models work in."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).to(device)  # a writable copy (memmaps are read-only)
     return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
