@@ -110,3 +110,63 @@ def test_bad_inputs_name_the_file(tmp_path):
         T.build_table(recon=[a, b])
     with pytest.raises(SystemExit, match="no input files"):
         T.main(["--out", str(tmp_path / "t.csv")])
+
+
+# ---- report figures (vqgan.plots) ------------------------------------------------------------------------------
+
+def test_curves_plot_from_a_vqgan_metrics_file(tmp_path):
+    from PIL import Image
+
+    from vqgan import plots
+
+    steps = range(10, 210, 10)
+    pd.DataFrame({
+        "step": list(steps), "rec": [1 / s for s in steps], "perceptual": [0.5] * 20, "g_loss": [2 / s for s in steps],
+        "g_adv": [0.0] * 10 + [0.3] * 10, "d_loss": [0.0] * 10 + [1.0] * 10,
+        "usage": [s / 250 for s in steps], "perplexity": list(steps),
+    }).to_csv(tmp_path / "metrics.csv", index=False)
+    out = plots.plot_curves(tmp_path / "metrics.csv", tmp_path / "fig" / "curves.png")
+    with Image.open(out) as img:
+        wide = img.size
+    # A transformer's metrics (sparse val_loss, no usage) give one panel, so a narrower figure.
+    pd.DataFrame({"step": [1, 2, 3, 4], "loss": [5.0, 4.0, 3.5, 3.2], "val_loss": [None, 4.1, None, 3.4]}).to_csv(
+        tmp_path / "t.csv", index=False)
+    with Image.open(plots.plot_curves(tmp_path / "t.csv", tmp_path / "t.png")) as img:
+        assert img.size[0] < wide[0] / 2
+    with pytest.raises(plots.PlotError, match="no `step` column"):
+        pd.DataFrame({"x": [1]}).to_csv(tmp_path / "bad.csv", index=False)
+        plots.plot_curves(tmp_path / "bad.csv", tmp_path / "bad.png")
+
+
+def test_benchmark_table_averages_repeats_and_labels_by_rule(tmp_path):
+    from vqgan import plots
+
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    files = []
+    for rule, ds, rows in (("train_vqgan", "coco64", ["100.0", "120.0"]), ("fid", "coco64", ["20.5"])):
+        f = tmp_path / "benchmarks" / rule / f"{ds}.tsv"
+        f.parent.mkdir(parents=True)
+        f.write_text(header + "".join(f"{s}\t0:00:{int(float(s))}\t512.5\t900\t500\t501\t1\t2\t50\t{s}\n" for s in rows))
+        files.append(f)
+    (tmp_path / "benchmarks" / "fid" / "atari64.tsv").write_text(header + "3.0\t0:00:03\t-\t-\t-\t-\t-\t-\t-\t-\n")
+    files.append(tmp_path / "benchmarks" / "fid" / "atari64.tsv")
+    df = plots.read_benchmarks(files).set_index("label")
+    assert df.loc["train_vqgan/coco64", "seconds"] == 110.0 and df.loc["train_vqgan/coco64", "repeats"] == 2
+    assert df.loc["fid/coco64", "max_rss_mb"] == 512.5
+    assert math.isnan(df.loc["fid/atari64", "max_rss_mb"])  # '-' where psutil could not measure
+    assert plots.plot_benchmarks(files, tmp_path / "bench.png").stat().st_size > 1000
+
+
+def test_data_grid_has_one_row_per_class(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vqgan import plots
+    from vqgan.dataset import write_split
+
+    images = np.random.default_rng(0).integers(0, 255, (30, 16, 16, 3), dtype=np.uint8)
+    meta = pd.DataFrame({"label": [0] * 10 + [1] * 10 + [2] * 10})
+    split = write_split(tmp_path / "val", images, meta, {"classes": ["Pong", "MsPacman", "Breakout"]})
+    with Image.open(plots.plot_data_grid(split, tmp_path / "grid.png", per_row=5)) as img:
+        # scale 4 for 16 px frames, 2 px padding: 3 rows of 5 images
+        assert img.size == (5 * (64 + 2) + 2, 3 * (64 + 2) + 2)
