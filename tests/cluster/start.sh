@@ -67,7 +67,7 @@ fi
 # real machine. Override with TAMING_SLURM_CPUS / TAMING_SLURM_MEM_MB / TAMING_SLURM_GPUS.
 REAL_MEM=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 ))
 CPUS="${TAMING_SLURM_CPUS:-$(( $(nproc) > 16 ? $(nproc) : 16 ))}"
-MEM="${TAMING_SLURM_MEM_MB:-$(( REAL_MEM > 65536 ? REAL_MEM : 65536 ))}"
+MEM="${TAMING_SLURM_MEM_MB:-$(( REAL_MEM > 131072 ? REAL_MEM : 131072 ))}"
 sed -e "s|@HOST@|$NODE|g" -e "s|@STATE@|$STATE|g" -e "s|@CPUS@|$CPUS|g" -e "s|@MEM@|$MEM|g" \
     -e "s|@GPUS@|$FAKE_GPUS|g" "$HERE/slurm.conf.in" >"$STATE/slurm.conf"
 # Fake GPUs: slurmd drops a GPU GRES without File=, and wants character devices there, so each one is a
