@@ -122,6 +122,17 @@ def test_config_hash_changes_with_config_and_data():
     assert config_hash(cfg, {**manifest, "count": 11}) != config_hash(cfg, manifest)
 
 
+def test_state_folder_ignores_eval_and_bookkeeping_keys():
+    from vqgan.train import split_config, state_key
+
+    base = split_config(json.loads(config_with()))
+    same = split_config(json.loads(config_with(log_every=7, checkpoint_every=9)))
+    same["eval"] = {"max_images": 5}
+    assert config_hash(state_key(same)) == config_hash(state_key(base))
+    other = split_config(json.loads(config_with(lr=1e-5)))
+    assert config_hash(state_key(other)) != config_hash(state_key(base))
+
+
 def test_checkpoint_without_train_state_is_never_resumed(tmp_path):
     (tmp_path / "checkpoint-2").mkdir()
     (tmp_path / "checkpoint-2" / TRAIN_STATE).write_text('{"step": 2}')

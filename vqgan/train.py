@@ -154,6 +154,20 @@ def _scalars(logs: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
+# Keys that do not change what is learned: editing them must not throw away a run's state.
+NOT_IN_STATE_KEY = ("checkpoint_every", "keep_checkpoints", "log_every", "num_workers")
+
+
+def state_key(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The part of the config that names a run's state folder: everything that shapes the weights.
+
+    Left out: the `eval` section and the bookkeeping keys of `train` above. The number of processes is not a
+    config key at all: the global batch sequence is the same on any world size, so a run may resume on another.
+    """
+    train = {k: v for k, v in sections["train"].items() if k not in NOT_IN_STATE_KEY}
+    return {**{k: v for k, v in sections.items() if k not in ("eval", "train")}, "train": train}
+
+
 def weight_hashes(model: torch.nn.Module, disc: torch.nn.Module) -> dict[str, str]:
     """Hashes that must agree across ranks: G's whole state (parameters and codebook buffers) and D's parameters.
 
@@ -202,7 +216,7 @@ def train(args, sections, tc: TrainConfig, split) -> int:
     from tqdm.auto import tqdm
 
     # A changed config or dataset gets a fresh state folder; the same one resumes.
-    run_dir = Path(args.state_dir) / config_hash(sections, split.manifest)
+    run_dir = Path(args.state_dir) / config_hash(state_key(sections), split.manifest)
     accelerator = Accelerator(
         mixed_precision=tc.mixed_precision,
         gradient_accumulation_steps=tc.grad_accum,
