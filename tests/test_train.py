@@ -133,6 +133,26 @@ def test_state_folder_ignores_eval_and_bookkeeping_keys():
     assert config_hash(state_key(other)) != config_hash(state_key(base))
 
 
+def test_launch_command_uses_multi_gpu_with_a_port_and_gloo_on_cpu(monkeypatch):
+    from vqgan import launch
+
+    cmd = launch.build_command(2, "vqgan.train", ["--config", "c.yaml"], port=12345)
+    assert cmd[cmd.index("--num_processes") + 1] == "2" and "--multi_gpu" in cmd
+    assert cmd[cmd.index("--main_process_port") + 1] == "12345"
+    assert cmd[-4:] == ["-m", "vqgan.train", "--config", "c.yaml"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert launch.launch_env()["ACCELERATE_USE_CPU"] == "true"
+
+
+@pytest.mark.filterwarnings("ignore:'vqgan.train' found in sys.modules:RuntimeWarning")
+def test_launch_in_process_reports_a_config_error(capsys, train_split, tmp_path):
+    from vqgan import launch
+
+    rc = launch.main(["--num-processes", "1", "--", "-m", "vqgan.train", "--config", '{"bogus": {}}',
+                      "--data", str(train_split), "--out", str(tmp_path / "o"), "--state-dir", str(tmp_path / "s")])
+    assert rc == 1 and "unknown vqgan sections ['bogus']" in capsys.readouterr().err
+
+
 def test_checkpoint_without_train_state_is_never_resumed(tmp_path):
     (tmp_path / "checkpoint-2").mkdir()
     (tmp_path / "checkpoint-2" / TRAIN_STATE).write_text('{"step": 2}')
@@ -183,10 +203,10 @@ def test_two_process_gloo_run_syncs_gradients(train_split, tmp_path):
 
 def test_resume_after_kill_continues_step_count(train_split, tmp_path):
     config = config_with(steps=12, checkpoint_every=2, keep_checkpoints=2, log_every=2)
-    clean = run(train_cmd(config, train_split, tmp_path / "clean", tmp_path / "clean_state",
-                          "--debug-dump-weights", str(tmp_path / "clean_dump")))
-    assert clean.returncode == 0, clean.stderr[-3000:]
-
+    # the uninterrupted reference runs alongside the victim (wall time; the cores are shared anyway)
+    clean = subprocess.Popen(train_cmd(config, train_split, tmp_path / "clean", tmp_path / "clean_state",
+                                       "--debug-dump-weights", str(tmp_path / "clean_dump")),
+                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     out, state = tmp_path / "out", tmp_path / "state"
     cmd = train_cmd(config, train_split, out, state, "--debug-dump-weights", str(tmp_path / "dump"))
     victim = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -204,6 +224,8 @@ def test_resume_after_kill_continues_step_count(train_split, tmp_path):
 
     resumed = run(cmd)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _, clean_err = clean.communicate(timeout=120)
+    assert clean.returncode == 0, clean_err[-3000:]
     m = [line for line in resumed.stdout.splitlines() if "resumed from step" in line]
     assert m, f"no 'resumed from step' line in:\n{resumed.stdout[-2000:]}"
     start = int(m[0].split("resumed from step")[1].split()[0])

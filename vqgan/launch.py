@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             runpy.run_module(module, run_name="__main__", alter_sys=True)
         except SystemExit as e:
             code = e.code
-            return code if isinstance(code, int) else (0 if code is None else 1)
+            if code is None or isinstance(code, int):
+                return code or 0
+            print(code, file=sys.stderr, flush=True)  # what the interpreter would have printed
+            return 1
         return 0
 
     cmd = build_command(a.num_processes, module, args, a.port)

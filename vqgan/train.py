@@ -101,7 +101,7 @@ SECTIONS = ("model", "quantizer", "loss", "train", "eval")
 def split_config(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     unknown = sorted(set(cfg) - set(SECTIONS))
     if unknown:
-        raise ValueError(f"--config: unknown vqgan sections {unknown}; expected some of {list(SECTIONS)}")
+        raise ValueError(f"unknown vqgan sections {unknown}; expected some of {list(SECTIONS)}")
     return {k: dict(cfg.get(k) or {}) for k in SECTIONS}
 
 
