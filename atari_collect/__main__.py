@@ -48,25 +48,24 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     try:
-        if cfg.policy.name == "go_explore":
-            from .explore import collect_game_explore
+        from .collect import collect
 
-            games = [collect_game_explore(cfg, i, progress=not args.no_progress) for i in range(len(cfg.games))]
-            made_by = ("Go-Explore-style archive of cells with cloneState/restoreState, sticky-random explorations "
-                       "from restored cells (atari_collect.explore); split by root lineage")
-        else:
-            from .collect import collect_plain
-
-            games = collect_plain(cfg, args.workers, progress=not args.no_progress)
-            made_by = (f"{cfg.policy.name} policy, {cfg.num_envs} seeded ale_py.ALEInterface streams per game "
-                       "(atari_collect.collect), INTER_AREA resize, split by episode")
+        games = collect(cfg, args.workers, progress=not args.no_progress)
+        made_by = "; ".join(
+            f"{g.game}: " + (
+                "Go-Explore-style archive of cells with cloneState/restoreState and sticky-random explorations "
+                "(atari_collect.explore), split by lineage" if g.stats["policy"] == "go_explore" else
+                f"{g.stats['policy']} policy in {cfg.num_envs} seeded ALEInterface streams (atari_collect.collect), "
+                "split by episode")
+            for g in games) + "; INTER_AREA resize"
         written = write_dataset(args.out, cfg, games, made_by)
     except CollectError as e:
         raise SystemExit(f"atari-collect: {e}")
-    if cfg.policy.name == "go_explore":
+    explored = [g for g in games if g.stats["policy"] == "go_explore"]
+    if explored:
         from .explore import plot_coverage
 
-        plot_coverage(games, f"{args.out}/coverage.png")
+        plot_coverage(explored, f"{args.out}/coverage.png")
     secs = time.perf_counter() - t0
     n = sum(len(g.images) for g in games)
     print(f"atari-collect: {n} frames from {len(games)} game(s) in {secs:.1f} s ({n / secs:.0f} frames/s) -> "

@@ -83,7 +83,8 @@ def play_stream(cfg: AtariConfig, label: int, stream: int, quota: int) -> Stream
     t0 = time.process_time()
     emu_rng, rng = stream_rngs(cfg.seed, label, stream)
     emu = Emulator(resolve_game(cfg.games[label]), emu_rng, cfg.frame_skip, cfg.sticky_actions)
-    policy = StickyRandom(emu.n_actions, cfg.policy.repeat_prob if cfg.policy.name == "sticky_random" else 0.0, rng)
+    pol = cfg.policy_for(label)
+    policy = StickyRandom(emu.n_actions, pol.repeat_prob if pol.name == "sticky_random" else 0.0, rng)
     R = cfg.resolution
     images = np.empty((quota, R, R, 3), dtype=np.uint8)
     episode = np.zeros(quota, dtype=np.int64)
@@ -109,44 +110,63 @@ def play_stream(cfg: AtariConfig, label: int, stream: int, quota: int) -> Stream
     return Stream(images, episode, step, action, reward, finished, time.process_time() - t0)
 
 
+def run_jobs(fn, jobs: list, workers: int | None = None, done=None) -> list:
+    """`[fn(job) for job in jobs]`, in order, over `workers` processes (in this process when 1)."""
+    workers = min(workers or default_workers(), len(jobs))
+    out = []
+    if workers <= 1:
+        for job in jobs:
+            out.append(fn(job))
+            done and done(out[-1])
+        return out
+    # fork: workers inherit the imported modules instead of re-importing ale-py and numpy (~0.5 s each)
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        for r in pool.map(fn, jobs):
+            out.append(r)
+            done and done(r)
+    return out
+
+
 def _play(job: tuple[AtariConfig, int, int, int]) -> tuple[int, int, Stream]:
     cfg, label, stream, quota = job
     return label, stream, play_stream(cfg, label, stream, quota)
 
 
-def collect_plain(cfg: AtariConfig, workers: int | None = None, progress: bool = True) -> list[GameFrames]:
-    """Collect every game of `cfg` with the random / sticky-random policy; one GameFrames per game, in order."""
-    workers = workers or default_workers()
+def collect(cfg: AtariConfig, workers: int | None = None, progress: bool = True) -> list[GameFrames]:
+    """Collect every game of `cfg` with its policy; one GameFrames per game, in the config's order."""
+    explore = [i for i in range(len(cfg.games)) if cfg.policy_for(i).name == "go_explore"]
+    plain = [i for i in range(len(cfg.games)) if i not in explore]
+    out = collect_plain(cfg, plain, workers, progress) if plain else {}
+    if explore:
+        from .explore import collect_explore
+
+        out.update(collect_explore(cfg, explore, workers, progress))
+    return [out[i] for i in range(len(cfg.games))]
+
+
+def collect_plain(cfg: AtariConfig, labels: list[int], workers: int | None = None,
+                  progress: bool = True) -> dict[int, GameFrames]:
+    """Collect the games `labels` of `cfg` with the random / sticky-random policy."""
     ne = min(cfg.num_envs, cfg.frames_per_game)
     quota = env_quotas(cfg.frames_per_game, ne)
-    jobs = [(cfg, label, s, int(quota[s])) for label in range(len(cfg.games)) for s in range(ne)]
-    results: dict[tuple[int, int], Stream] = {}
+    jobs = [(cfg, label, s, int(quota[s])) for label in labels for s in range(ne)]
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.frames_per_game * len(cfg.games), desc=f"collect ({cfg.policy.name})", unit="frame",
+    bar = tqdm(total=cfg.frames_per_game * len(labels), desc="collect (plain policies)", unit="frame",
                disable=not progress, mininterval=2)
-    if workers == 1:
-        for job in jobs:
-            label, s, r = _play(job)
-            results[label, s] = r
-            bar.update(len(r.images))
-    else:
-        # fork: workers inherit the imported modules instead of re-importing ale-py and numpy (~0.5 s each)
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-            for label, s, r in pool.map(_play, jobs):
-                results[label, s] = r
-                bar.update(len(r.images))
+    results = {(label, s): r for label, s, r in run_jobs(_play, jobs, workers, lambda r: bar.update(len(r[2].images)))}
     bar.close()
     seconds = time.perf_counter() - t0
 
-    games = []
-    for label, game in enumerate(cfg.games):
+    games = {}
+    for label in labels:
+        game = cfg.games[label]
         streams = [results[label, s] for s in range(ne)]
         # Episode ids: (stream, episode within stream) in order, numbered 0..E-1 within the game.
         first = np.cumsum([0] + [int(r.episode.max()) + 1 for r in streams[:-1]])
         episode = np.concatenate([r.episode + f for r, f in zip(streams, first)])
         reward = np.concatenate([r.reward for r in streams])
-        games.append(GameFrames(
+        games[label] = GameFrames(
             game=game,
             images=np.concatenate([r.images for r in streams]),
             episode=episode,
@@ -156,15 +176,14 @@ def collect_plain(cfg: AtariConfig, workers: int | None = None, progress: bool =
             group=episode,
             level=np.full(len(episode), -1, dtype=np.int64),
             stats={
-                "policy": cfg.policy.name,
+                "policy": cfg.policy_for(label).name,
                 "rom": resolve_game(game),
                 "streams": ne,
                 "episodes_total": int(episode.max() + 1),
                 "episodes_finished": int(sum(r.episodes_finished for r in streams)),
                 "mean_return_per_episode": float(np.bincount(episode, weights=reward).mean()),
                 "cpu_seconds": round(sum(r.cpu_seconds for r in streams), 2),
+                "wall_seconds_plain_games": round(seconds, 2),
             },
-        ))
-    for g in games:
-        g.stats["wall_seconds_all_games"] = round(seconds, 2)
+        )
     return games

@@ -27,10 +27,14 @@ class PolicyConfig:
     # which uniform random (repeat_prob=0) rarely does (it jitters in place).
     repeat_prob: float = 0.75
     # go_explore only (see explore.py):
+    budget_steps: int | None = None    # agent steps explored per game; frames_per_game of them are kept, evenly
+                                       # spread (None: = frames_per_game, every explored step is a frame)
+    lineages: int = 4                  # independent archives per game; the train/val split is by lineage
     explore_steps: int = 100           # agent steps per exploration from a restored cell
+    survive_steps: int = 25            # a state enters the archive after surviving this many more steps
     cell: str = "auto"                 # "auto": RAM cell for games we know (MsPacman), else "pixels"
-    max_seconds: float | None = None   # wall-time limit per game; None = frames only (stopping early breaks determinism)
-    emit: str = "all"                  # "all": every explored frame; "new": only frames of steps that found a new/better cell
+    max_seconds: float | None = None   # time limit per game (split over its lineages); None = no limit.
+                                       # Stopping early keeps fewer frames and breaks determinism.
 
 
 @dataclass
@@ -47,6 +51,11 @@ class AtariConfig:
     seed: int = 0
     num_envs: int = 8                  # vector env width; part of the data (episodes interleave per env)
     crop: list[int] | None = None      # [top, left, height, width] in native 210x160 pixels, before resizing
+    # per-game overrides of `policy`, e.g. {MsPacman: {name: go_explore, budget_steps: 400000}}
+    game_policy: dict[str, PolicyConfig] = field(default_factory=dict)
+
+    def policy_for(self, label: int) -> PolicyConfig:
+        return self.game_policy.get(self.games[label], self.policy)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,13 +98,15 @@ def parse_policy(raw: Any) -> PolicyConfig:
         raise _fail("policy.name", p.name, f"unknown policy; choose one of {list(POLICIES)}")
     p.repeat_prob = _check_prob("policy.repeat_prob", p.repeat_prob)
     p.explore_steps = _check_int("policy.explore_steps", p.explore_steps, 1)
+    p.survive_steps = _check_int("policy.survive_steps", p.survive_steps, 0)
+    p.lineages = _check_int("policy.lineages", p.lineages, 2)
+    if p.budget_steps is not None:
+        p.budget_steps = _check_int("policy.budget_steps", p.budget_steps, 1)
     if p.cell not in ("auto", "pixels", "ram"):
         raise _fail("policy.cell", p.cell, "must be 'auto', 'pixels' or 'ram'")
     if p.max_seconds is not None and (isinstance(p.max_seconds, bool) or not isinstance(p.max_seconds, (int, float))
                                       or p.max_seconds <= 0):
         raise _fail("policy.max_seconds", p.max_seconds, "must be a positive number of seconds or null")
-    if p.emit not in ("all", "new"):
-        raise _fail("policy.emit", p.emit, "must be 'all' or 'new'")
     return p
 
 
@@ -116,7 +127,26 @@ def parse_config(raw: dict[str, Any]) -> AtariConfig:
         if key not in raw:
             raise ConfigError(f"dataset config: required key {key!r} is missing")
     raw = dict(raw)
-    raw["policy"] = parse_policy(raw.get("policy"))
+    base = raw.get("policy") or {}
+    raw["policy"] = parse_policy(base)
+    overrides = raw.get("game_policy") or {}
+    if not isinstance(overrides, dict):
+        raise _fail("game_policy", overrides, "must map game names to policy mappings, e.g. {MsPacman: {name: go_explore}}")
+    if not isinstance(base, dict):
+        base = {"name": base}
+    gp = {}
+    for game, over in overrides.items():
+        if game not in (raw.get("games") or []):
+            raise _fail(f"game_policy.{game}", over, f"names a game that is not in games {raw.get('games')}")
+        if isinstance(over, str):
+            over = {"name": over}
+        if not isinstance(over, dict):
+            raise _fail(f"game_policy.{game}", over, "must be a policy mapping like {name: go_explore}")
+        try:
+            gp[game] = parse_policy({**base, **over})
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("'policy.", f"'game_policy.{game}.", 1)) from None
+    raw["game_policy"] = gp
     cfg = AtariConfig(**raw)
 
     if cfg.kind != "atari":
@@ -134,9 +164,17 @@ def parse_config(raw: dict[str, Any]) -> AtariConfig:
         raise _fail("games", cfg.games, "must be a non-empty list of ALE game names like ['MsPacman', 'Pong']")
     if len(set(cfg.games)) != len(cfg.games):
         raise _fail("games", cfg.games, "lists a game twice; each game is one class label")
-    for g in cfg.games:
-        resolve_game(g)  # raises ConfigError naming the game and some valid names
+    for label, g in enumerate(cfg.games):
+        rom = resolve_game(g)  # raises ConfigError naming the game and some valid names
+        if cfg.policy_for(label).cell == "ram" and rom != "ms_pacman":
+            where = f"game_policy.{g}" if g in cfg.game_policy else "policy"
+            raise _fail(f"{where}.cell", "ram", f"RAM cells are only defined for MsPacman, not {g}; use 'auto'")
 
+    for where, pol in [("policy", cfg.policy)] + [(f"game_policy.{g}", q) for g, q in cfg.game_policy.items()]:
+        pb = pol.budget_steps
+        if pb is not None and pb < cfg.frames_per_game:
+            raise _fail(f"{where}.budget_steps", pb, f"must be >= frames_per_game ({cfg.frames_per_game}): every "
+                        "frame is an explored step")
     if cfg.crop is not None:
         c = cfg.crop
         if not isinstance(c, list) or len(c) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in c):

@@ -89,7 +89,9 @@ class Emulator:
         """Everything the future depends on: emulator state, the joystick's last action and our RNG state."""
         return self.ale.cloneState(include_rng=True), self.executed, self.rng.bit_generator.state
 
-    def restore(self, snapshot: tuple[object, object, object]) -> None:
+    def restore(self, snapshot: tuple[object, object, object], with_rng: bool = True) -> None:
+        """Return to a `clone`; with_rng=False keeps drawing fresh sticky-action randomness."""
         state, self.executed, rng_state = snapshot
         self.ale.restoreState(state)
-        self.rng.bit_generator.state = rng_state
+        if with_rng:
+            self.rng.bit_generator.state = rng_state

@@ -85,7 +85,7 @@ def main() -> None:
     for ne in args.num_envs:
         cfg = parse_config({"kind": "atari", "resolution": args.resolution, "games": args.games,
                             "frames_per_game": args.frames, "num_envs": ne})
-        vec[ne] = np.array(timed(collect_plain, cfg, args.workers, progress=False))
+        vec[ne] = np.array(timed(collect_plain, cfg, list(range(len(args.games))), args.workers, progress=False))
     base.append(np.array(timed(run_baseline)))
     b = np.mean(base, axis=0)
     print(f"single gymnasium env: {n / b[0]:.0f} frames/s wall, {n / b[1]:.0f} frames/CPU-s "
