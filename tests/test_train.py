@@ -183,9 +183,15 @@ def test_metrics_log_drops_rows_past_the_resumed_step(tmp_path):
 
 
 def test_two_process_gloo_run_syncs_gradients(train_split, tmp_path):
-    """Both ranks see different halves of each batch; equal final weights prove the gradients were averaged."""
+    """Both ranks see different halves of each batch; equal final weights prove the gradients were averaged.
+
+    The codebook maintenance (EMA, dead-code restart, k-means init) is switched on too: each changes the codebook
+    outside of gradients, so it keeps the ranks identical only if it synchronises itself.
+    """
     dump = tmp_path / "dump"
-    proc = run(train_cmd(config_with(steps=4, checkpoint_every=4), train_split, tmp_path / "out", tmp_path / "state",
+    cfg = json.loads(config_with(steps=4, checkpoint_every=4))
+    cfg["quantizer"].update(ema=True, restart_dead_after=1, kmeans_init=True)
+    proc = run(train_cmd(json.dumps(cfg), train_split, tmp_path / "out", tmp_path / "state",
                          "--debug-dump-weights", str(dump), processes=2))
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = hashes(dump)
