@@ -50,7 +50,7 @@ from vqgan.training import (
 class TrainConfig:
     """`vqgan.train` keys. Batch size is global: per-device = batch_size / processes / grad_accum."""
 
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 16
     lr: float = 2e-4                   # absolute (the seed scaled 4.5e-6 x batch; 2e-4 is its value at batch 44)
     disc_lr: float | None = None       # None: same as lr
