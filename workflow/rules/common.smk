@@ -52,11 +52,14 @@ def _check_atari_games(ds, games):
             raise ConfigError(f"config key datasets.{ds}.games: {e}") from None
 
 
+OVERRIDABLE = ("vqgan", "transformer", "sample")
+
+
 def _check_config(cfg):
     """Validate dataset entries per kind, apply per-dataset overrides, and check cross-key constraints."""
     for ds, entry in cfg["datasets"].items():
         validate(entry, f"../schemas/dataset_{entry['kind']}.schema.yaml")
-        for section in ("vqgan",):
+        for section in OVERRIDABLE:
             merged = _deep_merge(cfg[section], entry.get(section, {}))
             _validate_section(merged, section, f"datasets.{ds}.{section}")
             entry[f"_{section}"] = merged
@@ -69,6 +72,17 @@ def _check_config(cfg):
             )
         if entry["kind"] == "atari":
             _check_atari_games(ds, entry["games"])
+        gpt = entry["_transformer"]["model"]
+        if gpt["n_embd"] % gpt["n_head"]:
+            raise ConfigError(
+                f"config key datasets.{ds}.transformer.model.n_embd: {gpt['n_embd']} is not divisible by "
+                f"transformer.model.n_head = {gpt['n_head']}"
+            )
+        sample = entry["_sample"]
+        if sample["n_per_class"] is not None and sample["n_samples"] is not None:
+            raise ConfigError(
+                f"config keys datasets.{ds}.sample.n_per_class and n_samples: set one of them, not both"
+            )
 
 
 try:
@@ -89,7 +103,7 @@ def _names(names):
 
 def dataset_json(ds):
     """The dataset entry as the JSON a CLI takes (overrides and private keys removed)."""
-    entry = {k: v for k, v in DATASETS[ds].items() if not k.startswith("_") and k not in ("vqgan",)}
+    entry = {k: v for k, v in DATASETS[ds].items() if not k.startswith("_") and k not in OVERRIDABLE}
     return json.dumps(entry, sort_keys=True)
 
 
@@ -116,4 +130,12 @@ def coco_source(wildcards):
 
 
 def all_targets():
-    return expand("results/data/{ds}/{split}", ds=list(DATASETS), split=["train", "val"])
+    """The table, and the figures the HTML report shows."""
+    return [
+        "results/fid_table.csv",
+        "results/plots/benchmarks.png",
+        *expand("results/plots/data_{ds}.png", ds=DATASETS),
+        *expand("results/plots/{stage}_{ds}_curves.png", stage=["vqgan", "transformer"], ds=DATASETS),
+        *expand("results/vqgan/{ds}/recon.png", ds=DATASETS),
+        *expand("results/samples/{ds}", ds=DATASETS),
+    ]

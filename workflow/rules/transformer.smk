@@ -1,0 +1,48 @@
+# Second stage: encode every dataset to code grids with its VQGAN, then train a class-conditional GPT on them.
+
+
+rule encode:
+    input:
+        model=rules.train_vqgan.output.model,
+        train="results/data/{ds}/train",
+        val="results/data/{ds}/val",
+    output:
+        train="results/codes/{ds}/train.npy",
+        val="results/codes/{ds}/val.npy",
+        train_labels="results/codes/{ds}/train_labels.npy",
+        val_labels="results/codes/{ds}/val_labels.npy",
+        meta="results/codes/{ds}/codes.json",
+    params:
+        model=lambda w: f"results/vqgan/{w.ds}",
+        data=lambda w: f"results/data/{w.ds}",
+        out=lambda w: f"results/codes/{w.ds}",
+    log:
+        "logs/encode/{ds}.log",
+    benchmark:
+        "benchmarks/encode/{ds}.tsv"
+    shell:
+        "python -m vqgan.encode --model {params.model:q} --data {params.data:q} --out {params.out:q} > {log:q} 2>&1"
+
+
+rule train_transformer:
+    input:
+        rules.encode.output,
+    output:
+        model="results/transformer/{ds}/model.safetensors",
+        config="results/transformer/{ds}/config.json",
+        metrics="results/transformer/{ds}/metrics.csv",
+        summary="results/transformer/{ds}/train.json",
+        codes="results/transformer/{ds}/codes.json",
+    params:
+        cfg=lambda w: section_json(w.ds, "transformer"),
+        codes=lambda w: f"results/codes/{w.ds}",
+        out=lambda w: f"results/transformer/{w.ds}",
+        state=lambda w: f"results/transformer/{w.ds}/state",  # outside the outputs: survives reruns, resumes
+    log:
+        "logs/train_transformer/{ds}.log",
+    benchmark:
+        "benchmarks/train_transformer/{ds}.tsv"
+    shell:
+        "python -m vqgan.launch --num-processes {resources.gpu} -- -m vqgan.train_transformer"
+        " --config {params.cfg:q} --codes {params.codes:q} --out {params.out:q} --state-dir {params.state:q}"
+        " > {log:q} 2>&1"
