@@ -126,6 +126,13 @@ def coco_source(wildcards):
     return {"download": rules.download_coco.output.summary}
 
 
+def perceptual_weights(wildcards):
+    # LPIPS needs the VGG16 trunk only when the perceptual loss is on
+    if DATASETS[wildcards.ds]["_vqgan"]["loss"]["perceptual_weight"] > 0:
+        return [rules.fetch_weights.output.vgg16]
+    return []
+
+
 # -- targets ------------------------------------------------------------------------------------------------
 
 

@@ -4,6 +4,20 @@
 
 localrules:
     download_coco,
+    fetch_weights,
+
+
+rule fetch_weights:
+    # Network: LPIPS's VGG16 trunk into weights_dir, so compute jobs never download. A file placed there by hand
+    # is used as it is (the rule does not run).
+    output:
+        vgg16=f"{config['weights_dir']}/vgg16-397923af.pth",
+    params:
+        weights=config["weights_dir"],
+    log:
+        "logs/fetch_weights.log",
+    shell:
+        "python -m vqgan.weights --vgg16 --weights-dir {params.weights:q} > {log:q} 2>&1"
 
 
 rule download_coco:
@@ -32,7 +46,7 @@ rule prepare_coco:
         cfg=lambda w: dataset_json(w.ds),
         root=coco_root(),
         out=lambda w: f"results/data/{w.ds}",
-    threads: workflow.cores
+    threads: 4  # capped at --cores by Snakemake
     log:
         "logs/prepare_coco/{ds}.log",
     benchmark:

@@ -12,7 +12,7 @@ rule fid:
     params:
         cfg=json.dumps(config["fid"], sort_keys=True),
         weights=config["weights_dir"],
-    threads: workflow.cores
+    threads: 4  # capped at --cores by Snakemake
     log:
         "logs/fid/{ds}.log",
     benchmark:

@@ -5,6 +5,7 @@
 rule train_vqgan:
     input:
         train="results/data/{ds}/train",
+        weights=perceptual_weights,
     output:
         model="results/vqgan/{ds}/model.safetensors",
         config="results/vqgan/{ds}/config.json",

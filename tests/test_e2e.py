@@ -1,0 +1,135 @@
+"""End to end: the tiny DAG on config/test.yaml, from real COCO images and real ALE frames to fid_table.csv,
+then what reruns when something changes (the user's "a stage reruns only when its inputs or its config change").
+
+One full run (minutes on 2 cores) is shared by every test in this module; the rerun checks are dry runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, TINY_COCO, run_snakemake
+
+pytestmark = pytest.mark.e2e
+
+DATA_RULES = {"prepare_coco", "collect_atari", "download_coco"}
+VQGAN_RULES = {"train_vqgan", "eval_vqgan", "encode"}
+
+
+def _write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _base_config() -> dict:
+    cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    cfg["coco"]["root"] = str(TINY_COCO)  # the run happens in a temporary folder
+    return cfg
+
+
+def _snakemake(workdir: Path, config: Path, *args: str, check: bool = True):
+    return run_snakemake("-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args,
+                         "--configfile", str(config), check=check)
+
+
+def _planned_jobs(workdir: Path, config: Path, *targets: str) -> dict[str, int]:
+    """Job counts per rule of a dry run (empty when there is nothing to do)."""
+    out = _snakemake(workdir, config, "-n", *targets).stdout
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:", 1)[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table.split("\n\n")[0], re.M)}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_coco):
+    workdir = tmp_path_factory.mktemp("e2e")
+    config = _write_config(workdir / "config.yaml", _base_config())
+    _snakemake(workdir, config)
+    return workdir, config
+
+
+def test_tiny_dag_writes_the_fid_table_with_sane_values(run):
+    workdir, _ = run
+    table = pd.read_csv(workdir / "results" / "fid_table.csv")
+    cfg = _base_config()
+    assert sorted(table["dataset"]) == sorted(cfg["datasets"])
+    for column in ["dataset", "kind", "resolution", "n_real", "n_gen", "fid", "kid_mean", "kid_std", "rfid", "psnr",
+                   "psnr_mean_baseline", "psnr_median_baseline", "fg_error", "fg_error_baseline", "codebook_usage",
+                   "perplexity", "vqgan_steps", "transformer_steps", "val_bits_per_token", "inception_sha256"]:
+        assert column in table.columns, f"fid_table.csv lacks {column}: {list(table.columns)}"
+        assert table[column].notna().all(), f"fid_table.csv has empty {column}:\n{table}"
+    assert (table["n_gen"] == cfg["fid"]["n"]).all() and (table["n_real"] == cfg["fid"]["n"]).all()
+    assert (table["fid"] > 0).all() and (table["rfid"] > 0).all()
+    assert table["codebook_usage"].between(0, 1).all()
+    assert (table["vqgan_steps"] == cfg["vqgan"]["train"]["steps"]).all()
+    assert (table["transformer_steps"] == cfg["transformer"]["train"]["steps"]).all()
+    # a model that learned anything beats a uniform guess over the codebook
+    assert (table["val_bits_per_token"] < table["uniform_bits_per_token"]).all()
+    for ds, entry in cfg["datasets"].items():
+        assert table.set_index("dataset").loc[ds, "resolution"] == entry["resolution"]
+        samples = sorted((workdir / "results" / "samples" / ds).glob("*_*.png"))
+        assert len(samples) == cfg["sample"]["n_samples"], f"{ds}: {len(samples)} sample PNGs"
+    assert (workdir / "results" / "fid_table.md").read_text().count("\n|") >= 3
+
+
+def test_atari_samples_are_further_from_coco_than_from_atari(run):
+    workdir, _ = run
+    results = workdir / "results"
+    own = json.loads((results / "fid" / "atari_tiny.json").read_text())
+    out = workdir / "cross.json"
+    subprocess.run([sys.executable, "-m", "vqgan.fid", "--config", json.dumps(_base_config()["fid"]),
+                    "--real", str(results / "data" / "coco_tiny" / "val"), "--gen", str(results / "samples" / "atari_tiny"),
+                    "--cache-dir", str(results / "fid" / "cache"), "--out", str(out)],
+                   check=True, cwd=workdir, capture_output=True, text=True)
+    cross = json.loads(out.read_text())
+    assert cross["fid"] > own["fid"], f"Atari samples: FID vs COCO val {cross['fid']:.1f} <= vs Atari val {own['fid']:.1f}"
+
+
+def test_nothing_to_do_after_a_full_run_and_after_editing_a_readme(run):
+    workdir, config = run
+    assert _planned_jobs(workdir, config) == {}
+    readme = REPO / "README.md"
+    stat = readme.stat()
+    os.utime(readme)  # "editing" it: newer mtime, same content
+    try:
+        assert _planned_jobs(workdir, config) == {}
+    finally:
+        os.utime(readme, (stat.st_atime, stat.st_mtime))
+
+
+def test_changing_a_transformer_key_reruns_only_the_transformer_chain(run, tmp_path):
+    workdir, _ = run
+    cfg = _base_config()
+    cfg["transformer"]["train"]["lr"] = 1e-3
+    jobs = _planned_jobs(workdir, _write_config(tmp_path / "c.yaml", cfg), "results/fid_table.csv")
+    assert set(jobs) == {"train_transformer", "sample", "fid", "fid_table"}, jobs
+    assert jobs["train_transformer"] == len(cfg["datasets"])
+
+
+def test_changing_one_datasets_resolution_reruns_only_that_datasets_chain(run, tmp_path):
+    workdir, _ = run
+    cfg = _base_config()
+    cfg["datasets"]["atari_tiny"]["resolution"] = 16
+    config = _write_config(tmp_path / "c.yaml", cfg)
+    out = _snakemake(workdir, config, "-n", "results/fid_table.csv").stdout
+    jobs = _planned_jobs(workdir, config, "results/fid_table.csv")
+    assert {"collect_atari", "train_vqgan", "eval_vqgan", "encode", "train_transformer", "sample", "fid",
+            "fid_table"} == set(jobs), jobs
+    assert all(n == 1 for n in jobs.values()), jobs
+    assert "ds=coco_tiny" not in out, "a coco_tiny job was planned"
+
+
+def test_report_builds_offline(run):
+    workdir, config = run
+    _snakemake(workdir, config, "--report", str(workdir / "report.html"))
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert len(html) > 100_000 and "fid_table.csv" in html
