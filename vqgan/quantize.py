@@ -163,7 +163,11 @@ class VectorQuantizer(nn.Module):
 
         # straight-through: forward uses zq, backward passes dL/dzq to the encoder unchanged
         zq = flat + (zq - flat).detach()
-        zq = zq.view(B, h, w, D).permute(0, 3, 1, 2)  # (B*h*w, D) -> (B, D, h, w)
+        # (B*h*w, D) -> (B, D, h, w), in z's memory layout: a channels-last view leaking out of here would make
+        # the whole decoder run channels-last, where CPU GroupNorm is ~10x slower in bf16 (measured)
+        fmt = torch.channels_last if z.is_contiguous(memory_format=torch.channels_last) and not z.is_contiguous() \
+            else torch.contiguous_format
+        zq = zq.view(B, h, w, D).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
         indices = indices.view(B, h, w)
         stats = codebook_stats(indices, self.n_codes)
         return zq, indices, loss, stats
