@@ -3,8 +3,14 @@
     atari-collect --config '{"kind": "atari", "resolution": 64, "games": ["MsPacman", "Pong"],
                              "frames_per_game": 4000}' --out results/data/atari64
 
-`--config` is one `datasets.<name>` entry (inline JSON or a YAML/JSON file). Environment things (threads) are
-flags; everything that changes the data is in the config.
+    # Ms. Pac-Man with the exploring collector (reaches the 2nd maze), the others sticky-random:
+    atari-collect --config '{"kind": "atari", "resolution": 64, "games": ["MsPacman", "Pong"],
+                             "frames_per_game": 4000, "game_policy": {"MsPacman": {"name": "go_explore",
+                             "budget_steps": 600000, "lineages": 4}}}' --out results/data/atari64
+
+`--config` is one `datasets.<name>` entry (inline JSON or a YAML/JSON file). Environment things (processes) are
+flags; everything that changes the data is in the config. Games collected with go_explore also get
+OUT/coverage.png (cells and levels over steps); their coverage numbers are in the manifests (per_game).
 """
 from __future__ import annotations
 
