@@ -107,9 +107,15 @@ def dataset_json(ds):
     return json.dumps(entry, sort_keys=True)
 
 
-def section_json(ds, section):
-    """A config section with the dataset's overrides applied, as JSON (a tracked param: changes rerun the rule)."""
-    return json.dumps(DATASETS[ds][f"_{section}"], sort_keys=True)
+def section_json(ds, section, keys=None):
+    """A config section with the dataset's overrides applied, as JSON (a tracked param: changes rerun the rule).
+
+    `keys` limits it to the sub-sections a rule reads, so that e.g. an evaluation setting never retrains.
+    """
+    data = DATASETS[ds][f"_{section}"]
+    if keys is not None:
+        data = {k: data[k] for k in keys}
+    return json.dumps(data, sort_keys=True)
 
 
 # -- COCO source --------------------------------------------------------------------------------------------

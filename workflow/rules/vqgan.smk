@@ -12,7 +12,7 @@ rule train_vqgan:
         metrics="results/vqgan/{ds}/metrics.csv",
         summary="results/vqgan/{ds}/train.json",
     params:
-        cfg=lambda w: section_json(w.ds, "vqgan"),
+        cfg=lambda w: section_json(w.ds, "vqgan", keys=("model", "quantizer", "loss", "train")),
         out=lambda w: f"results/vqgan/{w.ds}",
         # not an output: Snakemake deletes outputs before a rerun, the state must survive to resume
         state=lambda w: f"results/vqgan/{w.ds}/state",
@@ -37,7 +37,7 @@ rule eval_vqgan:
         grid=report("results/vqgan/{ds}/recon.png", caption="../report/recon.rst", category="Reconstructions"),
         recon=directory("results/vqgan/{ds}/recon"),
     params:
-        cfg=lambda w: json.dumps(DATASETS[w.ds]["_vqgan"]["eval"], sort_keys=True),
+        cfg=lambda w: section_json(w.ds, "vqgan", keys=("eval",)),
         model=lambda w: f"results/vqgan/{w.ds}",
         weights=config["weights_dir"],
     log:
