@@ -90,21 +90,27 @@ class LPIPS(nn.Module):
             if not digest.startswith(VGG16_SHA256_PREFIX):
                 raise ValueError(f"{vgg_path}: sha256 {digest} does not start with {VGG16_SHA256_PREFIX}; it is "
                                  f"not torchvision's VGG16 ImageNet file. Replace it with {VGG16_URL}.")
-        with warnings.catch_warnings():  # torchvision's deprecation notice for `pretrained=`
-            warnings.simplefilter("ignore")
-            # pnet_rand / pretrained=False: build the architecture only; both weight sets are loaded below,
-            # from known files, with weights_only=True
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")  # torchvision's deprecation notice for `pretrained=`
+            # architecture only, on the meta device: no 138M-parameter random init (seconds, 0.5 GB) that the
+            # two weight files below overwrite anyway
             self.net = lpips_pkg.LPIPS(pretrained=False, net="vgg", version="0.1", pnet_rand=True, verbose=False)
+        self.net.to_empty(device="cpu")
+        self.net.scaling_layer = lpips_pkg.lpips.ScalingLayer()  # constant buffers, rebuilt with their values
         vgg_state = torch.load(vgg_path, map_location="cpu", weights_only=True)
         trunk = self.net.net  # lpips' vgg16: slice1..slice5 holding torchvision's features[i] under name "i"
-        mapped = {name: vgg_state[f"features.{name.split('.', 1)[1]}"] for name in trunk.state_dict()}
+        try:
+            mapped = {name: vgg_state[f"features.{name.split('.', 1)[1]}"] for name in trunk.state_dict()}
+        except KeyError as e:
+            raise ValueError(f"{vgg_path} is not a torchvision VGG16 state dict (no {e}); replace it with "
+                             f"{VGG16_URL}") from None
         trunk.load_state_dict(mapped)
         heads_path = Path(lpips_pkg.__file__).parent / "weights" / "v0.1" / "vgg.pth"
         heads = torch.load(heads_path, map_location="cpu", weights_only=True)
-        missing = self.net.load_state_dict(heads, strict=False).missing_keys
-        missing = [k for k in missing if k.startswith("lin")]
-        if missing:
-            raise RuntimeError(f"{heads_path} lacks LPIPS heads {missing}; reinstall the `lpips` package")
+        expected = {f"lin{i}.model.1.weight" for i in range(5)}
+        if set(heads) != expected:
+            raise RuntimeError(f"{heads_path} holds {sorted(heads)}, expected {sorted(expected)}; reinstall `lpips`")
+        self.net.load_state_dict(heads, strict=False)  # the rest (trunk, scaling constants) is set above
         self.requires_grad_(False)
         self.eval()
 
