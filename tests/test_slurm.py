@@ -207,11 +207,11 @@ def test_every_compute_job_is_an_sbatch_job_and_targets_exist(slurm_run: Run):
         job = slurm_run.jobs[slurm]
         assert job.state == "COMPLETED", f"SLURM job {slurm} ({job.comment}) ended {job.state}"
 
-    # gpu=1 in profiles/slurm became a GPU request SLURM granted (the test node's GPUs are fake GRES).
+    # gpu=1 in profiles/slurm became a GPU request (`--gpus=1`) that SLURM scheduled on the node's fake GPU GRES.
     train = [j for j in slurm_run.jobs.values() if j.comment.startswith("rule_train_vqgan_") and j.state == "COMPLETED"]
     assert train, "no completed train_vqgan job"
     shown = subprocess.run(["scontrol", "show", "job", train[0].id], capture_output=True, text=True).stdout
-    assert "gres/gpu=1" in shown, f"train_vqgan job {train[0].id} was not given a GPU:\n{shown}"
+    assert "TresPerJob=gres:gpu:1" in shown, f"train_vqgan job {train[0].id} did not ask for a GPU:\n{shown}"
 
 
 def _minutes(limit: str) -> int:

@@ -97,6 +97,10 @@ fi
 
 # --- 5. wait for the node --------------------------------------------------------------------------------
 for i in $(seq 120); do
+  for d in slurmctld slurmd; do
+    alive "$STATE/$d.pid" || { sleep 1; alive "$STATE/$d.pid"; } \
+      || { tail -n 5 "$STATE/$d.log" >&2; die "$d is not running (log: $STATE/$d.log)"; }
+  done
   st="$(node_state || true)"
   case "$st" in
     idle|mix|alloc) log "node $NODE is $st after ${i}s (CPUs=$CPUS RealMemory=$MEM Gres=gpu:$FAKE_GPUS)"
