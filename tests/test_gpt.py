@@ -146,3 +146,20 @@ def test_class_conditioning_changes_the_samples(overfit):
 def test_generate_refuses_training_mode():
     with pytest.raises(AssertionError, match="eval"):
         tiny().train().generate(None, 1)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = tiny().eval()
+    model.save_pretrained(tmp_path / "m")
+    loaded = GPT.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config == model.config
+    idx = torch.randint(0, 40, (2, 7))
+    torch.testing.assert_close(loaded(idx, torch.tensor([0, -1]))[0], model(idx, torch.tensor([0, -1]))[0])
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        GPT.from_pretrained(tmp_path / "nothing")
+
+
+def test_bfloat16_weights_sample_valid_codes():
+    model = tiny().eval().to(torch.bfloat16)
+    out = model.generate(torch.tensor([0, 1]), 2, top_k=10, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 24) and int(out.min()) >= 0 and int(out.max()) < 40

@@ -21,12 +21,17 @@ learned position table, and a head tied to the token embedding. What differs:
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
+
+from vqgan.training import atomic_file, write_text_atomic
 
 
 @dataclass
@@ -245,13 +250,6 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------ checkpoints: safetensors + JSON
     def save_pretrained(self, directory) -> None:
         """`model.safetensors` + `config.json`, each renamed into place (weights first, config last)."""
-        import json
-        from pathlib import Path
-
-        from safetensors.torch import save_file
-
-        from vqgan.training import atomic_file, write_text_atomic
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
@@ -260,11 +258,6 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory, map_location="cpu") -> "GPT":
-        import json
-        from pathlib import Path
-
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         for name in ("config.json", "model.safetensors"):
             if not (directory / name).is_file():
