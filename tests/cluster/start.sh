@@ -20,6 +20,7 @@ log() { echo "[slurm-ci] $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (slurmd must start job processes as any user); try: sudo $0"
+mkdir -p "$STATE"
 
 # --- 1. packages -------------------------------------------------------------------------------------------
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sinfo >/dev/null \
@@ -28,8 +29,8 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
   t0=$(date +%s)
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >"$STATE.apt.log" 2>&1 \
-    || { tail -20 "$STATE.apt.log" >&2; die "apt-get install failed (log: $STATE.apt.log)"; }
+  apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >"$STATE/apt.log" 2>&1 \
+    || { tail -20 "$STATE/apt.log" >&2; die "apt-get install failed (log: $STATE.apt.log)"; }
   log "installed in $(( $(date +%s) - t0 )) s"
 fi
 
