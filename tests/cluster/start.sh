@@ -30,7 +30,7 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >"$STATE/apt.log" 2>&1 \
-    || { tail -20 "$STATE/apt.log" >&2; die "apt-get install failed (log: $STATE.apt.log)"; }
+    || { tail -20 "$STATE/apt.log" >&2; die "apt-get install failed (log: $STATE/apt.log)"; }
   log "installed in $(( $(date +%s) - t0 )) s"
 fi
 
