@@ -367,16 +367,26 @@ def plot_coverage(games: list[GameFrames], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(len(games), 2, figsize=(10, 3 * len(games)), squeeze=False)
     for row, g in zip(axes, games):
+        has_levels = "frames_per_level" in g.stats
         for ln in g.stats["lineages"]:
             c = np.array(ln["curve"]).reshape(-1, 5)
-            row[0].plot(c[:, 0], c[:, 1], label=f"lineage {ln['lineage']}")
-            row[1].plot(c[:, 0], c[:, 4] + 1 if (c[:, 4] >= 0).any() else c[:, 2], label=f"lineage {ln['lineage']}")
-        row[0].set(title=f"{g.game}: distinct cells", xlabel="agent steps")
-        has_levels = "frames_per_level" in g.stats
-        row[1].set(title=f"{g.game}: " + ("highest maze reached" if has_levels else "best score"),
+            line, = row[0].plot(c[:, 0], c[:, 1], label=f"lineage {ln['lineage']}")
+            if has_levels:  # maze number (solid) and board number (dashed)
+                row[1].plot(c[:, 0], c[:, 4] + 1, color=line.get_color())
+                row[1].plot(c[:, 0], c[:, 3] + 1, color=line.get_color(), ls="--", alpha=0.6)
+            else:
+                row[1].plot(c[:, 0], c[:, 2], color=line.get_color())
+        row[0].set(title=f"{g.game}: distinct cells in the archive", xlabel="agent steps")
+        row[1].set(title=f"{g.game}: " + ("maze (solid) and board (dashed) reached" if has_levels else "best score"),
                    xlabel="agent steps")
+        if has_levels:
+            row[1].yaxis.set_major_locator(MaxNLocator(integer=True))
+        for ax in row:
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
         row[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
