@@ -153,3 +153,20 @@ def test_no_pickle_loads_without_weights_only():
                 if not safe:
                     offenders.append(f"{path.relative_to(root)}:{node.lineno}")
     assert not offenders, f"torch.load without weights_only=True: {offenders}"
+
+
+def test_subpixel_upsample_equals_nearest_upsample_then_conv():
+    from vqgan.model import Upsample
+
+    torch.manual_seed(0)
+    up = Upsample(8)
+    x = torch.randn(2, 8, 5, 7, requires_grad=True)
+    ref = up.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # the seed's Upsample
+    out = up(x)
+    assert out.shape == ref.shape == (2, 8, 10, 14)
+    assert torch.allclose(out, ref, atol=1e-5)
+    g = torch.randn_like(ref)
+    ours = torch.autograd.grad(out, [x, up.conv.weight, up.conv.bias], g)
+    seed = torch.autograd.grad(ref, [x, up.conv.weight, up.conv.bias], g)
+    for a, b in zip(ours, seed):
+        assert torch.allclose(a, b, atol=1e-4)
