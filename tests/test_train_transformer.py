@@ -120,3 +120,21 @@ def test_resume_after_kill_continues_to_the_same_weights(tmp_path):
     b = load_file(tmp_path / "straight" / "model.safetensors")
     for k in b:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"{k} differs after resume")
+
+
+def test_two_gloo_processes_train_the_same_weights_as_one(tmp_path):
+    # per-rank slices of one global batch + all-reduced gradients = the single-process step, up to rounding
+    codes = write_codes(tmp_path / "codes")
+    cfg = config(steps=6, checkpoint_every=6, eval_every=6, pkeep=0.8, p_uncond=0.2, grad_clip=0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "vqgan.launch", "--num-processes", "2", "--", "-m",
+                          "vqgan.train_transformer", *args(codes, tmp_path / "two", cfg)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "train.json").read_text())["world_size"] == 2
+    torch.set_num_threads(1)
+    assert tt.main(args(codes, tmp_path / "one", cfg)) == 0
+    a = load_file(tmp_path / "two" / "model.safetensors")
+    b = load_file(tmp_path / "one" / "model.safetensors")
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{k}: 2 processes diverged from 1")
