@@ -8,15 +8,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, run_snakemake
+from conftest import REPO, TINY_COCO, run_snakemake
 
 TEST_CONFIG = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+TEST_CONFIG["coco"]["root"] = str(TINY_COCO)  # the dry runs happen in an empty temporary folder
 
 
 def _dry_run(tmp_path: Path, cfg: dict, *targets: str):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return run_snakemake("-n", "--cores", "1", *targets, "--configfile", str(path), check=False)
+    return run_snakemake("-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "-n", "--cores", "1", *targets,
+                         "--configfile", str(path), check=False)
 
 
 def _set(cfg: dict, dotted: str, value):

@@ -65,9 +65,10 @@ rule collect_atari:
     params:
         cfg=lambda w: dataset_json(w.ds),
         out=lambda w: f"results/data/{w.ds}",
+    threads: 4  # capped at --cores by Snakemake
     log:
         "logs/collect_atari/{ds}.log",
     benchmark:
         "benchmarks/collect_atari/{ds}.tsv"
     shell:
-        "atari-collect --config {params.cfg:q} --out {params.out:q} > {log:q} 2>&1"
+        "atari-collect --config {params.cfg:q} --out {params.out:q} --workers {threads} > {log:q} 2>&1"
