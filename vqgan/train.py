@@ -29,6 +29,7 @@ import torch
 from vqgan.cli import load_config_arg
 from vqgan.dataset import read_split
 from vqgan.training import (
+    LoopConfig,
     CheckpointManager,
     MetricsLog,
     NonFiniteLossError,
@@ -47,52 +48,23 @@ from vqgan.training import (
 
 
 @dataclass
-class TrainConfig:
-    """`vqgan.train` keys. Batch size is global: per-device = batch_size / processes / grad_accum."""
+class TrainConfig(LoopConfig):
+    """`vqgan.train` keys (the shared ones are documented on LoopConfig)."""
 
-    steps: int = 1000
-    batch_size: int = 16
+    SECTION = "vqgan.train"
+
     lr: float = 2e-4                   # absolute (the seed scaled 4.5e-6 x batch; 2e-4 is its value at batch 44)
-    disc_lr: float | None = None       # None: same as lr
     betas: tuple[float, float] = (0.5, 0.9)   # GAN-style Adam, as in the paper
-    weight_decay: float = 0.0
     warmup_steps: int = 100            # linear warm-up; early large steps are what kill codes
-    lr_schedule: str = "cosine"        # "cosine" (to min_lr_ratio x lr at `steps`) or "constant"
-    min_lr_ratio: float = 0.1
-    grad_accum: int = 1
-    grad_clip: float | None = 1.0      # max global grad norm per optimizer; None or 0 disables
-    mixed_precision: str = "no"        # "no" | "bf16" | "fp16" (autocast; bf16 needs no loss scaling)
-    seed: int = 0
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
+    disc_lr: float | None = None       # None: same as lr
     num_workers: int = 0               # the data is a memory map; workers only help with heavy augmentation
     augment: str = "none"              # "none" | "hflip" (fine for COCO; mirrors Atari score digits)
 
-    def __post_init__(self):
-        self.betas = tuple(float(b) for b in self.betas)
-        problems = []
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            problems.append(f"mixed_precision={self.mixed_precision!r} (use 'no', 'bf16' or 'fp16')")
+    def problems(self) -> list[str]:
+        out = super().problems()
         if self.augment not in ("none", "hflip"):
-            problems.append(f"augment={self.augment!r} (use 'none' or 'hflip')")
-        if self.lr_schedule not in ("cosine", "constant"):
-            problems.append(f"lr_schedule={self.lr_schedule!r} (use 'cosine' or 'constant')")
-        for k in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):
-            if int(getattr(self, k)) < 1:
-                problems.append(f"{k}={getattr(self, k)} (must be >= 1)")
-        if len(self.betas) != 2:
-            problems.append(f"betas={list(self.betas)} (need two numbers)")
-        if problems:
-            raise ValueError("invalid vqgan.train config: " + "; ".join(problems))
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "TrainConfig":
-        d = dict(d or {})
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown vqgan.train keys {unknown}; known: {sorted(f.name for f in fields(cls))}")
-        return cls(**d)
+            out.append(f"augment={self.augment!r} (use 'none' or 'hflip')")
+        return out
 
 
 SECTIONS = ("model", "quantizer", "loss", "train", "eval")

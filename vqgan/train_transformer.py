@@ -41,6 +41,7 @@ from vqgan.cli import load_config_arg
 from vqgan.encode import load_codes
 from vqgan.gpt import GPT, GPTConfig
 from vqgan.training import (
+    LoopConfig,
     CheckpointManager,
     MetricsLog,
     NonFiniteLossError,
@@ -61,55 +62,29 @@ MODEL_KEYS = ("n_layer", "n_head", "n_embd", "dropout", "bias")
 
 
 @dataclass
-class TrainConfig:
-    """`transformer.train` keys. Batch size is global: per-device = batch_size / processes / grad_accum."""
+class TrainConfig(LoopConfig):
+    """`transformer.train` keys (the shared ones are documented on LoopConfig)."""
+
+    SECTION = "transformer.train"
 
     steps: int = 2000
     batch_size: int = 32
     lr: float = 4.5e-4
     betas: tuple[float, float] = (0.9, 0.95)  # GPT-style: a short beta2 reacts faster to loss spikes
     weight_decay: float = 0.01  # on Linear weight matrices only (GPT.configure_optimizers)
-    warmup_steps: int = 100
-    lr_schedule: str = "cosine"  # "cosine" (to min_lr_ratio x lr at `steps`) or "constant"
-    min_lr_ratio: float = 0.1
-    grad_accum: int = 1
-    grad_clip: float | None = 1.0  # max global grad norm; None or 0 disables
-    mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
-    seed: int = 0
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
     eval_every: int = 500  # val loss every N steps (and always at the last step)
     pkeep: float = 1.0  # keep each input code with this probability, else replace it by a random code
     p_uncond: float = 0.1  # train the unconditional token on this fraction of sequences
 
-    def __post_init__(self):
-        self.betas = tuple(float(b) for b in self.betas)
-        problems = []
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            problems.append(f"mixed_precision={self.mixed_precision!r} (use 'no', 'bf16' or 'fp16')")
-        if self.lr_schedule not in ("cosine", "constant"):
-            problems.append(f"lr_schedule={self.lr_schedule!r} (use 'cosine' or 'constant')")
-        for k in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every",
-                  "eval_every"):
-            if int(getattr(self, k)) < 1:
-                problems.append(f"{k}={getattr(self, k)} (must be >= 1)")
-        if not 0.0 < self.pkeep <= 1.0:
-            problems.append(f"pkeep={self.pkeep} (must be in (0, 1]; 1 = no corruption)")
-        if not 0.0 <= self.p_uncond < 1.0:
-            problems.append(f"p_uncond={self.p_uncond} (must be in [0, 1))")
-        if len(self.betas) != 2:
-            problems.append(f"betas={list(self.betas)} (need two numbers)")
-        if problems:
-            raise ValueError("invalid transformer.train config: " + "; ".join(problems))
+    POSITIVE = LoopConfig.POSITIVE + ("eval_every",)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "TrainConfig":
-        d = dict(d or {})
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown transformer.train keys {unknown}; known: {sorted(f.name for f in fields(cls))}")
-        return cls(**d)
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if not 0.0 < self.pkeep <= 1.0:
+            out.append(f"pkeep={self.pkeep} (must be in (0, 1]; 1 = no corruption)")
+        if not 0.0 <= self.p_uncond < 1.0:
+            out.append(f"p_uncond={self.p_uncond} (must be in [0, 1))")
+        return out
 
 
 def split_config(cfg: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig]:

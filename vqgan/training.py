@@ -27,7 +27,7 @@ import shutil
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -37,6 +37,65 @@ import torch
 TRAIN_STATE = "train_state.json"
 METRICS = "metrics.jsonl"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The optimisation settings every loop shares
+
+
+@dataclass
+class LoopConfig:
+    """Keys of a `<stage>.train` section common to every loop; each loop subclasses it with its own defaults
+    and extra keys. Batch size is global: per-device = batch_size / processes / grad_accum."""
+
+    SECTION = "train"  # the config path named in error messages
+
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    lr_schedule: str = "cosine"  # "cosine" (to min_lr_ratio x lr at `steps`) or "constant"
+    min_lr_ratio: float = 0.1
+    grad_accum: int = 1
+    grad_clip: float | None = 1.0  # max global grad norm; None or 0 disables
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (autocast; bf16 needs no loss scaling)
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+
+    POSITIVE = ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every")
+
+    def problems(self) -> list[str]:
+        """What is wrong with the values; subclasses extend the list with their own keys."""
+        out = []
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            out.append(f"mixed_precision={self.mixed_precision!r} (use 'no', 'bf16' or 'fp16')")
+        if self.lr_schedule not in ("cosine", "constant"):
+            out.append(f"lr_schedule={self.lr_schedule!r} (use 'cosine' or 'constant')")
+        for k in self.POSITIVE:
+            if int(getattr(self, k)) < 1:
+                out.append(f"{k}={getattr(self, k)} (must be >= 1)")
+        if len(self.betas) != 2:
+            out.append(f"betas={list(self.betas)} (need two numbers)")
+        return out
+
+    def __post_init__(self):
+        self.betas = tuple(float(b) for b in self.betas)
+        problems = self.problems()
+        if problems:
+            raise ValueError(f"invalid {self.SECTION} config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None):
+        d = dict(d or {})
+        known = sorted(f.name for f in fields(cls))
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"unknown {cls.SECTION} keys {unknown}; known: {known}")
+        return cls(**d)
 
 
 # ----------------------------------------------------------------------------------------------------------------
