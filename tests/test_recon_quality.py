@@ -110,3 +110,26 @@ def test_variants_differ_only_in_quantizer_and_loss_and_parse_as_training_config
     assert cfgs["paper"]["model"] == cfgs["ours"]["model"]
     assert cfgs["paper"]["train"] == cfgs["ours"]["train"]
     assert cfgs["paper"]["quantizer"]["kind"] == "taming" and cfgs["ours"]["quantizer"]["kind"] == "l2"
+
+
+def test_training_foreground_mask_finds_sprites_in_a_batch_that_mixes_games():
+    """The loss's default background is per image (median of its nearest batch images), so in a batch mixing two
+    games the mask is the sprites, not the minority game's whole background (as a whole-batch median gave)."""
+    import torch
+
+    from vqgan.losses import foreground_mask, neighbour_median
+
+    frames, labels = two_games(8, res=32, seed=3)  # 16 frames: 8 green, 8 red, one moving sprite each
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = x[torch.randperm(16, generator=torch.Generator().manual_seed(0))]  # games interleaved
+    mask = foreground_mask(x)
+    assert mask.shape == (16, 1, 32, 32)
+    sprite = (x == 1.0).all(dim=1, keepdim=True)  # the white 4x4 squares
+    assert not (mask.bool() & ~sprite).any(), "background pixels marked as foreground"
+    # a sprite pixel is missed only where most of the frame's neighbours also have their sprite on it
+    assert mask.sum() >= 0.75 * sprite.sum(), (mask.sum(), sprite.sum())
+    whole_batch = foreground_mask(x, x.median(dim=0, keepdim=True).values)
+    assert whole_batch.mean() > 0.4  # the old default: every pixel of one game counted as foreground
+    # a constant video has no foreground at all
+    still = x[:1].expand(6, -1, -1, -1)
+    assert foreground_mask(still).sum() == 0 and torch.equal(neighbour_median(still), still)

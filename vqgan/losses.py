@@ -14,10 +14,13 @@ Foreground weighting (issue #8): Atari frames are mostly a static background; an
 is minimised well by drawing the maze and no sprites. With ``foreground_weight = w > 0`` the per-pixel
 reconstruction error is multiplied by ``1 + w * m`` where ``m`` marks "foreground" pixels: those whose colour
 differs from the background by more than ``foreground_threshold`` (max over channels, in [-1, 1] units, so 0.1
-is ~13/255). The background is, by default, the per-pixel median of the batch (sprites move, the maze does not;
-with a batch mixing games it degrades towards "everything unusual is foreground", which is still the intended
-direction). A caller that knows a better background (e.g. the training split's per-pixel median per game) passes
-it as ``background=``. The weights are not renormalised: w = 0 gives exactly the plain loss.
+is ~13/255). The background of each image is, by default, the per-pixel median of its few nearest images in the
+batch (itself included; nearest by mean absolute difference): sprites move, the maze does not, and a batch that
+mixes games still gives every frame a background of its own game. (A median over the *whole* mixed batch -- the
+first version -- marked 77% of the pixels of real 3-game batches as foreground, with 2% precision against each
+game's own median: the weighting then just scaled the whole loss.) A caller that knows a better background (e.g.
+the training split's per-pixel median per game) passes it as ``background=``. The weights are not renormalised:
+w = 0 gives exactly the plain loss.
 
 Usage with Accelerate (the discriminator must run through its DDP wrapper so its gradients are synchronised):
     loss = VQLoss(loss_cfg, weights_dir="resources/weights")
@@ -102,13 +105,43 @@ def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.
     return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
 
 
+def neighbour_median(x: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    """(B, C, H, W) -> per-image background: the per-pixel median of each image's k nearest batch images.
+
+    Nearest by mean absolute difference of 16x16 thumbnails, the image itself included; k odd (a true median), by default about a
+    quarter of the batch (16 -> 5): in a batch mixing a few games each frame's neighbours are mostly frames of its
+    own game, and a median of 5 is that game's background as long as 3 of them are.
+    """
+    B = x.shape[0]
+    if k is None:
+        k = max(3, B // 4) | 1
+    k = min(k, B)
+    with torch.no_grad():
+        # distances on a 16x16 thumbnail: enough to tell games apart, 16x cheaper than on 64x64
+        small = F.adaptive_avg_pool2d(x.detach().float(), min(16, x.shape[-1])).reshape(B, -1)
+        d = torch.cdist(small, small, p=1)  # (B, B); 0 on the diagonal, so each image is its own first neighbour
+        nn_idx = d.topk(k, dim=1, largest=False).indices  # (B, k)
+        return _median_of_few([x.detach()[nn_idx[:, j]] for j in range(k)])  # k x (B, C, H, W) -> (B, C, H, W)
+
+
+def _median_of_few(xs: list[torch.Tensor]) -> torch.Tensor:
+    """Elementwise median of an odd number of same-shaped tensors by an odd-even transposition sort: k(k-1)/2
+    elementwise min/max pairs, ~20x faster on CPU than torch.median over a new dimension of size 5 (measured)."""
+    xs = list(xs)
+    k = len(xs)
+    for rnd in range(k):
+        for i in range(rnd % 2, k - 1, 2):
+            xs[i], xs[i + 1] = torch.minimum(xs[i], xs[i + 1]), torch.maximum(xs[i], xs[i + 1])
+    return xs[k // 2]
+
+
 def foreground_mask(x: torch.Tensor, background: torch.Tensor | None = None, threshold: float = 0.1) -> torch.Tensor:
     """(B, 1, H, W) float mask of pixels whose colour differs from the background by more than threshold.
 
-    background: broadcastable to x; default the per-pixel median of the batch.
+    background: broadcastable to x; default each image's `neighbour_median` within the batch.
     """
     if background is None:
-        background = x.median(dim=0, keepdim=True).values
+        background = neighbour_median(x)
     return ((x - background).abs().amax(dim=1, keepdim=True) > threshold).to(x.dtype)
 
 
