@@ -6,7 +6,8 @@ resumes from its newest checkpoint to the configured step count; a job that fail
 the error names its SLURM state and logs.
 
 tests/cluster/start.sh installs Debian's slurm + munge when missing and starts the daemons, so this needs root
-(CI runs as root); it is skipped otherwise. About 5 minutes on 2 cores (4.7 measured: the DAG 233 s, 16 SLURM jobs), most of it the tiny DAG itself.
+(CI runs as root); it is skipped otherwise. About 5 minutes on 2 cores (measured 281 s; the DAG itself 233 s,
+16 SLURM jobs).
 """
 from __future__ import annotations
 
