@@ -96,9 +96,12 @@ class SqueueWatcher(threading.Thread):
         self._halt = threading.Event()
         self._lock = threading.Lock()
 
+    # "|"-separated, no padding (the last field needs its ":")
+    FORMAT = "JobID:|,Name:|,State:|,Comment:|,TimeLimit:|,tres-per-job:"
+
     def poll(self) -> None:
         out = subprocess.run(
-            ["squeue", "--states=all", "--noheader", "-O", "JobID:|,Name:|,State:|,Comment:|,TimeLimit:|,tres-per-job:"],
+            ["squeue", "--states=all", "--noheader", "-O", self.FORMAT],
             capture_output=True, text=True, timeout=30,
         ).stdout
         with self._lock:
