@@ -38,6 +38,8 @@ rule train_transformer:
         codes=lambda w: f"results/codes/{w.ds}",
         out=lambda w: f"results/transformer/{w.ds}",
         state=lambda w: f"results/transformer/{w.ds}/state",  # outside the outputs: survives reruns, resumes
+    resources:
+        gpu=0,  # accelerator processes (0 or 1: one process); profiles set it, e.g. profiles/slurm
     log:
         "logs/train_transformer/{ds}.log",
     benchmark:

@@ -17,6 +17,8 @@ rule train_vqgan:
         # not an output: Snakemake deletes outputs before a rerun, the state must survive to resume
         state=lambda w: f"results/vqgan/{w.ds}/state",
         weights=config["weights_dir"],
+    resources:
+        gpu=0,  # accelerator processes (0 or 1: one process); profiles set it, e.g. profiles/slurm
     log:
         "logs/train_vqgan/{ds}.log",
     benchmark:
