@@ -140,7 +140,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     def ok(v):
         return "-" if v is None else ("yes" if v else "NO")
 
-    head = (f"{'variant':<8}{'rows':<10}{'N':>6}{'PSNR':>7}{'base':>7}{'gain':>7}{'fgMAE':>7}{'base':>7}"
+    head = (f"{'variant':<10}{'rows':<10}{'N':>6}{'PSNR':>7}{'base':>7}{'gain':>7}{'fgMAE':>7}{'base':>7}"
             f"{'ratio':>7}{'usage':>7}{'ppl':>7}{'train s':>9}{'img/s':>7}  +5dB fg/2 use80")
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -148,7 +148,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             r.get("fg_mae_baseline_mean") else None
         t = targets_met(r)
         lines.append(
-            f"{r['variant']:<8}{r['group']:<10}{r['n_images']:>6}{r['psnr']:>7.2f}{r['psnr_baseline_mean']:>7.2f}"
+            f"{r['variant']:<10}{r['group']:<10}{r['n_images']:>6}{r['psnr']:>7.2f}{r['psnr_baseline_mean']:>7.2f}"
             f"{r['psnr'] - r['psnr_baseline_mean']:>+7.2f}{f(r.get('fg_mae'), '.1f'):>7}"
             f"{f(r.get('fg_mae_baseline_mean'), '.1f'):>7}{f(ratio, '.2f'):>7}"
             f"{f(r.get('usage'), '.1%'):>7}{f(r.get('perplexity'), '.0f'):>7}"
