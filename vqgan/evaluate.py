@@ -21,11 +21,9 @@ foreground metrics pool all foreground pixels of the evaluated images (a single 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import torch
 from vqgan.cli import load_config_arg
 from vqgan.dataset import read_split
 from vqgan.training import (
+    make_accelerator,
     LoopConfig,
     CheckpointManager,
     MetricsLog,
@@ -39,7 +39,6 @@ from vqgan.training import (
     check_finite,
     config_hash,
     lr_at,
-    per_device_batch,
     seed_everything,
     set_lr,
     state_dict_hash,
@@ -189,23 +188,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(args, sections, tc: TrainConfig, split) -> int:
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
     from tqdm.auto import tqdm
 
     # A changed config or dataset gets a fresh state folder; the same one resumes.
     run_dir = Path(args.state_dir) / config_hash(state_key(sections), split.manifest)
-    accelerator = Accelerator(
-        mixed_precision=tc.mixed_precision,
-        gradient_accumulation_steps=tc.grad_accum,
-        log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")),
-    )
+    accelerator, per_device = make_accelerator(run_dir, tc)
     world, rank = accelerator.num_processes, accelerator.process_index
-    try:
-        per_device = per_device_batch(tc.batch_size, world, tc.grad_accum)
-    except ValueError as e:
-        raise SystemExit(str(e))
 
     seed_everything(tc.seed)
     try:

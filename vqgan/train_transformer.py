@@ -30,7 +30,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from vqgan.cli import load_config_arg
 from vqgan.encode import load_codes
 from vqgan.gpt import GPT, GPTConfig
 from vqgan.training import (
+    make_accelerator,
     LoopConfig,
     CheckpointManager,
     MetricsLog,
@@ -51,7 +52,6 @@ from vqgan.training import (
     check_finite,
     config_hash,
     lr_at,
-    per_device_batch,
     seed_everything,
     set_lr,
     write_json_atomic,
@@ -171,23 +171,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_data, val_data) -> int:
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
     from tqdm.auto import tqdm
 
     # A changed config or changed codes get a fresh state folder; the same ones resume.
     run_dir = Path(args.state_dir) / config_hash({"model": model_section, "train": asdict(tc)}, meta)
-    accelerator = Accelerator(
-        mixed_precision=tc.mixed_precision,
-        gradient_accumulation_steps=tc.grad_accum,
-        log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")),
-    )
+    accelerator, per_device = make_accelerator(run_dir, tc)
     world, rank = accelerator.num_processes, accelerator.process_index
-    try:
-        per_device = per_device_batch(tc.batch_size, world, tc.grad_accum)
-    except ValueError as e:
-        raise SystemExit(str(e))
 
     # (N, h, w) -> (N, T): raster order, the order the sampler generates in. Small enough to sit in memory.
     codes = torch.from_numpy(train_data[0].reshape(len(train_data[0]), -1).astype(np.int64))

@@ -187,6 +187,25 @@ def per_device_batch(global_batch: int, world_size: int, grad_accum: int) -> int
     return global_batch // denom
 
 
+def make_accelerator(run_dir: Path, tc: LoopConfig):
+    """The Accelerator of a run (autocast, accumulation, TensorBoard under the state folder) and the per-device
+    batch: -> (accelerator, per_device_batch). Exits with the message when the batch does not divide."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    accelerator = Accelerator(
+        mixed_precision=tc.mixed_precision,
+        gradient_accumulation_steps=tc.grad_accum,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")),
+    )
+    try:
+        per_device = per_device_batch(tc.batch_size, accelerator.num_processes, tc.grad_accum)
+    except ValueError as e:
+        raise SystemExit(str(e))
+    return accelerator, per_device
+
+
 class StepBatchSampler:
     """Infinite per-rank batches of indices whose order depends only on (seed, micro-step).
 
