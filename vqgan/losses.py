@@ -197,7 +197,7 @@ class VQLoss(nn.Module):
             logs.update(g_adv=g_adv.item(), **{"lambda": lam.item()})
         else:
             logs.update(g_adv=0.0, **{"lambda": 0.0})
-        logs.update(nll=nll.item(), qloss=float(qloss), g_loss=total.item())
+        logs.update(nll=nll.detach().item(), qloss=float(qloss.detach()), g_loss=total.detach().item())
         return total, logs
 
     def discriminator_loss(self, x, xrec, step: int):
