@@ -1,6 +1,6 @@
 """Reconstruction quality at a fixed CPU budget: the paper's quantizer vs ours, on a real ALE collection.
 
-    python bench/recon_quality.py                                   # collect 3 games x 3000 frames, 400 steps each
+    python bench/recon_quality.py --threads 1 --parallel           # collect 3 games x 3000 frames, 300 steps each
     python bench/recon_quality.py --data /tmp/rq/atari --steps 200  # reuse a collection (OUT/train, OUT/val)
     python bench/recon_quality.py --variants ours --steps 800 --threads 2
 
@@ -222,14 +222,14 @@ def parse_args(argv):
     p.add_argument("--data", default=None, help="an Atari dataset folder (DATA/train, DATA/val); default: collect "
                    f"{COLLECT['games']} x {COLLECT['frames_per_game']} frames into --workdir")
     p.add_argument("--workdir", default=None, help="runs (and the collection) go here; default a temp dir")
-    p.add_argument("--steps", type=int, default=400, help="training steps per variant (the budget)")
+    p.add_argument("--steps", type=int, default=300, help="training steps per variant (the budget)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--threads", type=int, default=2, help="torch threads per training run")
     p.add_argument("--parallel", action="store_true", help="train the variants at the same time (on a shared "
                    "machine both then see the same load; use --threads 1)")
-    p.add_argument("--variants", default="paper,ours", help=f"comma-separated, of {sorted(VARIANTS)}")
+    p.add_argument("--variants", default="paper,ours_nofg,ours", help=f"comma-separated, of {sorted(VARIANTS)}")
     p.add_argument("--json", default=None, help="also write the table's rows here")
     return p.parse_args(argv)
 
