@@ -38,6 +38,9 @@ rule train_transformer:
         codes=lambda w: f"results/codes/{w.ds}",
         out=lambda w: f"results/transformer/{w.ds}",
         state=lambda w: f"results/transformer/{w.ds}/state",  # outside the outputs: survives reruns, resumes
+    # One math thread per job by default: on a shared 2-core machine two 1-thread jobs side by side trained
+    # faster than one 2-thread job (threads stall on each other when descheduled). Raise with --set-threads.
+    threads: 1
     resources:
         gpu=0,  # accelerator processes (0 or 1: one process); profiles set it, e.g. profiles/slurm
     log:
@@ -45,6 +48,6 @@ rule train_transformer:
     benchmark:
         "benchmarks/train_transformer/{ds}.tsv"
     shell:
-        "python -m vqgan.launch --num-processes {resources.gpu} -- -m vqgan.train_transformer"
+        "OMP_NUM_THREADS={threads} python -m vqgan.launch --num-processes {resources.gpu} -- -m vqgan.train_transformer"
         " --config {params.cfg:q} --codes {params.codes:q} --out {params.out:q} --state-dir {params.state:q}"
         " > {log:q} 2>&1"

@@ -17,6 +17,9 @@ rule train_vqgan:
         # not an output: Snakemake deletes outputs before a rerun, the state must survive to resume
         state=lambda w: f"results/vqgan/{w.ds}/state",
         weights=config["weights_dir"],
+    # One math thread per job by default: on a shared 2-core machine two 1-thread jobs side by side trained
+    # faster than one 2-thread job (threads stall on each other when descheduled). Raise with --set-threads.
+    threads: 1
     resources:
         gpu=0,  # accelerator processes (0 or 1: one process); profiles set it, e.g. profiles/slurm
     log:
@@ -24,7 +27,7 @@ rule train_vqgan:
     benchmark:
         "benchmarks/train_vqgan/{ds}.tsv"
     shell:
-        "python -m vqgan.launch --num-processes {resources.gpu} -- -m vqgan.train"
+        "OMP_NUM_THREADS={threads} python -m vqgan.launch --num-processes {resources.gpu} -- -m vqgan.train"
         " --config {params.cfg:q} --data {input.train:q} --out {params.out:q} --state-dir {params.state:q}"
         " --weights-dir {params.weights:q} > {log:q} 2>&1"
 
