@@ -126,3 +126,25 @@ def test_recon_json_schema_grid_and_recon_pngs(tmp_path):
     assert load_png(out_png).shape == (3 * (64 + 2) + 2, 4 * (64 + 2) + 2, 3)
     pngs = sorted(recon.glob("*.png"))
     assert len(pngs) == n_val and load_png(pngs[0]).shape == (res, res, 3)
+
+
+def test_baselines_are_per_class_when_labels_are_given():
+    # Two "games" with different constant screens: a pooled mean image is a blend that any model beats,
+    # the per-class mean image is exact. Each val image must be compared with its own class's baseline.
+    rng = np.random.default_rng(0)
+    screens = np.array([40, 200], np.uint8)
+    train_labels = np.repeat([0, 1], 20)
+    val_labels = np.array([0, 1, 1, 0, 1, 0])
+    train = np.broadcast_to(screens[train_labels][:, None, None, None], (40, 8, 8, 3)).copy()
+    val = np.broadcast_to(screens[val_labels][:, None, None, None], (6, 8, 8, 3)).copy()
+    val[:, :2, :2] = rng.integers(0, 255, (6, 2, 2, 3))  # a small "sprite"
+    cfg = EvalConfig(grid_images=0)
+    pooled, _ = evaluate(Identity(), val, train, cfg)
+    per, _ = evaluate(Identity(), val, train, cfg, val_labels=val_labels, train_labels=train_labels,
+                      class_names=["a", "b"])
+    assert per["psnr_baseline_mean"] > pooled["psnr_baseline_mean"] + 10
+    assert set(per["per_class"]) == {"a", "b"}
+    assert per["per_class"]["a"]["n_images"] == 3 and per["per_class"]["b"]["n_images"] == 3
+    # the sprite is the only foreground against each class's own median screen
+    assert per["fg_fraction"] == pytest.approx(4 / 64)
+    assert "per class" in per["baselines"] and "per_class" not in pooled
