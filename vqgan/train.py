@@ -28,9 +28,8 @@ import torch
 from vqgan.cli import load_config_arg
 from vqgan.dataset import read_split
 from vqgan.training import (
-    make_accelerator,
-    LoopConfig,
     CheckpointManager,
+    LoopConfig,
     MetricsLog,
     NonFiniteLossError,
     StepBatchSampler,
@@ -39,6 +38,7 @@ from vqgan.training import (
     check_finite,
     config_hash,
     lr_at,
+    make_accelerator,
     seed_everything,
     set_lr,
     state_dict_hash,

@@ -41,9 +41,8 @@ from vqgan.cli import load_config_arg
 from vqgan.encode import load_codes
 from vqgan.gpt import GPT, GPTConfig
 from vqgan.training import (
-    make_accelerator,
-    LoopConfig,
     CheckpointManager,
+    LoopConfig,
     MetricsLog,
     NonFiniteLossError,
     StepBatchSampler,
@@ -52,6 +51,7 @@ from vqgan.training import (
     check_finite,
     config_hash,
     lr_at,
+    make_accelerator,
     seed_everything,
     set_lr,
     write_json_atomic,
