@@ -12,13 +12,14 @@ job never leaves a folder that looks complete. Readers check the three files agr
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,39 @@ import pandas as pd
 IMAGES = "images.npy"
 META = "meta.csv"
 MANIFEST = "manifest.json"
+
+
+def temp_dir_beside(path: str | os.PathLike) -> Path:
+    """A new hidden folder next to `path` (same file system, so the final rename is atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+
+
+def replace_dir(tmp: Path, path: str | os.PathLike, keep_existing: bool = False) -> Path:
+    """Move the finished folder `tmp` to `path`, replacing an old one (or, with `keep_existing`, keeping it
+    and dropping `tmp`: for caches that concurrent jobs fill with identical content)."""
+    path = Path(path)
+    if path.exists():
+        if keep_existing:
+            shutil.rmtree(tmp)
+            return path
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, keep_existing: bool = False) -> Iterator[Path]:
+    """`with atomic_dir(out) as tmp:` fill `tmp`; on success it becomes `out`, on any failure it is removed,
+    so a killed job never leaves a folder that looks complete."""
+    tmp = temp_dir_beside(path)
+    try:
+        yield tmp
+        replace_dir(tmp, path, keep_existing)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 class DatasetError(ValueError):
@@ -81,18 +115,10 @@ def write_split(
         raise DatasetError(f"{path}: {len(images)} images but {len(meta)} meta rows")
     manifest = {**manifest, "count": int(len(images)), "resolution": int(images.shape[1])}
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         np.save(tmp / IMAGES, images)
         meta.to_csv(tmp / META, index=False)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

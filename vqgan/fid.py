@@ -28,7 +28,6 @@ import importlib.util
 import json
 import math
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
@@ -41,6 +40,7 @@ import torch
 from PIL import Image
 
 from vqgan.cli import load_config_arg
+from vqgan.dataset import atomic_dir
 
 # clean-fid's standard network, as NVIDIA published it (StyleGAN2-ADA metrics); the `.layers` submodule takes
 # images in [-1, 1] at 299 px and returns the 2048-d pool features.
@@ -364,17 +364,9 @@ def files_features(
 
 
 def _atomic_dir(target: Path, fill: Callable[[Path], None]) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    # another job may get there first; its folder is identical, keep it
+    with atomic_dir(target, keep_existing=True) as tmp:
         fill(tmp)
-        if target.exists():  # another job got there first; theirs is identical
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vqgan.dataset import replace_dir, temp_dir_beside
+
 
 def to_tensor(images: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1], the range the models work in."""
@@ -79,8 +81,7 @@ class PngFolderWriter:
     def __init__(self, path: str | os.PathLike, pattern: str = "{:06d}.png"):
         self.path = Path(path)
         self.pattern = pattern
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        self.tmp = temp_dir_beside(self.path)
         self.count = 0
 
     def add(self, images: np.ndarray) -> None:
@@ -89,10 +90,7 @@ class PngFolderWriter:
             self.count += 1
 
     def close(self) -> Path:
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        os.replace(self.tmp, self.path)
-        return self.path
+        return replace_dir(self.tmp, self.path)
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -32,6 +29,7 @@ import numpy as np
 import torch
 
 from vqgan.cli import load_config_arg
+from vqgan.dataset import atomic_dir
 from vqgan.gpt import GPT
 from vqgan.images import grid, save_png, to_uint8
 from vqgan.training import write_json_atomic
@@ -163,9 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     images = decode(vqgan, codes, (h, w), cfg.batch_size, device)
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         rows, names, k = [], [], 0
         for c, n in enumerate(counts):
             for i in range(n):
@@ -191,12 +187,6 @@ def main(argv: list[str] | None = None) -> int:
             "transformer": str(args.transformer),
             "vqgan": str(args.vqgan),
         })
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"wrote {len(labels)} samples ({', '.join(f'{class_names[c]}: {n}' for c, n in enumerate(counts))}) "
           f"to {out} in {sample_s:.1f} s", flush=True)
     return 0

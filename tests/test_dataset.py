@@ -1,0 +1,37 @@
+"""The dataset contract's atomic folder writes: a failed writer leaves nothing behind, a finished one replaces."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vqgan.dataset import DatasetError, atomic_dir, read_split, write_split
+
+
+def test_atomic_dir_leaves_nothing_when_the_writer_fails(tmp_path):
+    out = tmp_path / "split"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "half.bin").write_bytes(b"x")
+            raise RuntimeError("killed mid-write")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_replaces_or_keeps_an_existing_folder(tmp_path):
+    out = tmp_path / "d"
+    for content, keep, expected in (("old", False, "old"), ("new", False, "new"), ("other", True, "new")):
+        with atomic_dir(out, keep_existing=keep) as tmp:
+            (tmp / "f.txt").write_text(content)
+        assert (out / "f.txt").read_text() == expected
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]  # no temporary folder left
+
+
+def test_write_then_read_split_round_trips_and_checks_consistency(tmp_path):
+    images = np.random.default_rng(0).integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
+    meta = pd.DataFrame({"source_id": range(5), "label": [0, 1, 0, 1, 1]})
+    split = read_split(write_split(tmp_path / "train", images, meta, {"classes": ["a", "b"]}))
+    assert np.array_equal(split.images, images) and split.labels.tolist() == [0, 1, 0, 1, 1]
+    assert split.manifest["count"] == 5 and split.resolution == 8 and split.class_names == ["a", "b"]
+    with pytest.raises(DatasetError, match="meta rows"):
+        write_split(tmp_path / "bad", images, meta.iloc[:3], {})
+    assert not (tmp_path / "bad").exists()
