@@ -1,6 +1,7 @@
 # Helpers shared by the rule files: config checks that a JSON schema cannot express, per-dataset config
 # sections, and path builders. Everything here runs when the DAG is built, before any job.
 import copy
+import functools
 import json
 
 from snakemake.utils import validate
@@ -24,6 +25,7 @@ def _deep_merge(base, override):
     return out
 
 
+@functools.lru_cache(maxsize=None)  # read once, not once per dataset and section
 def _section_schema(name):
     import yaml
 
