@@ -17,10 +17,26 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
-from vqgan.cli import load_config_arg
+import yaml
 
+from .collect import collect
 from .config import ConfigError, parse_config
+from .dataset import CollectError, write_dataset
+from .explore import plot_coverage
+
+
+def read_config(value: str) -> dict:
+    """`--config`: inline JSON (what the rule passes) or a YAML/JSON file (by hand). JSON is YAML too."""
+    try:
+        text = value if value.lstrip().startswith("{") else Path(value).read_text()
+        raw = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError) as e:
+        raise SystemExit(f"atari-collect: --config {value[:80]!r}: {e}") from None
+    if not isinstance(raw, dict):
+        raise SystemExit(f"atari-collect: --config must hold one datasets.<name> mapping, got {type(raw).__name__}")
+    return raw
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    raw = load_config_arg(args.config)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers {args.workers}: give a positive number of processes, or leave it out")
+    raw = read_config(args.config)
     if args.seed_override is not None:
         raw = {**raw, "seed": args.seed_override}
     try:
@@ -50,12 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         raise SystemExit(f"atari-collect: {e}")
 
-    from .dataset import CollectError, write_dataset
-
     t0 = time.perf_counter()
     try:
-        from .collect import collect
-
         games = collect(cfg, args.workers, progress=not args.no_progress)
         made_by = "; ".join(
             f"{g.game}: " + (
@@ -69,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"atari-collect: {e}")
     explored = [g for g in games if g.stats["policy"] == "go_explore"]
     if explored:
-        from .explore import plot_coverage
-
         plot_coverage(explored, f"{args.out}/coverage.png")
     secs = time.perf_counter() - t0
     n = sum(len(g.images) for g in games)

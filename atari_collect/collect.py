@@ -9,10 +9,7 @@ Streams of all games run in a process pool (`workers`), each writing its own sli
 """
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,48 +18,10 @@ from tqdm import tqdm
 from .config import AtariConfig
 from .dataset import GameFrames
 from .emulator import Emulator
+from .explore import collect_explore
 from .frames import crop_resize
 from .games import resolve_game
-
-
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def stream_rngs(seed: int, label: int, stream: int) -> tuple[np.random.Generator, np.random.Generator]:
-    """(sticky-action, policy) generators of one stream; adding a game or a stream never changes another's data."""
-    ss_emu, ss_policy = np.random.SeedSequence([seed, label, stream]).spawn(2)
-    return np.random.default_rng(ss_emu), np.random.default_rng(ss_policy)
-
-
-def env_quotas(frames: int, num_envs: int) -> np.ndarray:
-    """Frames each stream contributes; they add up to exactly `frames`."""
-    q = np.full(num_envs, frames // num_envs, dtype=np.int64)
-    q[: frames % num_envs] += 1
-    return q
-
-
-class StickyRandom:
-    """Keep the last action with probability `repeat` (0 = uniform random), else draw a fresh one.
-
-    Two draws every step, used or not, so the action stream is a fixed function of the seed.
-    """
-
-    def __init__(self, n_actions: int, repeat: float, rng: np.random.Generator):
-        self.n, self.repeat, self.rng = n_actions, repeat, rng
-        self.last = int(rng.integers(n_actions))
-
-    def __call__(self) -> int:
-        keep = self.rng.random() < self.repeat
-        fresh = int(self.rng.integers(self.n))
-        self.last = self.last if keep else fresh
-        return self.last
-
-    def restart(self) -> None:
-        self.last = int(self.rng.integers(self.n))
+from .rollout import StickyRandom, env_quotas, run_jobs, stream_rngs
 
 
 @dataclass
@@ -110,24 +69,6 @@ def play_stream(cfg: AtariConfig, label: int, stream: int, quota: int) -> Stream
     return Stream(images, episode, step, action, reward, finished, time.process_time() - t0)
 
 
-def run_jobs(fn, jobs: list, workers: int | None = None, done=None) -> list:
-    """`[fn(job) for job in jobs]`, in order, over `workers` processes (in this process when 1)."""
-    workers = min(workers or default_workers(), len(jobs))
-    out = []
-    if workers <= 1:
-        for job in jobs:
-            out.append(fn(job))
-            done and done(out[-1])
-        return out
-    # fork: workers inherit the imported modules instead of re-importing ale-py and numpy (~0.5 s each)
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        for r in pool.map(fn, jobs):
-            out.append(r)
-            done and done(r)
-    return out
-
-
 def _play(job: tuple[AtariConfig, int, int, int]) -> tuple[int, int, Stream]:
     cfg, label, stream, quota = job
     return label, stream, play_stream(cfg, label, stream, quota)
@@ -139,8 +80,6 @@ def collect(cfg: AtariConfig, workers: int | None = None, progress: bool = True)
     plain = [i for i in range(len(cfg.games)) if i not in explore]
     out = collect_plain(cfg, plain, workers, progress) if plain else {}
     if explore:
-        from .explore import collect_explore
-
         out.update(collect_explore(cfg, explore, workers, progress))
     return [out[i] for i in range(len(cfg.games))]
 

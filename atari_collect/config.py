@@ -10,6 +10,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
+from .games import UnknownGame, resolve_game
+
 # Keys of a dataset entry that belong to later stages (per-dataset overrides); the collector ignores them.
 OTHER_STAGE_KEYS = {"vqgan", "transformer", "sample", "fid"}
 
@@ -112,8 +114,6 @@ def parse_policy(raw: Any) -> PolicyConfig:
 
 def parse_config(raw: dict[str, Any]) -> AtariConfig:
     """Build an AtariConfig from one `datasets.<name>` entry, filling defaults and rejecting mistakes."""
-    from .games import resolve_game  # local: games imports ale_py, which is slow to import
-
     if not isinstance(raw, dict):
         raise ConfigError(f"dataset config must be a mapping, got {type(raw).__name__}")
     raw = {k: v for k, v in raw.items() if k not in OTHER_STAGE_KEYS}
@@ -164,8 +164,15 @@ def parse_config(raw: dict[str, Any]) -> AtariConfig:
         raise _fail("games", cfg.games, "must be a non-empty list of ALE game names like ['MsPacman', 'Pong']")
     if len(set(cfg.games)) != len(cfg.games):
         raise _fail("games", cfg.games, "lists a game twice; each game is one class label")
+    roms: dict[str, str] = {}
     for label, g in enumerate(cfg.games):
-        rom = resolve_game(g)  # raises ConfigError naming the game and some valid names
+        try:
+            rom = resolve_game(g)
+        except UnknownGame as e:
+            raise ConfigError(str(e)) from None
+        if rom in roms:  # 'Pong' and 'pong' would be two class labels for one game
+            raise _fail("games", cfg.games, f"names {roms[rom]!r} and {g!r}, the same game; list it once")
+        roms[rom] = g
         if cfg.policy_for(label).cell == "ram" and rom != "ms_pacman":
             where = f"game_policy.{g}" if g in cfg.game_policy else "policy"
             raise _fail(f"{where}.cell", "ram", f"RAM cells are only defined for MsPacman, not {g}; use 'auto'")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vqgan.dataset import write_split
+from vqgan.data.dataset import write_split
 
 from .config import AtariConfig
 

@@ -32,12 +32,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .collect import StickyRandom, run_jobs
 from .config import AtariConfig
 from .dataset import GameFrames
 from .emulator import Emulator
 from .frames import crop_resize
 from .games import resolve_game
+from .rollout import StickyRandom, env_quotas, run_jobs, stream_rngs
 
 # ---------------------------------------------------------------------------------------------------- cells
 
@@ -303,7 +303,6 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
 
 def lineage_plan(cfg: AtariConfig, label: int) -> tuple[int, np.ndarray, np.ndarray]:
     """(lineages, step budget per lineage, frames per lineage); both add up exactly to the game's totals."""
-    from .collect import env_quotas
 
     p = cfg.policy_for(label)
     n = min(p.lineages, cfg.frames_per_game)
@@ -366,7 +365,6 @@ def plot_coverage(games: list[GameFrames], path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(len(games), 2, figsize=(10, 3 * len(games)), squeeze=False)
@@ -396,7 +394,6 @@ def plot_coverage(games: list[GameFrames], path) -> None:
 def plain_coverage(cfg: AtariConfig, label: int, steps: int, repeat_prob: float, seed_stream: int = 0) -> dict:
     """Cells, best score and levels that plain (sticky-)random play reaches in `steps` agent steps, measured with
     the same cell function as the explorer (for tests and bench/atari_coverage.py)."""
-    from .collect import stream_rngs
 
     rom = resolve_game(cfg.games[label])
     rng_emu, rng_pol = stream_rngs(cfg.seed, label, seed_stream)

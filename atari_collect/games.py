@@ -1,9 +1,12 @@
 """Game names: the config's ALE names ('MsPacman', as in `ALE/MsPacman-v5`) and ale-py's ROM ids ('ms_pacman')."""
 from __future__ import annotations
 
+import difflib
 import functools
 
-from .config import ConfigError
+
+class UnknownGame(ValueError):
+    """A game name that no ROM shipped with ale-py answers to; the message lists close and valid names."""
 
 
 def _key(name: str) -> str:
@@ -30,15 +33,13 @@ def _rom_ids() -> dict[str, str]:
 
 
 def resolve_game(name: str) -> str:
-    """Return ale-py's ROM id for a config game name, or raise ConfigError listing valid names."""
+    """Return ale-py's ROM id for a config game name, or raise UnknownGame listing valid names."""
     ids = _rom_ids()
     rom = ids.get(_key(name))
     if rom is None:
         names = sorted(camel(r) for r in ids.values())
-        import difflib
-
         close = difflib.get_close_matches(name, names, n=3)
-        raise ConfigError(
+        raise UnknownGame(
             f"dataset config key 'games': unknown Atari game {name!r}"
             + (f" (did you mean {', '.join(close)}?)" if close else "")
             + f". Use ALE names without 'ALE/' and '-v5', e.g. MsPacman, Pong, Breakout, SpaceInvaders; "

@@ -19,11 +19,11 @@ from pathlib import Path
 # This script's own name would shadow the `atari_collect` package (Python puts bench/ first on sys.path).
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
+import ale_py
 import cv2
 import gymnasium as gym
 import numpy as np
 
-import ale_py
 from atari_collect.collect import collect_plain, default_workers
 from atari_collect.config import parse_config
 

@@ -3,11 +3,11 @@
     python bench/fid.py                       # 2048-d covariances from N=5000 features + a 40-image FID call
     python bench/fid.py --features 3000 --images 0
 
-Part 1 times `cleanfid.fid.frechet_distance` (scipy `sqrtm` of Σ₁Σ₂) against `vqgan.fid.frechet_distance`
+Part 1 times `cleanfid.fid.frechet_distance` (scipy `sqrtm` of Σ₁Σ₂) against `vqgan.eval.fid.frechet_distance`
 (Cholesky + symmetric eigenvalues) on the same float64 2048×2048 covariances, prints both values, |Δ| and the
 ratio. The features are "real-ish": nonnegative (ReLU, like Inception's pool features), correlated, with a decaying
 spectrum; the second set is a perturbed copy so the distance is small relative to the traces, as in practice.
-Part 2 runs `vqgan.fid.compute_scores` on real COCO images (the shared tiny COCO) with the real Inception and prints
+Part 2 runs `vqgan.eval.fid.compute_scores` on real COCO images (the shared tiny COCO) with the real Inception and prints
 its timing breakdown, then compares the Fréchet step on those features with clean-fid's `fid_from_feats`.
 Set OMP/OPENBLAS thread counts in the environment to compare like with like (both sides use the same BLAS).
 """
@@ -45,7 +45,7 @@ def timed(fn, *args, repeats: int = 1):
 def bench_frechet(n: int, d: int, seed: int, repeats: int) -> None:
     from cleanfid.fid import frechet_distance as cleanfid_frechet
 
-    from vqgan.fid import fid_from_features, frechet_distance
+    from vqgan.eval.fid import fid_from_features, frechet_distance
 
     rng = np.random.default_rng(seed)
     base = rng.standard_normal((d, d)) * (np.arange(1, d + 1) ** -0.5)[:, None]
@@ -77,8 +77,8 @@ def bench_fid_call(images: int, resolution: int) -> None:
     from PIL import Image
 
     from vqgan import fid as F
-    from vqgan.coco import load_square
-    from vqgan.dataset import write_split
+    from vqgan.data.coco import load_square
+    from vqgan.data.dataset import write_split
 
     if not (TINY_COCO / "val2017").is_dir():
         print(f"(skipping the FID call: no shared tiny COCO at {TINY_COCO})")

@@ -6,7 +6,7 @@
 
 Both variants train the same VQGAN (same encoder/decoder, batch, LR schedule, steps, bf16 autocast, no LPIPS, no
 GAN: the default experiment's budget is far below `disc_start`) through the pipeline's own CLI
-(`python -m vqgan.train`), and are evaluated with `vqgan.evaluate.evaluate` (the numbers of `recon.json`):
+(`python -m vqgan.train.vqgan`), and are evaluated with `vqgan.eval.recon.evaluate` (the numbers of `recon.json`):
 - paper: the paper's quantizer (`taming`: uniform +-1/K init, nearest neighbour in code_dim = z_channels, the
   seed's beta placement), plain L1;
 - ours: `l2` (cosine lookup in a low dimension) + k-means init + dead-code restart, L1 with foreground weighting.
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vqgan.evaluate import ErrorSums, foreground_mask, train_baselines  # noqa: E402
+from vqgan.eval.recon import ErrorSums, foreground_mask, train_baselines  # noqa: E402
 
 # The model both variants train: the recommended default-experiment VQGAN (f = 8: 64 px -> 8x8 = 64 tokens).
 MODEL = {"ch": 32, "ch_mult": [1, 2, 2, 4], "num_res_blocks": 1, "attn_resolutions": [8], "z_channels": 64}
@@ -73,7 +73,7 @@ def variant_config(name: str, steps: int, batch_size: int, lr: float, warmup: in
 
 
 class Collect:
-    """Stands in for the PNG writer of `vqgan.evaluate.evaluate`: keeps the reconstructions in memory, in order."""
+    """Stands in for the PNG writer of `vqgan.eval.recon.evaluate`: keeps the reconstructions in memory, in order."""
 
     def __init__(self):
         self.parts: list[np.ndarray] = []
@@ -179,7 +179,7 @@ class Run:
 
 def train(run: Run, data: Path, threads: int) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "vqgan.train", "--config", json.dumps(run.config), "--data", str(data / "train"),
+    cmd = [sys.executable, "-m", "vqgan.train.vqgan", "--config", json.dumps(run.config), "--data", str(data / "train"),
            "--out", str(run.out), "--state-dir", str(run.out / "state")]
     print(f"[{run.name}] training: {' '.join(cmd[:3])} ... --out {run.out}", flush=True)
     t0 = time.perf_counter()
@@ -197,10 +197,10 @@ def train(run: Run, data: Path, threads: int) -> dict[str, Any]:
 def evaluate_run(run: Run, data: Path, threads: int) -> list[dict[str, Any]]:
     import torch
 
-    from vqgan.dataset import read_split
-    from vqgan.evaluate import EvalConfig, evaluate
-    from vqgan.images import save_png
-    from vqgan.model import VQGAN
+    from vqgan.data.dataset import read_split
+    from vqgan.eval.recon import EvalConfig, evaluate
+    from vqgan.io.images import save_png
+    from vqgan.models.vqgan import VQGAN
 
     torch.set_num_threads(threads)
     model = VQGAN.from_pretrained(run.out).eval()

@@ -27,7 +27,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-from vqgan.gpt import GPT, GPTConfig, pick_next
+from vqgan.models.gpt import GPT, GPTConfig, pick_next
 
 
 def _top_k_top_p_filtering(logits, top_k=0, top_p=1.0, filter_value=-float("inf"), min_tokens_to_keep=1):

@@ -16,7 +16,6 @@ matmul at the same thread count and dtype (bf16 for autocast variants, fp32 othe
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -31,8 +30,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vqgan.losses import LossConfig, VQLoss  # noqa: E402
-from vqgan.model import VQGAN, VQGANConfig  # noqa: E402
+from vqgan.models.losses import LossConfig, VQLoss  # noqa: E402
+from vqgan.models.vqgan import VQGAN, VQGANConfig  # noqa: E402
 
 CFG = dict(resolution=64, ch=64, ch_mult=(1, 1, 2, 2), num_res_blocks=2, attn_resolutions=(8,), z_channels=256,
            n_codes=1024)

@@ -1,4 +1,5 @@
-"""Shared paths for the tests: the repository root and the shared tiny COCO (100 real COCO-2017 images)."""
+"""Paths for the tests: the repository root, the CI experiment and its tiny COCO (100 real COCO-2017 images,
+licences in .test/data/ATTRIBUTION.tsv), all inside the repository."""
 from __future__ import annotations
 
 import os
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-TINY_COCO = SHARED / "data" / "coco-tiny" / "tiny_coco"
+TEST_CONFIG = REPO / ".test" / "config" / "config.yaml"
+TINY_COCO = REPO / ".test" / "data" / "tiny_coco"
 BIN = Path(sys.executable).parent  # the venv running pytest; its snakemake and our CLIs live here
 
 
@@ -22,7 +23,7 @@ def repo() -> Path:
 @pytest.fixture(scope="session")
 def tiny_coco() -> Path:
     if not (TINY_COCO / "annotations").is_dir():
-        pytest.fail(f"shared tiny COCO not found at {TINY_COCO}: the tests need ../shared beside the repository")
+        pytest.fail(f"tiny COCO not found at {TINY_COCO}: it is part of the repository (git checkout .test)")
     return TINY_COCO
 
 

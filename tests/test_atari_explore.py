@@ -11,7 +11,7 @@ from atari_collect.__main__ import main
 from atari_collect.config import ConfigError, parse_config
 from atari_collect.emulator import Emulator
 from atari_collect.explore import explore_lineage, plain_coverage
-from vqgan.dataset import read_split
+from vqgan.data.dataset import read_split
 
 TINY = {
     "kind": "atari",

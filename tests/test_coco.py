@@ -1,4 +1,4 @@
-"""The COCO stage on real data: the shared 100-image tiny COCO 2017 (official JSON) as the local root.
+"""The COCO stage on real data: the 100-image tiny COCO 2017 of .test/data (official JSON) as the local root.
 
 Download modes run against a local HTTP server (tests/test_download.py) that plays images.cocodataset.org:
 `coco.download.base_url` replaces that host in the zip URLs and in every image's `coco_url`.
@@ -12,18 +12,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_COCO
 from PIL import Image
-
 from test_download import make_zip, serve_files, sha
-from vqgan.coco import (
-    COMPLETE, CocoDataset, CocoError, RemoteFile, download_coco, load_coco, main, prepare, select_images,
-)
-import vqgan.coco as coco_module
-from vqgan.dataset import read_split
-from vqgan.download import DownloadError
 
-TINY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco-tiny" / "tiny_coco"
-pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason=f"shared tiny COCO not found at {TINY}")
+import vqgan.data.coco as coco_module
+from vqgan.data.coco import (
+    COMPLETE,
+    CocoDataset,
+    CocoError,
+    RemoteFile,
+    download_coco,
+    load_coco,
+    main,
+    prepare,
+    select_images,
+)
+from vqgan.data.dataset import read_split
+from vqgan.data.download import DownloadError
+
+TINY = TINY_COCO
 
 
 def official_images(split: str) -> dict[int, dict]:

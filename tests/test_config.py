@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO, TEST_CONFIG, TINY_COCO, run_snakemake
 
-from conftest import REPO, TINY_COCO, run_snakemake
-
-TEST_CONFIG = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+TEST_CONFIG = yaml.safe_load(TEST_CONFIG.read_text())
 TEST_CONFIG["coco"]["root"] = str(TINY_COCO)  # the dry runs happen in an empty temporary folder
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vqgan.dataset import DatasetError, atomic_dir, read_split, write_split
+from vqgan.data.dataset import DatasetError, read_split, write_split
+from vqgan.io.files import atomic_dir
 
 
 def test_atomic_dir_leaves_nothing_when_the_writer_fails(tmp_path):

@@ -1,4 +1,4 @@
-"""vqgan.download against a real HTTP server on 127.0.0.1 (offline): resume, verification, atomicity, zips.
+"""vqgan.data.download against a real HTTP server on 127.0.0.1 (offline): resume, verification, atomicity, zips.
 
 `serve_files` is also used by tests/test_coco.py for the download stage.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vqgan.download import DownloadError, VerificationError, download, extract_members
+from vqgan.data.download import DownloadError, VerificationError, download, extract_members
 
 
 class _RangeHandler(BaseHTTPRequestHandler):

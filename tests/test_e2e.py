@@ -15,8 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
-from conftest import REPO, TINY_COCO, run_snakemake
+from conftest import REPO, TEST_CONFIG, TINY_COCO, run_snakemake
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +29,7 @@ def _write_config(path: Path, cfg: dict) -> Path:
 
 
 def _base_config() -> dict:
-    cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
     cfg["coco"]["root"] = str(TINY_COCO)  # the run happens in a temporary folder
     return cfg
 
@@ -88,7 +87,7 @@ def test_atari_samples_are_further_from_coco_than_from_atari(run):
     results = workdir / "results"
     own = json.loads((results / "fid" / "atari_tiny.json").read_text())
     out = workdir / "cross.json"
-    subprocess.run([sys.executable, "-m", "vqgan.fid", "--config", json.dumps(_base_config()["fid"]),
+    subprocess.run([sys.executable, "-m", "vqgan.eval.fid", "--config", json.dumps(_base_config()["fid"]),
                     "--real", str(results / "data" / "coco_tiny" / "val"), "--gen", str(results / "samples" / "atari_tiny"),
                     "--cache-dir", str(results / "fid" / "cache"), "--out", str(out)],
                    check=True, cwd=workdir, capture_output=True, text=True)

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from vqgan.dataset import write_split
-from vqgan.evaluate import (
-    EvalConfig,
+from vqgan.data.dataset import write_split
+from vqgan.eval.recon import (
     PSNR_CAP_DB,
+    EvalConfig,
     codebook_summary,
     evaluate,
     foreground_mask,
@@ -19,7 +19,7 @@ from vqgan.evaluate import (
     psnr_per_image,
     train_baselines,
 )
-from vqgan.images import load_png
+from vqgan.io.images import load_png
 
 
 def sprite_video(n: int, res: int = 16, seed: int = 0, sprite=True) -> np.ndarray:
@@ -94,7 +94,7 @@ def test_foreground_mask_empty_for_constant_video_and_not_for_moving_sprite():
 
 
 def test_recon_json_schema_grid_and_recon_pngs(tmp_path):
-    from vqgan.model import VQGAN, VQGANConfig
+    from vqgan.models.vqgan import VQGAN, VQGANConfig
 
     res, n_val = 16, 10
     meta = lambda n: pd.DataFrame({"source_id": range(n)})  # noqa: E731

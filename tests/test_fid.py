@@ -10,8 +10,8 @@ import pytest
 from PIL import Image, ImageFilter
 
 from vqgan import fid as F
-from vqgan.coco import load_square
-from vqgan.dataset import write_split
+from vqgan.data.coco import load_square
+from vqgan.data.dataset import write_split
 
 RES = 32
 N = 8  # 0.2-0.8 s per image through Inception on a (busy) 2-core CPU; 4 sets of N in this module

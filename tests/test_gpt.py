@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vqgan.gpt import GPT, GPTConfig, filter_logits, generate_reference
+from vqgan.models.gpt import GPT, GPTConfig, filter_logits, generate_reference
 
 torch.set_num_threads(1)
 
@@ -60,7 +60,7 @@ def test_cached_step_logits_match_full_forward_in_float32():
     codes = torch.randint(0, 40, (3, 23))
     labels = torch.tensor([2, -1, 0])
     full, _ = model(codes, labels)
-    from vqgan.gpt import KVCache
+    from vqgan.models.gpt import KVCache
 
     cache = KVCache(model.config, 3, "cpu", torch.float32)
     tok = model.cond_tokens(labels, 3, "cpu")

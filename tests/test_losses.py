@@ -4,10 +4,10 @@ weight resolution (offline: no real VGG weights exist here, so a random trunk st
 import pytest
 import torch
 import torch.nn.functional as F
-
-from vqgan.losses import LossConfig, NLayerDiscriminator, VQLoss, foreground_mask, hinge_d_loss
 from vqgan.lpips import VGG16_FILE, VGG16_URL, VGGWeightsNotFound, build_lpips, resolve_vgg16_weights
-from vqgan.model import VQGAN, VQGANConfig
+
+from vqgan.models.losses import LossConfig, NLayerDiscriminator, VQLoss, foreground_mask, hinge_d_loss
+from vqgan.models.vqgan import VQGAN, VQGANConfig
 
 torch.set_num_threads(1)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vqgan.model import VQGAN, VQGANConfig
+from vqgan.models.vqgan import VQGAN, VQGANConfig
 
 torch.set_num_threads(1)
 
@@ -156,7 +156,7 @@ def test_no_pickle_loads_without_weights_only():
 
 
 def test_subpixel_upsample_equals_nearest_upsample_then_conv():
-    from vqgan.model import Upsample
+    from vqgan.models.vqgan import Upsample
 
     torch.manual_seed(0)
     up = Upsample(8)

@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from vqgan.quantize import L2Quantizer, VectorQuantizer, build_quantizer, codebook_stats
+from vqgan.models.quantize import L2Quantizer, VectorQuantizer, build_quantizer, codebook_stats
 
 torch.set_num_threads(1)
 

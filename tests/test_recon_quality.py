@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vqgan.evaluate import PSNR_CAP_DB
+from vqgan.eval.recon import PSNR_CAP_DB
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,9 +94,9 @@ def test_targets_of_issue_8():
 
 
 def test_variants_differ_only_in_quantizer_and_loss_and_parse_as_training_configs():
-    from vqgan.losses import LossConfig
-    from vqgan.model import VQGANConfig
-    from vqgan.train import TrainConfig, split_config
+    from vqgan.models.losses import LossConfig
+    from vqgan.models.vqgan import VQGANConfig
+    from vqgan.train.vqgan import TrainConfig, split_config
 
     cfgs = {name: rq.variant_config(name, steps=7, batch_size=4, lr=1e-3, warmup=2) for name in rq.VARIANTS}
     for name, cfg in cfgs.items():
@@ -117,7 +117,7 @@ def test_training_foreground_mask_finds_sprites_in_a_batch_that_mixes_games():
     games the mask is the sprites, not the minority game's whole background (as a whole-batch median gave)."""
     import torch
 
-    from vqgan.losses import foreground_mask, neighbour_median
+    from vqgan.models.losses import foreground_mask, neighbour_median
 
     frames, labels = two_games(8, res=32, seed=3)  # 16 frames: 8 green, 8 red, one moving sprite each
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1

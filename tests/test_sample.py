@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from vqgan import encode, sample
-from vqgan.dataset import write_split
-from vqgan.gpt import GPT, GPTConfig
-from vqgan.images import load_png, to_tensor
+from vqgan.data.dataset import write_split
+from vqgan.io.images import load_png, to_tensor
+from vqgan.models.gpt import GPT, GPTConfig
 
 torch.set_num_threads(1)
 CLASSES = ["Pong", "MsPacman"]
@@ -21,7 +21,7 @@ CLASSES = ["Pong", "MsPacman"]
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory):
     """A 2-class 16 px dataset, an untrained tiny VQGAN (f=4: 4x4 codes) and its encoded codes."""
-    from vqgan.model import VQGAN, VQGANConfig
+    from vqgan.models.vqgan import VQGAN, VQGANConfig
 
     root = tmp_path_factory.mktemp("stage")
     rng = np.random.default_rng(0)
@@ -57,8 +57,8 @@ def run_sample(stage, transformer, out, **cfg):
 
 
 def test_encode_writes_the_models_codes_in_the_smallest_dtype(stage):
-    from vqgan.dataset import read_split
-    from vqgan.model import VQGAN
+    from vqgan.data.dataset import read_split
+    from vqgan.models.vqgan import VQGAN
 
     meta = json.loads((stage / "codes" / "codes.json").read_text())
     assert meta["n_codes"] == 32 and meta["grid"] == [4, 4]

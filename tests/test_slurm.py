@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import BIN, REPO
+from conftest import BIN, REPO, TEST_CONFIG
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1800)]
 
@@ -145,7 +144,7 @@ class Run:
 
 
 def _write_config(work: Path, tiny_coco: Path, **train_overrides) -> tuple[Path, dict]:
-    cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
     cfg["coco"]["root"] = str(tiny_coco)  # the config's path is relative to the repository, we run elsewhere
     cfg["vqgan"]["train"].update(train_overrides)
     path = work / "config.yaml"
@@ -236,11 +235,11 @@ def test_every_compute_job_is_an_sbatch_job_and_targets_exist(slurm_run: Run):
 
 
 def test_fid_table_has_the_local_schema(slurm_run: Run):
-    """The table made through SLURM has the columns the local run writes (vqgan.table.COLUMNS), one row per
+    """The table made through SLURM has the columns the local run writes (vqgan.eval.table.COLUMNS), one row per
     dataset, and the step counts of the config (the cancelled-and-resumed training included)."""
     import pandas as pd
 
-    from vqgan.table import COLUMNS
+    from vqgan.eval.table import COLUMNS
 
     if "results/fid_table.csv" not in TARGETS:
         pytest.skip("fid_table.csv is not among TARGETS")

@@ -112,7 +112,7 @@ def test_bad_inputs_name_the_file(tmp_path):
         T.main(["--out", str(tmp_path / "t.csv")])
 
 
-# ---- report figures (vqgan.plots) ------------------------------------------------------------------------------
+# ---- report figures (vqgan.eval.plots) ------------------------------------------------------------------------------
 
 def test_curves_plot_from_a_vqgan_metrics_file(tmp_path):
     from PIL import Image
@@ -162,7 +162,7 @@ def test_data_grid_has_one_row_per_class(tmp_path):
     from PIL import Image
 
     from vqgan import plots
-    from vqgan.dataset import write_split
+    from vqgan.data.dataset import write_split
 
     images = np.random.default_rng(0).integers(0, 255, (30, 16, 16, 3), dtype=np.uint8)
     meta = pd.DataFrame({"label": [0] * 10 + [1] * 10 + [2] * 10})

@@ -18,12 +18,12 @@ import pandas as pd
 import pytest
 import torch
 
-from vqgan.dataset import write_split
-from vqgan.training import (
+from vqgan.data.dataset import write_split
+from vqgan.train.loop import (
+    TRAIN_STATE,
     CheckpointManager,
     MetricsLog,
     StepBatchSampler,
-    TRAIN_STATE,
     config_hash,
     lr_at,
     per_device_batch,
@@ -67,10 +67,10 @@ def env() -> dict[str, str]:
 
 
 def train_cmd(config: str, data: Path, out: Path, state: Path, *extra: str, processes: int = 1) -> list[str]:
-    args = ["-m", "vqgan.train", "--config", config, "--data", str(data), "--out", str(out), "--state-dir", str(state),
+    args = ["-m", "vqgan.train.vqgan", "--config", config, "--data", str(data), "--out", str(out), "--state-dir", str(state),
             *extra]
     if processes > 1:
-        return [sys.executable, "-m", "vqgan.launch", "--num-processes", str(processes), "--", *args]
+        return [sys.executable, "-m", "vqgan.train.launch", "--num-processes", str(processes), "--", *args]
     return [sys.executable, *args]
 
 
@@ -123,7 +123,7 @@ def test_config_hash_changes_with_config_and_data():
 
 
 def test_state_folder_ignores_eval_and_bookkeeping_keys():
-    from vqgan.train import split_config, state_key
+    from vqgan.train.vqgan import split_config, state_key
 
     base = split_config(json.loads(config_with()))
     same = split_config(json.loads(config_with(log_every=7, checkpoint_every=9)))
@@ -136,19 +136,19 @@ def test_state_folder_ignores_eval_and_bookkeeping_keys():
 def test_launch_command_uses_multi_gpu_with_a_port_and_gloo_on_cpu(monkeypatch):
     from vqgan import launch
 
-    cmd = launch.build_command(2, "vqgan.train", ["--config", "c.yaml"], port=12345)
+    cmd = launch.build_command(2, "vqgan.train.vqgan", ["--config", "c.yaml"], port=12345)
     assert cmd[cmd.index("--num_processes") + 1] == "2" and "--multi_gpu" in cmd
     assert cmd[cmd.index("--main_process_port") + 1] == "12345"
-    assert cmd[-4:] == ["-m", "vqgan.train", "--config", "c.yaml"]
+    assert cmd[-4:] == ["-m", "vqgan.train.vqgan", "--config", "c.yaml"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert launch.launch_env()["ACCELERATE_USE_CPU"] == "true"
 
 
-@pytest.mark.filterwarnings("ignore:'vqgan.train' found in sys.modules:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:'vqgan.train.vqgan' found in sys.modules:RuntimeWarning")
 def test_launch_in_process_reports_a_config_error(capsys, train_split, tmp_path):
     from vqgan import launch
 
-    rc = launch.main(["--num-processes", "1", "--", "-m", "vqgan.train", "--config", '{"bogus": {}}',
+    rc = launch.main(["--num-processes", "1", "--", "-m", "vqgan.train.vqgan", "--config", '{"bogus": {}}',
                       "--data", str(train_split), "--out", str(tmp_path / "o"), "--state-dir", str(tmp_path / "s")])
     assert rc == 1 and "unknown vqgan sections ['bogus']" in capsys.readouterr().err
 
@@ -201,7 +201,7 @@ def test_two_process_gloo_run_syncs_gradients(train_split, tmp_path):
     assert ranks[0]["final"]["d_params"] != ranks[0]["initial"]["d_params"], "discriminator weights did not change"
     info = json.loads((tmp_path / "out" / "train.json").read_text())
     assert info["world_size"] == 2 and info["per_device_batch"] == 4 and info["images_seen"] == 32
-    from vqgan.model import VQGAN
+    from vqgan.models.vqgan import VQGAN
 
     model = VQGAN.from_pretrained(tmp_path / "out")  # the export loads into a fresh model
     assert model.cfg.resolution == 16 and model.cfg.n_codes == 16

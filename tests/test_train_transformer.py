@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from vqgan import train_transformer as tt
-from vqgan.gpt import GPT
+from vqgan.models.gpt import GPT
 
 MODEL = {"n_layer": 1, "n_head": 2, "n_embd": 32}
 
@@ -91,7 +91,7 @@ def test_resume_after_kill_continues_to_the_same_weights(tmp_path):
     codes = write_codes(tmp_path / "codes")
     cfg = config(steps=30, checkpoint_every=5, eval_every=10, pkeep=0.8, p_uncond=0.2)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "vqgan.train_transformer", *args(codes, tmp_path / "killed", cfg)]
+    cmd = [sys.executable, "-m", "vqgan.train.transformer", *args(codes, tmp_path / "killed", cfg)]
     proc = subprocess.Popen([*cmd, "--debug-step-delay", "0.2"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     state = tmp_path / "killed" / "state"
@@ -127,8 +127,8 @@ def test_two_gloo_processes_train_the_same_weights_as_one(tmp_path):
     codes = write_codes(tmp_path / "codes")
     cfg = config(steps=6, checkpoint_every=6, eval_every=6, pkeep=0.8, p_uncond=0.2, grad_clip=0)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "vqgan.launch", "--num-processes", "2", "--", "-m",
-                          "vqgan.train_transformer", *args(codes, tmp_path / "two", cfg)],
+    two = subprocess.run([sys.executable, "-m", "vqgan.train.launch", "--num-processes", "2", "--", "-m",
+                          "vqgan.train.transformer", *args(codes, tmp_path / "two", cfg)],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "train.json").read_text())["world_size"] == 2

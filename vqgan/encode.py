@@ -14,24 +14,17 @@ is whole.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vqgan.dataset import read_split
-from vqgan.images import to_tensor
-from vqgan.training import atomic_file, write_json_atomic
-
-SPLITS = ("train", "val")
-CODES_JSON = "codes.json"
-
-
-def code_dtype(n_codes: int) -> np.dtype:
-    """The smallest signed integer type holding every code (signed: torch has no uint16 indexing)."""
-    return np.dtype(np.int16) if n_codes <= np.iinfo(np.int16).max + 1 else np.dtype(np.int32)
+from vqgan.data.codes import CODES_JSON, SPLITS, code_dtype, save_npy
+from vqgan.data.dataset import read_split
+from vqgan.io.checkpoint import CheckpointError, load_vqgan
+from vqgan.io.files import write_json_atomic
+from vqgan.io.images import to_tensor
 
 
 @torch.no_grad()
@@ -48,34 +41,6 @@ def encode_images(model, images: np.ndarray, batch_size: int = 64, device="cpu",
     return np.concatenate(out)
 
 
-def save_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp: Path):
-        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to the temporary name
-            np.save(f, array)
-
-    atomic_file(path, write)
-
-
-def read_codes(path: str | Path) -> dict:
-    """Load `codes.json` of an encoded folder, with a clear error when the folder is incomplete."""
-    path = Path(path)
-    meta_path = path / CODES_JSON
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} is missing: {path} is not a complete codes folder "
-                                "(run the encode stage: python -m vqgan.encode ...)")
-    return json.loads(meta_path.read_text())
-
-
-def load_codes(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(codes (N, h, w), labels (N,), codes.json) of one split."""
-    meta = read_codes(path)
-    codes = np.load(Path(path) / f"{split}.npy")
-    labels = np.load(Path(path) / f"{split}_labels.npy")
-    if codes.ndim != 3 or len(codes) != len(labels):
-        raise ValueError(f"{path}/{split}.npy: expected (N, h, w) with N = {len(labels)} labels, got {codes.shape}")
-    return codes, labels, meta
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vqgan.encode", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="trained VQGAN folder (results/vqgan/{ds})")
@@ -85,12 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     args = p.parse_args(argv)
 
-    from vqgan.model import VQGAN
-
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        model = VQGAN.from_pretrained(args.model, map_location=device).eval()
-    except FileNotFoundError as e:
+        model = load_vqgan(args.model, map_location=device).eval()
+    except CheckpointError as e:
         raise SystemExit(f"error: {e}")
     n_codes = int(model.cfg.n_codes)
     dtype = code_dtype(n_codes)

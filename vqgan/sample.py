@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqgan.cli import load_config_arg
-from vqgan.dataset import atomic_dir
-from vqgan.gpt import GPT
-from vqgan.images import grid, save_png, to_uint8
-from vqgan.training import write_json_atomic
+from vqgan.io.checkpoint import CheckpointError, load_gpt, load_vqgan
+from vqgan.io.cli import load_config_arg
+from vqgan.io.files import atomic_dir, write_json_atomic
+from vqgan.io.images import grid, save_png, to_uint8
+from vqgan.models.gpt import GPT
 
 GRID_PER_CLASS = 8
 
@@ -130,13 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = SampleConfig.from_dict(load_config_arg(args.config))
     except (ValueError, TypeError) as e:
         raise SystemExit(f"--config: {e}")
-    from vqgan.model import VQGAN
-
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        gpt = GPT.from_pretrained(args.transformer, map_location=device).eval()
-        vqgan = VQGAN.from_pretrained(args.vqgan, map_location=device).eval()
-    except FileNotFoundError as e:
+        gpt = load_gpt(args.transformer, map_location=device).eval()
+        vqgan = load_vqgan(args.vqgan, map_location=device).eval()
+    except CheckpointError as e:
         raise SystemExit(f"error: {e}")
     codes_json = Path(args.transformer) / "codes.json"
     meta = json.loads(codes_json.read_text()) if codes_json.is_file() else {}

@@ -105,7 +105,11 @@ def _names(names):
 
 def dataset_json(ds):
     """The dataset entry as the JSON a CLI takes (overrides and private keys removed)."""
-    entry = {k: v for k, v in DATASETS[ds].items() if not k.startswith("_") and k not in OVERRIDABLE}
+    entry = {
+        k: v
+        for k, v in DATASETS[ds].items()
+        if not k.startswith("_") and k not in OVERRIDABLE
+    }
     return json.dumps(entry, sort_keys=True)
 
 
@@ -150,7 +154,11 @@ def all_targets():
         "results/fid_table.csv",
         "results/plots/benchmarks.png",
         *expand("results/plots/data_{ds}.png", ds=DATASETS),
-        *expand("results/plots/{stage}_{ds}_curves.png", stage=["vqgan", "transformer"], ds=DATASETS),
+        *expand(
+            "results/plots/{stage}_{ds}_curves.png",
+            stage=["vqgan", "transformer"],
+            ds=DATASETS,
+        ),
         *expand("results/vqgan/{ds}/recon.png", ds=DATASETS),
         *expand("results/samples/{ds}", ds=DATASETS),
     ]

@@ -12,14 +12,14 @@ rule sample:
             caption="../report/samples.rst",
             category="Samples",
         ),
-    params:
-        cfg=lambda w: section_json(w.ds, "sample"),
-        transformer=lambda w: f"results/transformer/{w.ds}",
-        vqgan=lambda w: f"results/vqgan/{w.ds}",
     log:
         "logs/sample/{ds}.log",
     benchmark:
         "benchmarks/sample/{ds}.tsv"
+    params:
+        cfg=lambda w: section_json(w.ds, "sample"),
+        transformer=lambda w: f"results/transformer/{w.ds}",
+        vqgan=lambda w: f"results/vqgan/{w.ds}",
     shell:
         "python -m vqgan.sample --config {params.cfg:q} --transformer {params.transformer:q}"
         " --vqgan {params.vqgan:q} --out {output.samples:q} > {log:q} 2>&1"

@@ -11,23 +11,25 @@ rule train_vqgan:
         config="results/vqgan/{ds}/config.json",
         metrics="results/vqgan/{ds}/metrics.csv",
         summary="results/vqgan/{ds}/train.json",
-    params:
-        cfg=lambda w: section_json(w.ds, "vqgan", keys=("model", "quantizer", "loss", "train")),
-        out=lambda w: f"results/vqgan/{w.ds}",
-        # not an output: Snakemake deletes outputs before a rerun, the state must survive to resume
-        state=lambda w: f"results/vqgan/{w.ds}/state",
-        weights=config["weights_dir"],
+    log:
+        "logs/train_vqgan/{ds}.log",
+    benchmark:
+        "benchmarks/train_vqgan/{ds}.tsv"
     # One math thread per job by default: on a shared 2-core machine two 1-thread jobs side by side trained
     # faster than one 2-thread job (threads stall on each other when descheduled). Raise with --set-threads.
     threads: 1
     resources:
         gpu=0,  # accelerator processes (0 or 1: one process); profiles set it, e.g. profiles/slurm
-    log:
-        "logs/train_vqgan/{ds}.log",
-    benchmark:
-        "benchmarks/train_vqgan/{ds}.tsv"
+    params:
+        cfg=lambda w: section_json(
+            w.ds, "vqgan", keys=("model", "quantizer", "loss", "train")
+        ),
+        out=lambda w: f"results/vqgan/{w.ds}",
+        # not an output: Snakemake deletes outputs before a rerun, the state must survive to resume
+        state=lambda w: f"results/vqgan/{w.ds}/state",
+        weights=config["weights_dir"],
     shell:
-        "OMP_NUM_THREADS={threads} python -m vqgan.launch --num-processes {resources.gpu} -- -m vqgan.train"
+        "OMP_NUM_THREADS={threads} python -m vqgan.train.launch --num-processes {resources.gpu} -- -m vqgan.train.vqgan"
         " --config {params.cfg:q} --data {input.train:q} --out {params.out:q} --state-dir {params.state:q}"
         " --weights-dir {params.weights:q} > {log:q} 2>&1"
 
@@ -39,17 +41,21 @@ rule eval_vqgan:
         train="results/data/{ds}/train",
     output:
         json="results/vqgan/{ds}/recon.json",
-        grid=report("results/vqgan/{ds}/recon.png", caption="../report/recon.rst", category="Reconstructions"),
+        grid=report(
+            "results/vqgan/{ds}/recon.png",
+            caption="../report/recon.rst",
+            category="Reconstructions",
+        ),
         recon=directory("results/vqgan/{ds}/recon"),
-    params:
-        cfg=lambda w: section_json(w.ds, "vqgan", keys=("eval",)),
-        model=lambda w: f"results/vqgan/{w.ds}",
-        weights=config["weights_dir"],
     log:
         "logs/eval_vqgan/{ds}.log",
     benchmark:
         "benchmarks/eval_vqgan/{ds}.tsv"
+    params:
+        cfg=lambda w: section_json(w.ds, "vqgan", keys=("eval",)),
+        model=lambda w: f"results/vqgan/{w.ds}",
+        weights=config["weights_dir"],
     shell:
-        "python -m vqgan.evaluate --config {params.cfg:q} --model {params.model:q} --data {input.val:q}"
+        "python -m vqgan.eval.recon --config {params.cfg:q} --model {params.model:q} --data {input.val:q}"
         " --train-data {input.train:q} --weights-dir {params.weights:q} --out-json {output.json:q}"
         " --out-png {output.grid:q} --recon-dir {output.recon:q} > {log:q} 2>&1"

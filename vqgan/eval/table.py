@@ -1,0 +1,172 @@
+"""The results table: one row per dataset, every score next to the N it was computed on and its baselines.
+
+    python -m vqgan.eval.table --fid results/fid/*.json --recon results/vqgan/*/recon.json \
+        --vqgan-train results/vqgan/*/train.json --transformer-train results/transformer/*/train.json \
+        --out results/fid_table.csv --markdown results/fid_table.md
+
+Each input is a JSON file written by one stage; the dataset name is the file's stem for `results/fid/{ds}.json`
+and its parent folder for the others (`results/vqgan/{ds}/recon.json`). A dataset missing from one stage, or a key
+an older file lacks, gives an empty (NaN) cell rather than an error: the table is a summary, and a half-finished run
+should still show what it has. `COLUMNS` says where every column comes from.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from vqgan.io.files import write_text_atomic
+
+# column -> (source, key in that source's JSON). Sources: fid = results/fid/{ds}.json (vqgan.eval.fid),
+# recon = results/vqgan/{ds}/recon.json (vqgan.eval.recon), vqgan_train = results/vqgan/{ds}/train.json
+# (vqgan.train.vqgan), transformer_train = results/transformer/{ds}/train.json (vqgan.train.transformer).
+COLUMNS: dict[str, tuple[str, str]] = {
+    "kind": ("fid", "kind"),
+    "resolution": ("fid", "resolution"),
+    "n_real": ("fid", "n_real"),
+    "n_gen": ("fid", "n_gen"),
+    "fid": ("fid", "fid"),
+    "kid_mean": ("fid", "kid_mean"),
+    "kid_std": ("fid", "kid_std"),
+    "n_recon": ("fid", "n_recon"),
+    "rfid": ("fid", "rfid"),
+    "rkid_mean": ("fid", "rkid_mean"),
+    "rkid_std": ("fid", "rkid_std"),
+    "n_eval": ("recon", "n_images"),
+    "psnr": ("recon", "psnr"),
+    "psnr_mean_baseline": ("recon", "psnr_baseline_mean"),      # the train split's mean image as the prediction
+    "psnr_median_baseline": ("recon", "psnr_baseline_median"),  # ... its median image (the static background)
+    "fg_fraction": ("recon", "fg_fraction"),
+    "fg_error": ("recon", "fg_mae"),                            # MAE (0-255) on pixels that differ from the background
+    "fg_error_baseline": ("recon", "fg_mae_baseline_median"),   # the background itself as the reconstruction
+    "lpips": ("recon", "lpips"),
+    "codebook_usage": ("recon", "usage"),
+    "perplexity": ("recon", "perplexity"),
+    "n_codes": ("recon", "n_codes"),
+    "vqgan_steps": ("vqgan_train", "steps"),
+    "vqgan_wall_s": ("vqgan_train", "wall_time_s"),
+    "transformer_steps": ("transformer_train", "steps"),
+    "val_bits_per_token": ("transformer_train", "val_bits_per_token"),
+    "uniform_bits_per_token": ("transformer_train", "uniform_bits_per_token"),
+    "transformer_wall_s": ("transformer_train", "wall_time_s"),
+    "inception_sha256": ("fid", "inception_sha256"),
+}
+SHA_PREFIX = 12
+SOURCES = ("fid", "recon", "vqgan_train", "transformer_train")
+# Markdown formats; the CSV keeps full precision.
+FORMATS = {
+    "fid": "{:.2f}", "rfid": "{:.2f}", "kid_mean": "{:.4f}", "kid_std": "{:.4f}", "rkid_mean": "{:.4f}",
+    "rkid_std": "{:.4f}", "psnr": "{:.2f}", "psnr_mean_baseline": "{:.2f}", "psnr_median_baseline": "{:.2f}",
+    "fg_fraction": "{:.3f}", "fg_error": "{:.2f}", "fg_error_baseline": "{:.2f}", "lpips": "{:.3f}",
+    "codebook_usage": "{:.3f}", "perplexity": "{:.1f}", "val_bits_per_token": "{:.3f}",
+    "uniform_bits_per_token": "{:.3f}", "vqgan_wall_s": "{:.0f}", "transformer_wall_s": "{:.0f}",
+}
+
+
+class TableError(ValueError):
+    """Unreadable or ambiguous input; the message names the file."""
+
+
+def dataset_name(path: Path, source: str) -> str:
+    """results/fid/{ds}.json -> ds; results/vqgan/{ds}/recon.json -> ds."""
+    return path.stem if source == "fid" else path.parent.name
+
+
+def load_source(paths: Sequence[str | os.PathLike], source: str) -> dict[str, dict[str, Any]]:
+    records: dict[str, dict[str, Any]] = {}
+    for p in map(Path, paths):
+        try:
+            data = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise TableError(f"{p}: no such file (did the {source} stage run?)") from None
+        except json.JSONDecodeError as e:
+            raise TableError(f"{p}: not valid JSON ({e}); rerun the stage that writes it") from None
+        if not isinstance(data, dict):
+            raise TableError(f"{p}: expected a JSON object, got {type(data).__name__}")
+        name = dataset_name(p, source)
+        if name in records:
+            raise TableError(f"{p}: a second {source} file for dataset {name!r}; pass one file per dataset")
+        records[name] = data
+    return records
+
+
+def _cell(value: Any) -> Any:
+    return math.nan if value is None else value
+
+
+def build_table(
+    fid: Sequence[str | os.PathLike] = (),
+    recon: Sequence[str | os.PathLike] = (),
+    vqgan_train: Sequence[str | os.PathLike] = (),
+    transformer_train: Sequence[str | os.PathLike] = (),
+) -> pd.DataFrame:
+    """One row per dataset seen in any input, columns `dataset` + `COLUMNS` in that order, sorted by dataset."""
+    loaded = {
+        "fid": load_source(fid, "fid"),
+        "recon": load_source(recon, "recon"),
+        "vqgan_train": load_source(vqgan_train, "vqgan_train"),
+        "transformer_train": load_source(transformer_train, "transformer_train"),
+    }
+    names = sorted(set().union(*(records.keys() for records in loaded.values())))
+    rows = []
+    for name in names:
+        row: dict[str, Any] = {"dataset": name}
+        for column, (source, key) in COLUMNS.items():
+            row[column] = _cell(loaded[source].get(name, {}).get(key))
+        # The recon stage knows the resolution too, for a dataset whose FID has not run yet.
+        if isinstance(row["resolution"], float) and math.isnan(row["resolution"]):
+            row["resolution"] = _cell(loaded["recon"].get(name, {}).get("resolution"))
+        if isinstance(row["inception_sha256"], str):
+            row["inception_sha256"] = row["inception_sha256"][:SHA_PREFIX]
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=["dataset", *COLUMNS])
+    for column in ("resolution", "n_real", "n_gen", "n_recon", "n_eval", "n_codes", "vqgan_steps", "transformer_steps"):
+        table[column] = table[column].astype("Int64")  # integers stay integers next to empty cells
+    return table
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-style Markdown table (no extra dependency); empty cells for missing values."""
+    def fmt(column: str, value: Any) -> str:
+        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        if column in FORMATS and isinstance(value, (int, float)):
+            return FORMATS[column].format(value)
+        return str(value)
+
+    header = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "|".join("---" if c in ("dataset", "kind", "inception_sha256") else "---:" for c in table.columns) + "|"
+    body = ["| " + " | ".join(fmt(c, v) for c, v in zip(table.columns, row)) + " |"
+            for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="vqgan-table", description="Collect every stage's JSON into results/fid_table.csv.")
+    p.add_argument("--fid", nargs="*", default=[], help="results/fid/{ds}.json files")
+    p.add_argument("--recon", nargs="*", default=[], help="results/vqgan/{ds}/recon.json files")
+    p.add_argument("--vqgan-train", nargs="*", default=[], help="results/vqgan/{ds}/train.json files")
+    p.add_argument("--transformer-train", nargs="*", default=[], help="results/transformer/{ds}/train.json files")
+    p.add_argument("--out", required=True, help="CSV path (results/fid_table.csv)")
+    p.add_argument("--markdown", help="also write a Markdown rendering here")
+    args = p.parse_args(argv)
+    try:
+        table = build_table(args.fid, args.recon, args.vqgan_train, args.transformer_train)
+    except TableError as e:
+        raise SystemExit(f"vqgan-table: {e}")
+    if table.empty:
+        raise SystemExit("vqgan-table: no input files given; pass at least one of --fid/--recon/--vqgan-train/...")
+    write_text_atomic((args.out), table.to_csv(index=False))
+    markdown = to_markdown(table)
+    if args.markdown:
+        write_text_atomic((args.markdown), markdown)
+    print(markdown, end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,373 @@
+"""What every training loop shares: state folders, resume, data order, LR schedule, NaN guard, logs, export.
+
+Model-agnostic on purpose: `vqgan.train.vqgan` and the transformer loop both build on it. The pieces follow
+accelerate's `by_feature/checkpointing.py`, with three choices of our own:
+
+- **State folders are keyed by a hash of the config and the data manifest** (`{state_dir}/{hash}/checkpoint-N`),
+  so a run with a changed config starts fresh instead of resuming weights trained for another experiment.
+- **The data order is a pure function of (seed, micro-step)** (`StepBatchSampler`), so resuming needs nothing but
+  the step counter: a resumed run sees exactly the batches an uninterrupted run would have seen, on any number of
+  processes (the global batch sequence does not depend on the world size; each rank takes its slice).
+- **The learning rate is a pure function of the step** (`lr_at`) and is written into the optimizers every step,
+  instead of a stateful scheduler (accelerate steps a prepared scheduler once per process, which silently
+  shortens warm-up by the world size).
+
+A checkpoint is written to a hidden temporary folder and renamed into place once every rank has saved, with
+`train_state.json` written last; a folder without that file is never resumed from. A run killed mid-save
+therefore resumes from the previous checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from vqgan.io.files import atomic_file, to_json, write_text_atomic
+
+TRAIN_STATE = "train_state.json"
+METRICS = "metrics.jsonl"
+_CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The optimisation settings every loop shares
+
+
+@dataclass
+class LoopConfig:
+    """Keys of a `<stage>.train` section common to every loop; each loop subclasses it with its own defaults
+    and extra keys. Batch size is global: per-device = batch_size / processes / grad_accum."""
+
+    SECTION = "train"  # the config path named in error messages
+
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    lr_schedule: str = "cosine"  # "cosine" (to min_lr_ratio x lr at `steps`) or "constant"
+    min_lr_ratio: float = 0.1
+    grad_accum: int = 1
+    grad_clip: float | None = 1.0  # max global grad norm; None or 0 disables
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (autocast; bf16 needs no loss scaling)
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+
+    POSITIVE = ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every")
+
+    def problems(self) -> list[str]:
+        """What is wrong with the values; subclasses extend the list with their own keys."""
+        out = []
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            out.append(f"mixed_precision={self.mixed_precision!r} (use 'no', 'bf16' or 'fp16')")
+        if self.lr_schedule not in ("cosine", "constant"):
+            out.append(f"lr_schedule={self.lr_schedule!r} (use 'cosine' or 'constant')")
+        for k in self.POSITIVE:
+            if int(getattr(self, k)) < 1:
+                out.append(f"{k}={getattr(self, k)} (must be >= 1)")
+        if len(self.betas) != 2:
+            out.append(f"betas={list(self.betas)} (need two numbers)")
+        return out
+
+    def __post_init__(self):
+        self.betas = tuple(float(b) for b in self.betas)
+        problems = self.problems()
+        if problems:
+            raise ValueError(f"invalid {self.SECTION} config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None):
+        d = dict(d or {})
+        known = sorted(f.name for f in fields(cls))
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"unknown {cls.SECTION} keys {unknown}; known: {known}")
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Seeds
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch identically on every rank (DDP also broadcasts rank 0's weights at wrap time)."""
+    from accelerate.utils import set_seed
+
+    set_seed(int(seed))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batch sizes, data order, learning rate
+
+
+def per_device_batch(global_batch: int, world_size: int, grad_accum: int) -> int:
+    """Global batch = per-device batch x processes x accumulation steps; refuse sizes that don't divide."""
+    denom = world_size * grad_accum
+    if global_batch < denom or global_batch % denom:
+        raise ValueError(
+            f"train.batch_size={global_batch} (global) must be a multiple of world size {world_size} x "
+            f"train.grad_accum {grad_accum} = {denom}; change batch_size, grad_accum or the number of processes"
+        )
+    return global_batch // denom
+
+
+def make_accelerator(run_dir: Path, tc: LoopConfig):
+    """The Accelerator of a run (autocast, accumulation, TensorBoard under the state folder) and the per-device
+    batch: -> (accelerator, per_device_batch). Exits with the message when the batch does not divide."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    accelerator = Accelerator(
+        mixed_precision=tc.mixed_precision,
+        gradient_accumulation_steps=tc.grad_accum,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")),
+    )
+    try:
+        per_device = per_device_batch(tc.batch_size, accelerator.num_processes, tc.grad_accum)
+    except ValueError as e:
+        raise SystemExit(str(e))
+    return accelerator, per_device
+
+
+class StepBatchSampler:
+    """Infinite per-rank batches of indices whose order depends only on (seed, micro-step).
+
+    Micro-step m covers the global micro-batch of `per_device * world_size` samples at positions
+    [m*G, (m+1)*G) of an endless stream made of one fresh permutation per epoch (seeded by seed + epoch);
+    rank r takes the r-th slice. The tail of an epoch that does not fill a micro-batch is dropped, as usual.
+    `start` skips the micro-steps a resumed run has already done.
+    """
+
+    def __init__(self, n: int, per_device: int, rank: int, world_size: int, seed: int, start: int = 0):
+        self.n, self.per_device, self.rank, self.world_size = n, per_device, rank, world_size
+        self.seed, self.start = int(seed), int(start)
+        self.global_micro = per_device * world_size
+        if n < self.global_micro:
+            raise ValueError(
+                f"the dataset has {n} samples, fewer than one global micro-batch of {self.global_micro} "
+                "(per-device batch x processes); use more data or a smaller train.batch_size"
+            )
+        self.per_epoch = n // self.global_micro
+
+    def epoch_of(self, micro_step: int) -> int:
+        return micro_step // self.per_epoch
+
+    def indices(self, micro_step: int) -> list[int]:
+        epoch, pos = divmod(micro_step, self.per_epoch)
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        lo = pos * self.global_micro + self.rank * self.per_device
+        return perm[lo : lo + self.per_device].tolist()
+
+    def coin(self, micro_step: int, salt: int = 1, p: float = 0.5) -> np.ndarray:
+        """Per-sample random booleans for this rank's slice of a micro-batch (e.g. horizontal flips), also a pure
+        function of (seed, micro-step), so augmentation replays identically after a resume."""
+        u = np.random.default_rng([self.seed, salt, micro_step]).random(self.global_micro)
+        lo = self.rank * self.per_device
+        return u[lo : lo + self.per_device] < p
+
+    def __iter__(self) -> Iterator[list[int]]:
+        m = self.start
+        while True:
+            yield self.indices(m)
+            m += 1
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, schedule: str = "cosine",
+          min_lr_ratio: float = 0.1) -> float:
+    """Linear warm-up from 0, then constant or cosine decay to `min_lr_ratio * base_lr` at `total_steps`."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return base_lr
+    if schedule != "cosine":
+        raise ValueError(f"unknown lr schedule {schedule!r}; use 'cosine' or 'constant'")
+    span = max(1, total_steps - warmup_steps)
+    t = min(1.0, (step - warmup_steps) / span)
+    return base_lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+@dataclass
+class Resume:
+    step: int
+    path: Path | None
+    extra: dict[str, Any]
+
+
+class CheckpointManager:
+    """`{run_dir}/checkpoint-<step>/` folders written through `accelerator.save_state`, the newest K kept.
+
+    Every rank must call `save` (accelerate writes one RNG file per process); only rank 0 renames and prunes.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, keep: int = 2):
+        if keep < 1:
+            raise ValueError(f"train.keep_checkpoints must be >= 1, got {keep}")
+        self.run_dir = Path(run_dir)
+        self.keep = keep
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """Complete checkpoints (with train_state.json), oldest first."""
+        if not self.run_dir.is_dir():
+            return []
+        found = []
+        for p in self.run_dir.iterdir():
+            m = _CKPT_RE.match(p.name)
+            if m and (p / TRAIN_STATE).is_file():
+                found.append((int(m.group(1)), p))
+        return sorted(found)
+
+    def latest(self) -> Path | None:
+        ckpts = self.checkpoints()
+        return ckpts[-1][1] if ckpts else None
+
+    def save(self, accelerator, step: int, extra: dict[str, Any] | None = None) -> Path:
+        final = self.run_dir / f"checkpoint-{step}"
+        tmp = self.run_dir / f".checkpoint-{step}.tmp"
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)  # debris of a save killed earlier
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            # written last: its presence is what marks the folder complete
+            (tmp / TRAIN_STATE).write_text(to_json({"step": step, **(extra or {})}))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for _, old in self.checkpoints()[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        return final
+
+    def resume(self, accelerator) -> Resume:
+        """Load the newest complete checkpoint into the prepared objects; step 0 when there is none."""
+        path = self.latest()
+        if path is None:
+            return Resume(step=0, path=None, extra={})
+        accelerator.load_state(str(path))
+        state = json.loads((path / TRAIN_STATE).read_text())
+        return Resume(step=int(state["step"]), path=path, extra=state)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# NaN / inf guard
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised on every rank when any rank saw a NaN/inf loss; the message names the step and the last good state."""
+
+
+def check_finite(accelerator, values: dict[str, torch.Tensor | float], step: int, last_good: Path | None) -> None:
+    """Abort before the backward pass if any value on any rank is NaN/inf.
+
+    The flag is all-reduced so that every rank raises together (a rank that raised alone would leave the others
+    hanging in the next collective). No state is saved after the bad step, so the newest checkpoint stays good.
+    """
+    bad = [k for k, v in values.items() if not math.isfinite(float(v))]
+    flag = torch.tensor([1.0 if bad else 0.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, reduction="sum")
+    if flag.item() > 0:
+        where = f"{last_good}" if last_good is not None else "none yet (no checkpoint was written before this step)"
+        shown = ", ".join(f"{k}={float(v):.4g}" for k, v in values.items())
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step} ({shown or 'on another rank'}); training stopped and no state was "
+            f"saved after it. Last good state: {where}. Rerunning resumes from it; to get past the divergence lower "
+            "train.lr, raise train.warmup_steps, set train.grad_clip, or use train.mixed_precision 'no'/'bf16' "
+            "instead of 'fp16'."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics: an append-only JSON-lines log in the state folder (survives kills), exported as CSV at the end
+
+
+class MetricsLog:
+    """Rows of {step, ...} appended to `{run_dir}/metrics.jsonl`, mirrored to accelerate's trackers.
+
+    On resume, rows past the resumed step are dropped: those steps are recomputed, and the export must not list
+    a step twice.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, accelerator, resume_step: int = 0):
+        self.path = Path(run_dir) / METRICS
+        self.accelerator = accelerator
+        if accelerator.is_main_process and self.path.exists():
+            kept = [r for r in self.rows() if r.get("step", 0) <= resume_step]
+            write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        rows = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by a kill; everything after it is gone anyway
+        return rows
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        values = {k: float(v) for k, v in values.items()}
+        self.accelerator.log(values, step=step)
+        if self.accelerator.is_main_process:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": step, **values}) + "\n")
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        import pandas as pd
+
+        df = pd.DataFrame(self.rows())
+        if df.empty:
+            df = pd.DataFrame({"step": []})
+        return atomic_file(path, lambda p: df.to_csv(p, index=False))
+
+
+class Throughput:
+    """Samples per second over the interval since the last `rate()` call (what the progress bar and CSV show)."""
+
+    def __init__(self):
+        self.t0, self.n = time.perf_counter(), 0
+
+    def add(self, n: int) -> None:
+        self.n += n
+
+    def rate(self) -> float:
+        t = time.perf_counter()
+        r = self.n / max(t - self.t0, 1e-9)
+        self.t0, self.n = t, 0
+        return r
+
+
+def accumulate_means(rows: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Mean of each key over the micro-steps of one logging interval."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for r in rows:
+        for k, v in r.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+            counts[k] = counts.get(k, 0) + 1
+    return {k: sums[k] / counts[k] for k in sums}

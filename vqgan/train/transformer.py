@@ -1,0 +1,308 @@
+"""Train the GPT over VQGAN codes with Accelerate: one code path for 1 CPU core, N gloo processes, or N GPUs.
+
+    python -m vqgan.train.transformer --config CONFIG --codes results/codes/{ds} --out results/transformer/{ds} \
+        --state-dir results/transformer/{ds}/state
+    python -m vqgan.train.launch --num-processes 2 -- -m vqgan.train.transformer ...        # DDP (gloo on CPU)
+
+`--config` is the whole `transformer` section: {model: {n_layer, n_head, n_embd, dropout, bias}, train: {...}}.
+The vocabulary, number of classes and sequence length come from the codes folder (`codes.json`), not the config.
+
+The loop is `vqgan.train.vqgan`'s (the diffusers idiom), and everything the two share -- state folders keyed by config
+hash, resume from the newest complete checkpoint, data order and LR as pure functions of the step, NaN guard,
+metrics log -- comes from `vqgan.train.loop`. Specific to this stage:
+
+- **pkeep** (the paper's token corruption): each *input* code is replaced by a uniformly random code with
+  probability 1 - pkeep; the targets stay clean, so the model learns to predict through noisy context, which
+  is what it sees at sampling time once its own samples drift.
+- **p_uncond**: each sequence's class is replaced by the unconditional token with this probability, so one model
+  also samples without a class (the unconditional fallback). Both draws are pure functions of (seed, micro-step)
+  like the data order, so a resumed run replays exactly the batches of an uninterrupted one.
+- Losses are reported in nats per code and as **bits per token** (nats / ln 2); val loss is over the whole val
+  split, conditioned on the true labels, every `eval_every` steps and at the end (`{out}/train.json`).
+
+Outputs: `{out}/model.safetensors` + `config.json` (GPTConfig), `codes.json` (grid, classes: what the sampler
+needs), `metrics.csv`, `train.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vqgan.data.codes import load_codes
+from vqgan.io.checkpoint import save_model
+from vqgan.io.cli import load_config_arg
+from vqgan.io.files import write_json_atomic
+from vqgan.io.hashing import config_hash
+from vqgan.models.gpt import GPT, GPTConfig
+from vqgan.train.loop import (
+    CheckpointManager,
+    LoopConfig,
+    MetricsLog,
+    NonFiniteLossError,
+    StepBatchSampler,
+    Throughput,
+    accumulate_means,
+    check_finite,
+    lr_at,
+    make_accelerator,
+    seed_everything,
+    set_lr,
+)
+
+LN2 = math.log(2.0)
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "dropout", "bias")
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """`transformer.train` keys (the shared ones are documented on LoopConfig)."""
+
+    SECTION = "transformer.train"
+
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 4.5e-4
+    betas: tuple[float, float] = (0.9, 0.95)  # GPT-style: a short beta2 reacts faster to loss spikes
+    weight_decay: float = 0.01  # on Linear weight matrices only (GPT.configure_optimizers)
+    eval_every: int = 500  # val loss every N steps (and always at the last step)
+    pkeep: float = 1.0  # keep each input code with this probability, else replace it by a random code
+    p_uncond: float = 0.1  # train the unconditional token on this fraction of sequences
+
+    POSITIVE = LoopConfig.POSITIVE + ("eval_every",)
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if not 0.0 < self.pkeep <= 1.0:
+            out.append(f"pkeep={self.pkeep} (must be in (0, 1]; 1 = no corruption)")
+        if not 0.0 <= self.p_uncond < 1.0:
+            out.append(f"p_uncond={self.p_uncond} (must be in [0, 1))")
+        return out
+
+
+def split_config(cfg: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
+    unknown = sorted(set(cfg) - {"model", "train"})
+    if unknown:
+        raise ValueError(f"unknown transformer sections {unknown}; expected 'model' and 'train'")
+    model = dict(cfg.get("model") or {})
+    bad = sorted(set(model) - set(MODEL_KEYS))
+    if bad:
+        raise ValueError(f"unknown transformer.model keys {bad}; known: {list(MODEL_KEYS)}")
+    return model, TrainConfig.from_dict(cfg.get("train"))
+
+
+def gpt_config(model_section: dict[str, Any], codes_meta: dict[str, Any]) -> GPTConfig:
+    """The model's shape: width/depth from the config, vocabulary/classes/length from the codes."""
+    h, w = codes_meta["grid"]
+    return GPTConfig(vocab_size=int(codes_meta["n_codes"]), n_classes=int(codes_meta["n_classes"]),
+                     block_size=int(h) * int(w), **model_section)
+
+
+def corrupt(codes: torch.Tensor, pkeep: float, vocab_size: int, rng: np.random.Generator, rows: slice,
+            n_global: int) -> torch.Tensor:
+    """Replace each code by a uniform random one with probability 1 - pkeep (the paper's pkeep).
+
+    The draws cover the whole global micro-batch (`n_global` sequences) and each rank keeps its `rows`, so a
+    sequence gets the same corruption whatever the number of processes.
+    """
+    if pkeep >= 1.0:
+        return codes
+    shape = (n_global, codes.shape[1])
+    keep = torch.from_numpy(rng.random(shape)[rows] < pkeep).to(codes.device)
+    noise = torch.from_numpy(rng.integers(0, vocab_size, shape)[rows]).to(codes.device)
+    return torch.where(keep, codes, noise)
+
+
+@torch.no_grad()
+def evaluate(model: GPT, codes: torch.Tensor, labels: torch.Tensor, batch_size: int, autocast) -> float:
+    """Mean cross-entropy (nats per code) over a whole split, conditioned on the true labels."""
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for lo in range(0, len(codes), batch_size):
+        x, y = codes[lo : lo + batch_size], labels[lo : lo + batch_size]
+        with autocast():
+            _, loss = model(x[:, :-1], y, targets=x)
+        total += float(loss) * x.numel()
+        n += x.numel()
+    model.train(was_training)
+    return total / max(n, 1)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m vqgan.train.transformer",
+        description="Train the transformer over VQGAN codes (resumes from the newest state in --state-dir).",
+    )
+    p.add_argument("--config", required=True, help="the transformer section: inline JSON or a YAML/JSON file")
+    p.add_argument("--codes", required=True, help="codes folder written by vqgan.encode (results/codes/{ds})")
+    p.add_argument("--out", required=True, help="output folder: model.safetensors, config.json, metrics.csv, train.json")
+    p.add_argument("--state-dir", required=True,
+                   help="resumable state (not a declared output): results/transformer/{ds}/state")
+    # Hidden hook for the kill -9 test: sleep this long after every step so a kill lands mid-run.
+    p.add_argument("--debug-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        model_section, tc = split_config(load_config_arg(args.config))
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"--config: {e}")
+    try:
+        train_codes, train_labels, meta = load_codes(args.codes, "train")
+        val_codes, val_labels, _ = load_codes(args.codes, "val")
+        gcfg = gpt_config(model_section, meta)
+    except (FileNotFoundError, ValueError, TypeError) as e:
+        raise SystemExit(f"error: {e}")
+    try:
+        return train(args, model_section, tc, gcfg, meta, (train_codes, train_labels), (val_codes, val_labels))
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 3
+
+
+def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_data, val_data) -> int:
+    from tqdm.auto import tqdm
+
+    # A changed config or changed codes get a fresh state folder; the same ones resume.
+    run_dir = Path(args.state_dir) / config_hash({"model": model_section, "train": asdict(tc)}, meta)
+    accelerator, per_device = make_accelerator(run_dir, tc)
+    world, rank = accelerator.num_processes, accelerator.process_index
+
+    # (N, h, w) -> (N, T): raster order, the order the sampler generates in. Small enough to sit in memory.
+    codes = torch.from_numpy(train_data[0].reshape(len(train_data[0]), -1).astype(np.int64))
+    labels = torch.from_numpy(train_data[1].astype(np.int64))
+    val_codes = torch.from_numpy(val_data[0].reshape(len(val_data[0]), -1).astype(np.int64))
+    val_labels = torch.from_numpy(val_data[1].astype(np.int64))
+
+    seed_everything(tc.seed)
+    model = GPT(gcfg)
+    opt = model.configure_optimizers(tc.weight_decay, tc.lr, tc.betas, accelerator.device.type)
+    model, opt = accelerator.prepare(model, opt)
+    raw_model: GPT = accelerator.unwrap_model(model)
+
+    ckpts = CheckpointManager(run_dir, keep=tc.keep_checkpoints)
+    resumed = ckpts.resume(accelerator)
+    start = resumed.step
+    wall_before = float(resumed.extra.get("wall_time_s", 0.0))
+    if resumed.path is not None:
+        accelerator.print(f"resumed from step {start} ({resumed.path})", flush=True)
+    else:
+        accelerator.print(f"starting fresh in {run_dir}: {raw_model.num_params() / 1e6:.2f}M parameters, "
+                          f"{len(codes)} train / {len(val_codes)} val sequences of {gcfg.block_size} codes",
+                          flush=True)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(
+            {"transformer": {"model": model_section, "train": asdict(tc)}, "codes": meta}, indent=2, default=str))
+    accelerator.init_trackers("transformer")
+    metrics = MetricsLog(run_dir, accelerator, resume_step=start)
+
+    sampler = StepBatchSampler(len(codes), per_device, rank, world, tc.seed, start=start * tc.grad_accum)
+    rows = slice(rank * per_device, (rank + 1) * per_device)
+    tokens_per_step = per_device * world * tc.grad_accum * gcfg.block_size
+    t_start, meter, interval = time.perf_counter(), Throughput(), []
+    val_loss = None
+    bar = tqdm(total=tc.steps, initial=start, desc="transformer", disable=not accelerator.is_local_main_process,
+               dynamic_ncols=True, file=sys.stderr)
+    model.train()
+    for step in range(start, tc.steps):
+        lr = lr_at(step, tc.lr, tc.warmup_steps, tc.steps, tc.lr_schedule, tc.min_lr_ratio)
+        set_lr(opt, lr)
+        last_good = ckpts.latest()
+        for k in range(tc.grad_accum):
+            micro = step * tc.grad_accum + k
+            idx = sampler.indices(micro)
+            x = codes[idx].to(accelerator.device)
+            y = labels[idx].to(accelerator.device)
+            if tc.p_uncond > 0:
+                drop = torch.from_numpy(sampler.coin(micro, salt=3, p=tc.p_uncond)).to(y.device)
+                y = torch.where(drop, torch.full_like(y, -1), y)
+            rng = np.random.default_rng([tc.seed, 2, micro])
+            inputs = corrupt(x, tc.pkeep, gcfg.vocab_size, rng, rows, per_device * world)
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    _, loss = model(inputs[:, :-1], y, targets=x)
+                check_finite(accelerator, {"loss": loss.detach()}, step, last_good)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and tc.grad_clip:
+                    accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            interval.append({"loss": loss.item()})
+            meter.add(x.numel() * world)
+
+        done = step + 1
+        bar.update(1)
+        row: dict[str, float] = {}
+        if done % tc.log_every == 0 or done == tc.steps:
+            means = accumulate_means(interval)
+            row.update(loss=means["loss"], bits_per_token=means["loss"] / LN2, lr=lr, tokens_per_s=meter.rate())
+            interval = []
+        if done % tc.eval_every == 0 or done == tc.steps:
+            if accelerator.is_main_process:
+                val_loss = evaluate(raw_model, val_codes.to(accelerator.device), val_labels.to(accelerator.device),
+                                    per_device * 4, accelerator.autocast)
+                row.update(val_loss=val_loss, val_bits_per_token=val_loss / LN2)
+        if row:
+            metrics.log(done, row)
+            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "val_loss") if k in row})
+        if done % tc.checkpoint_every == 0 or done == tc.steps:
+            ckpts.save(accelerator, done, {"tokens_seen": done * tokens_per_step,
+                                           "epoch": sampler.epoch_of(done * tc.grad_accum),
+                                           "wall_time_s": wall_before + time.perf_counter() - t_start})
+        if args.debug_step_delay:
+            time.sleep(args.debug_step_delay)
+    bar.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        if val_loss is None:  # resumed at the very end: the last eval happened in the previous invocation
+            val_loss = evaluate(raw_model, val_codes.to(accelerator.device), val_labels.to(accelerator.device),
+                                per_device * 4, accelerator.autocast)
+        logged = [r for r in metrics.rows() if "loss" in r]
+        metrics.to_csv(out / "metrics.csv")
+        write_json_atomic(out / "codes.json", meta)
+        write_json_atomic(out / "train.json", {
+            "steps": tc.steps,
+            "resumed_from_step": start,
+            "train_loss": logged[-1]["loss"] if logged else None,
+            "train_bits_per_token": logged[-1]["loss"] / LN2 if logged else None,
+            "val_loss": val_loss,
+            "val_bits_per_token": val_loss / LN2,
+            # a model that ignored everything and guessed uniformly would score log2(n_codes)
+            "uniform_bits_per_token": math.log2(gcfg.vocab_size),
+            "n_params": raw_model.num_params(),
+            "wall_time_s": wall_before + time.perf_counter() - t_start,
+            "wall_time_this_run_s": time.perf_counter() - t_start,
+            "world_size": world,
+            "per_device_batch": per_device,
+            "global_batch": tc.batch_size,
+            "tokens_seen": tc.steps * tokens_per_step,
+            "mixed_precision": tc.mixed_precision,
+            "state": str(run_dir),
+            "model_config": gcfg.to_dict(),
+            "train_config": asdict(tc),
+        })
+        # weights + config last, each renamed into place: the rule's outputs appear complete or not at all
+        save_model(raw_model, out)
+        accelerator.print(f"wrote {out / 'model.safetensors'} after {tc.steps} steps; "
+                          f"val {val_loss / LN2:.3f} bits/token", flush=True)
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+# Atari: roll out ALE games (ROMs ship with ale-py) into the same dataset contract, split by episode/lineage.
+
+
+rule collect_atari:
+    output:
+        train=directory("results/data/{ds}/train"),
+        val=directory("results/data/{ds}/val"),
+    log:
+        "logs/collect_atari/{ds}.log",
+    benchmark:
+        "benchmarks/collect_atari/{ds}.tsv"
+    wildcard_constraints:
+        ds=_names(ATARI_DATASETS),
+    threads: 4  # capped at --cores by Snakemake
+    params:
+        cfg=lambda w: dataset_json(w.ds),
+        out=lambda w: f"results/data/{w.ds}",
+    shell:
+        "atari-collect --config {params.cfg:q} --out {params.out:q} --workers {threads} > {log:q} 2>&1"

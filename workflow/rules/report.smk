@@ -1,0 +1,49 @@
+# Figures of the HTML report (snakemake --report): training curves, data grids, per-stage cost.
+
+
+rule plot_curves:
+    input:
+        "results/{stage}/{ds}/metrics.csv",
+    output:
+        report(
+            "results/plots/{stage}_{ds}_curves.png",
+            caption="../report/curves.rst",
+            category="Training curves",
+        ),
+    log:
+        "logs/plot_curves/{stage}_{ds}.log",
+    wildcard_constraints:
+        stage="vqgan|transformer",
+    shell:
+        "python -m vqgan.eval.plots curves --metrics {input:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule plot_data:
+    input:
+        "results/data/{ds}/train",
+    output:
+        report(
+            "results/plots/data_{ds}.png",
+            caption="../report/data.rst",
+            category="Data",
+        ),
+    log:
+        "logs/plot_data/{ds}.log",
+    shell:
+        "python -m vqgan.eval.plots data-grid --data {input:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule plot_benchmarks:
+    # Time and peak memory of every compute job, from Snakemake's benchmark: files.
+    input:
+        rules.fid_table.output.csv,
+    output:
+        report(
+            "results/plots/benchmarks.png",
+            caption="../report/benchmarks.rst",
+            category="Cost",
+        ),
+    log:
+        "logs/plot_benchmarks.log",
+    shell:
+        "python -m vqgan.eval.plots benchmarks --bench benchmarks/*/*.tsv --out {output:q} > {log:q} 2>&1"
