@@ -5,7 +5,7 @@ Streams of all games run in a process pool (`workers`), each writing its own sli
 - determinism: a stream's frames depend only on (seed, game, stream index), never on scheduling or worker count;
 - speed: processes need no per-step synchronisation (ale-py's threaded vector env hands off every step; measured
   slower here, see emulator.py), and a process loads each ROM once for all its streams; measured ratios in
-  bench/atari_collect.py.
+  bench/collect_speed.py.
 """
 from __future__ import annotations
 

@@ -131,7 +131,8 @@ def parse_config(raw: dict[str, Any]) -> AtariConfig:
     raw["policy"] = parse_policy(base)
     overrides = raw.get("game_policy") or {}
     if not isinstance(overrides, dict):
-        raise _fail("game_policy", overrides, "must map game names to policy mappings, e.g. {MsPacman: {name: go_explore}}")
+        raise _fail("game_policy", overrides,
+                    "must map game names to policy mappings, e.g. {MsPacman: {name: go_explore}}")
     if not isinstance(base, dict):
         base = {"name": base}
     gp = {}

@@ -1,4 +1,4 @@
-"""Per-game frames -> the train/val dataset folders of DESIGN.md, split by episode (or by state lineage)."""
+"""Per-game frames -> the train/val dataset folders of docs/design.md, split by episode (or by state lineage)."""
 from __future__ import annotations
 
 import time

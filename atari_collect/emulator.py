@@ -3,7 +3,7 @@
 Two choices, both measured on the shared 2-core machine:
 - Not gymnasium and not ale-py's threaded vector env: the vector env spent 25-50% more CPU per frame than one
   gymnasium env (every sub-env loads the ROM twice, ~0.1 s CPU each, since seeding reloads it; plus a thread
-  hand-off every step), so at 4000 frames per game it was slower than the single env (bench/atari_collect.py).
+  hand-off every step), so at 4000 frames per game it was slower than the single env (bench/collect_speed.py).
   Parallelism comes from independent processes instead (collect.py), which need no per-step synchronisation.
 - Sticky actions are drawn here from a numpy generator, not by ALE (ALE's repeat_action_probability is 0):
   ALE seeds its sticky-action RNG only in loadROM, so every seed would cost a ROM load. With our own RNG one loaded

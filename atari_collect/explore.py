@@ -6,7 +6,7 @@ signature of the game state) with an emulator snapshot for each; it repeatedly p
 from there with the sticky-random policy and adds any new or better cells. Returning to the frontier without
 re-playing the path is what carries it past level 1.
 
-What made Ms. Pac-Man work (../shared/ATARI.md; six variants without these never cleared board 1):
+What made Ms. Pac-Man work (docs/atari.md; six variants without these never cleared board 1):
 - cell = (boards cleared, dots eaten // 5, x // 16, y // 16) from RAM; image cells mostly track the ghosts;
 - progress = dots eaten (ghosts and fruit dominate the score);
 - weight ∝ (1/√(chosen+1) + 0.5/√(seen+1)) · (exp((progress − best progress on that board)/5) + 0.03), each board's

@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
-# bench/atari_collect.py would shadow the `atari_collect` package (Python puts bench/ first on sys.path).
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from atari_collect.config import parse_config  # noqa: E402
-from atari_collect.explore import explore_lineage, plain_coverage  # noqa: E402
+from atari_collect.config import parse_config
+from atari_collect.explore import explore_lineage, plain_coverage
 
 
 def main() -> None:

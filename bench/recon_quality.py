@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vqgan.eval.recon import ErrorSums, foreground_mask, train_baselines  # noqa: E402
+from vqgan.eval.recon import ErrorSums, foreground_mask, train_baselines
+from vqgan.io.checkpoint import load_vqgan
 
 # The model both variants train: the recommended default-experiment VQGAN (f = 8: 64 px -> 8x8 = 64 tokens).
 MODEL = {"ch": 32, "ch_mult": [1, 2, 2, 4], "num_res_blocks": 1, "attn_resolutions": [8], "z_channels": 64}
@@ -200,10 +200,9 @@ def evaluate_run(run: Run, data: Path, threads: int) -> list[dict[str, Any]]:
     from vqgan.data.dataset import read_split
     from vqgan.eval.recon import EvalConfig, evaluate
     from vqgan.io.images import save_png
-    from vqgan.models.vqgan import VQGAN
 
     torch.set_num_threads(threads)
-    model = VQGAN.from_pretrained(run.out).eval()
+    model = load_vqgan(run.out).eval()
     val, tr = read_split(data / "val"), read_split(data / "train")
     sink = Collect()
     metrics, picture = evaluate(model, val.images, tr.images, EvalConfig(fg_threshold=FG_THRESHOLD, grid_images=12),

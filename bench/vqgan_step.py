@@ -29,9 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vqgan.models.losses import LossConfig, VQLoss  # noqa: E402
-from vqgan.models.vqgan import VQGAN, VQGANConfig  # noqa: E402
+from vqgan.models.losses import LossConfig, VQLoss
+from vqgan.models.vqgan import VQGAN, VQGANConfig
 
 CFG = dict(resolution=64, ch=64, ch_mult=(1, 1, 2, 2), num_res_blocks=2, attn_resolutions=(8,), z_channels=256,
            n_codes=1024)
@@ -150,7 +149,7 @@ def main(argv=None):
     Encoder, Decoder, VQ = import_taming(args.taming_dir)
     ours_cfg = VQGANConfig(**CFG, quantizer="taming", code_dim=CFG["z_channels"], legacy_beta=True)
     l2_cfg = VQGANConfig(**CFG, quantizer="l2", code_dim=16)
-    loss = VQLoss(LossConfig(perceptual_weight=0.0, disc_start=0 if args.disc else 10**9), weights_dir=None)
+    loss = VQLoss(LossConfig(perceptual_weight=0.0, disc_start=0 if args.disc else 10**9))
 
     torch.manual_seed(0)
     flops = {"seed": count_flops(TamingVQ(Encoder, Decoder, VQ), x), "ours": count_flops(VQGAN(ours_cfg), x)}

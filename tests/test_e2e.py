@@ -1,4 +1,4 @@
-"""End to end: the tiny DAG on config/test.yaml, from real COCO images and real ALE frames to fid_table.csv,
+"""End to end: the tiny DAG on .test/config/config.yaml, from real COCO images and real ALE frames to fid_table.csv,
 then what reruns when something changes (the user's "a stage reruns only when its inputs or its config change").
 
 One full run (minutes on 2 cores) is shared by every test in this module; the rerun checks are dry runs.

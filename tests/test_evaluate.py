@@ -19,6 +19,7 @@ from vqgan.eval.recon import (
     psnr_per_image,
     train_baselines,
 )
+from vqgan.io.checkpoint import save_model
 from vqgan.io.images import load_png
 
 
@@ -104,7 +105,7 @@ def test_recon_json_schema_grid_and_recon_pngs(tmp_path):
     cfg = VQGANConfig.from_dict({"model": {"ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
                                            "z_channels": 8}, "quantizer": {"kind": "l2", "n_codes": 16,
                                                                            "code_dim": 4}, "resolution": res})
-    VQGAN(cfg).save_pretrained(tmp_path / "model")
+    save_model(VQGAN(cfg), tmp_path / "model")
     out_json, out_png, recon = tmp_path / "recon.json", tmp_path / "recon.png", tmp_path / "recon"
     rc = main(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "val"), "--train-data",
                str(tmp_path / "train"), "--out-json", str(out_json), "--out-png", str(out_png), "--recon-dir",

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFilter
 
-from vqgan import fid as F
 from vqgan.data.coco import load_square
 from vqgan.data.dataset import write_split
+from vqgan.eval import fid as F
 
 RES = 32
 N = 8  # 0.2-0.8 s per image through Inception on a (busy) 2-core CPU; 4 sets of N in this module

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vqgan.io.checkpoint import CheckpointError, load_gpt, save_model
 from vqgan.models.gpt import GPT, GPTConfig, filter_logits, generate_reference
 
 torch.set_num_threads(1)
@@ -150,13 +151,13 @@ def test_generate_refuses_training_mode():
 
 def test_save_and_load_round_trip(tmp_path):
     model = tiny().eval()
-    model.save_pretrained(tmp_path / "m")
-    loaded = GPT.from_pretrained(tmp_path / "m").eval()
+    save_model(model, tmp_path / "m")
+    loaded = load_gpt(tmp_path / "m").eval()
     assert loaded.config == model.config
     idx = torch.randint(0, 40, (2, 7))
     torch.testing.assert_close(loaded(idx, torch.tensor([0, -1]))[0], model(idx, torch.tensor([0, -1]))[0])
-    with pytest.raises(FileNotFoundError, match="config.json is missing"):
-        GPT.from_pretrained(tmp_path / "nothing")
+    with pytest.raises(CheckpointError, match="config.json is missing"):
+        load_gpt(tmp_path / "nothing")
 
 
 def test_bfloat16_weights_sample_valid_codes():

@@ -4,9 +4,10 @@ weight resolution (offline: no real VGG weights exist here, so a random trunk st
 import pytest
 import torch
 import torch.nn.functional as F
-from vqgan.lpips import VGG16_FILE, VGG16_URL, VGGWeightsNotFound, build_lpips, resolve_vgg16_weights
 
+from vqgan.io.weights import VGG16_FILE, VGG16_URL, VGGWeightsNotFound, lpips_state_dict, resolve_vgg16_weights
 from vqgan.models.losses import LossConfig, NLayerDiscriminator, VQLoss, foreground_mask, hinge_d_loss
+from vqgan.models.lpips import LPIPS
 from vqgan.models.vqgan import VQGAN, VQGANConfig
 
 torch.set_num_threads(1)
@@ -16,7 +17,7 @@ TINY = VQGANConfig(resolution=32, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_
 
 
 def no_lpips(**kw):
-    return VQLoss(LossConfig(perceptual_weight=0.0, disc_layers=2, disc_ch=16, **kw), weights_dir=None)
+    return VQLoss(LossConfig(perceptual_weight=0.0, disc_layers=2, disc_ch=16, **kw))
 
 
 def batch(b=4, seed=0):
@@ -118,10 +119,15 @@ def empty_hub(tmp_path, monkeypatch):
 
 def test_missing_vgg_weights_stop_with_instructions(tmp_path, empty_hub):
     with pytest.raises(VGGWeightsNotFound) as err:
-        VQLoss(LossConfig(perceptual_weight=1.0), weights_dir=tmp_path / "weights")
+        lpips_state_dict(tmp_path / "weights")
     msg = str(err.value)
     assert VGG16_URL in msg and str(tmp_path / "weights" / VGG16_FILE) in msg
     assert "perceptual_weight: 0" in msg and "397923af" in msg
+
+
+def test_perceptual_weight_without_lpips_module_is_refused():
+    with pytest.raises(ValueError, match="perceptual_weight"):
+        VQLoss(LossConfig(perceptual_weight=1.0))
 
 
 def test_hub_cache_is_searched_after_weights_dir(tmp_path, empty_hub):
@@ -135,40 +141,55 @@ def test_hub_cache_is_searched_after_weights_dir(tmp_path, empty_hub):
 
 @pytest.fixture(scope="module")
 def random_vgg_dir(tmp_path_factory):
-    """torchvision-named VGG16 file holding random `features.*` tensors (all LPIPS uses of the trunk)."""
-    import lpips as lpips_pkg
+    """torchvision-named VGG16 file holding random tensors of the real shapes (the whole `features` trunk)."""
+    import torchvision
 
     with torch.device("meta"):
-        shapes = lpips_pkg.pretrained_networks.vgg16(requires_grad=False, pretrained=False).state_dict()
+        shapes = torchvision.models.vgg16(weights=None).state_dict()
     g = torch.Generator().manual_seed(0)
-    state = {f"features.{k.split('.', 1)[1]}": torch.randn(v.shape, generator=g) * 0.05 for k, v in shapes.items()}
+    state = {k: torch.randn(v.shape, generator=g) * 0.05 for k, v in shapes.items() if k.startswith("features.")}
     d = tmp_path_factory.mktemp("weights")
     torch.save(state, d / VGG16_FILE)
     return d, state
 
 
+def load_lpips(weights_dir) -> LPIPS:
+    lp = LPIPS()
+    lp.load_state_dict(lpips_state_dict(weights_dir, verify=False))
+    return lp
+
+
 def test_vgg_weights_load_from_weights_dir(random_vgg_dir, empty_hub):
     weights_dir, state = random_vgg_dir
     with pytest.raises(ValueError, match="sha256"):
-        build_lpips(weights_dir)  # a random file is not torchvision's VGG16: refused by default
-    lp = build_lpips(weights_dir, verify=False)
-    trunk = lp.net.net.state_dict()
-    assert torch.equal(trunk["slice1.0.weight"], state["features.0.weight"])
-    assert torch.equal(trunk["slice5.28.weight"], state["features.28.weight"])
-    heads = lp.net.lin0.model[1].weight
+        lpips_state_dict(weights_dir)  # a random file is not torchvision's VGG16: refused by default
+    lp = load_lpips(weights_dir)
+    assert torch.equal(lp.features[0].weight, state["features.0.weight"])
+    assert torch.equal(lp.features[28].weight, state["features.28.weight"])
+    heads = lp.heads[0].weight
     assert heads.abs().sum() > 0 and not heads.requires_grad, "the shipped linear heads are loaded and frozen"
     x, y = batch(2, seed=0), batch(2, seed=1)
     d_same, d_diff = lp(x, x), lp(x, y)
     assert d_same.shape == (2,) and torch.allclose(d_same, torch.zeros(2), atol=1e-6) and (d_diff > 0).all()
     lp.train()
     assert not lp.training, "LPIPS must stay in eval mode inside a training loss"
-    # the scaling constants survived the meta-device construction
-    assert torch.allclose(lp.net.scaling_layer.shift.flatten(), torch.tensor([-0.030, -0.088, -0.188]))
+
+
+def test_lpips_matches_the_reference_package(random_vgg_dir, empty_hub):
+    """Our LPIPS module computes what `lpips.LPIPS(net='vgg')` computes, given the same trunk and heads."""
+    lpips_pkg = pytest.importorskip("lpips")
+    weights_dir, state = random_vgg_dir
+    ours = load_lpips(weights_dir)
+    ref = lpips_pkg.LPIPS(pretrained=True, net="vgg", version="0.1", pnet_rand=True, verbose=False).eval()
+    ref.net.load_state_dict({name: state[f"features.{name.split('.', 1)[1]}"] for name in ref.net.state_dict()})
+    x, y = batch(3, seed=2), batch(3, seed=3)
+    with torch.no_grad():
+        assert torch.allclose(ours(x, y), ref(x, y).flatten(), rtol=1e-4, atol=1e-6)
 
 
 def test_perceptual_term_enters_the_generator_loss_with_gradient(random_vgg_dir, empty_hub):
     weights_dir, _ = random_vgg_dir
-    loss = VQLoss(LossConfig(perceptual_weight=0.5, disc_start=10), weights_dir=weights_dir, verify_weights=False)
+    loss = VQLoss(LossConfig(perceptual_weight=0.5, disc_start=10), load_lpips(weights_dir))
     x = batch(2, seed=0)
     xrec = batch(2, seed=1).requires_grad_(True)
     g, logs = loss.generator_loss(x, xrec, torch.tensor(0.0), 0, None)

@@ -2,12 +2,14 @@
 
 import ast
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from vqgan.io.checkpoint import CheckpointError, load_vqgan, save_model
 from vqgan.models.vqgan import VQGAN, VQGANConfig
 
 torch.set_num_threads(1)
@@ -106,9 +108,9 @@ def test_save_and_load_give_identical_outputs(tmp_path):
     model = VQGAN(cfg)
     model(images())  # training-mode forward: moves EMA buffers and dead-code counters
     model.eval()
-    model.save_pretrained(tmp_path / "ckpt")
+    save_model(model, tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
-    loaded = VQGAN.from_pretrained(tmp_path / "ckpt", map_location="cpu").eval()
+    loaded = load_vqgan(tmp_path / "ckpt", map_location="cpu").eval()
     assert loaded.cfg == cfg
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
@@ -117,9 +119,9 @@ def test_save_and_load_give_identical_outputs(tmp_path):
         assert torch.equal(model(x)[0], loaded(x)[0])
 
 
-def test_from_pretrained_names_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        VQGAN.from_pretrained(tmp_path)
+def test_load_names_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_vqgan(tmp_path)
 
 
 def test_config_round_trips_through_json_and_accepts_nested_form():
@@ -170,3 +172,20 @@ def test_subpixel_upsample_equals_nearest_upsample_then_conv():
     seed = torch.autograd.grad(ref, [x, up.conv.weight, up.conv.bias], g)
     for a, b in zip(ours, seed):
         assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_corrupt_weights_are_reported_with_their_path(tmp_path):
+    save_model(VQGAN(VQGANConfig(**TINY)), tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"\x00" * 7)  # what a disk-full or a bad copy leaves
+    with pytest.raises(CheckpointError, match=r"ckpt/model\.safetensors: cannot load"):
+        load_vqgan(tmp_path / "ckpt")
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_model(VQGAN(VQGANConfig(**TINY)), tmp_path / "ckpt")
+    finally:
+        os.umask(old)
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / "ckpt" / name).stat().st_mode & 0o777 == 0o644, name

@@ -11,6 +11,7 @@ import torch
 
 from vqgan import encode, sample
 from vqgan.data.dataset import write_split
+from vqgan.io.checkpoint import load_vqgan, save_model
 from vqgan.io.images import load_png, to_tensor
 from vqgan.models.gpt import GPT, GPTConfig
 
@@ -33,7 +34,7 @@ def stage(tmp_path_factory):
     torch.manual_seed(0)
     vq = VQGAN(VQGANConfig(resolution=16, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
                            z_channels=8, n_codes=32, code_dim=4))
-    vq.save_pretrained(root / "vqgan")
+    save_model(vq, root / "vqgan")
     assert encode.main(["--model", str(root / "vqgan"), "--data", str(root / "data"), "--out", str(root / "codes"),
                         "--batch-size", "4"]) == 0
     return root
@@ -46,7 +47,7 @@ def transformer(stage):
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(vocab_size=meta["n_codes"], n_classes=meta["n_classes"], block_size=16, n_layer=1,
                         n_head=2, n_embd=16))
-    gpt.save_pretrained(stage / "transformer")
+    save_model(gpt, stage / "transformer")
     shutil.copy(stage / "codes" / "codes.json", stage / "transformer" / "codes.json")
     return stage / "transformer"
 
@@ -58,12 +59,11 @@ def run_sample(stage, transformer, out, **cfg):
 
 def test_encode_writes_the_models_codes_in_the_smallest_dtype(stage):
     from vqgan.data.dataset import read_split
-    from vqgan.models.vqgan import VQGAN
 
     meta = json.loads((stage / "codes" / "codes.json").read_text())
     assert meta["n_codes"] == 32 and meta["grid"] == [4, 4]
     assert meta["n_classes"] == 2 and meta["class_names"] == CLASSES and meta["counts"] == {"train": 10, "val": 5}
-    vq = VQGAN.from_pretrained(stage / "vqgan").eval()
+    vq = load_vqgan(stage / "vqgan").eval()
     for split, n in (("train", 10), ("val", 5)):
         codes = np.load(stage / "codes" / f"{split}.npy")
         labels = np.load(stage / "codes" / f"{split}_labels.npy")
@@ -113,7 +113,7 @@ def test_sample_rejects_bad_config_and_mismatched_models(stage, transformer, tmp
     with pytest.raises(SystemExit, match="unknown sample keys"):
         run_sample(stage, transformer, "bad", n_per_clas=1)
     other = GPT(GPTConfig(vocab_size=64, n_classes=2, block_size=16, n_layer=1, n_head=2, n_embd=16))
-    other.save_pretrained(tmp_path / "other")
+    save_model(other, tmp_path / "other")
     with pytest.raises(SystemExit, match="retrain the transformer"):
         run_sample(stage, tmp_path / "other", "bad", n_per_class=1)
     assert not (stage / "bad").exists()

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from vqgan import table as T
+from vqgan.eval import table as T
 
 REQUIRED = [
     "dataset", "kind", "resolution", "n_real", "n_gen", "fid", "kid_mean", "kid_std", "rfid", "psnr",
@@ -117,7 +117,7 @@ def test_bad_inputs_name_the_file(tmp_path):
 def test_curves_plot_from_a_vqgan_metrics_file(tmp_path):
     from PIL import Image
 
-    from vqgan import plots
+    from vqgan.eval import plots
 
     steps = range(10, 210, 10)
     pd.DataFrame({
@@ -139,7 +139,7 @@ def test_curves_plot_from_a_vqgan_metrics_file(tmp_path):
 
 
 def test_benchmark_table_averages_repeats_and_labels_by_rule(tmp_path):
-    from vqgan import plots
+    from vqgan.eval import plots
 
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
     files = []
@@ -161,8 +161,8 @@ def test_data_grid_has_one_row_per_class(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from vqgan import plots
     from vqgan.data.dataset import write_split
+    from vqgan.eval import plots
 
     images = np.random.default_rng(0).integers(0, 255, (30, 16, 16, 3), dtype=np.uint8)
     meta = pd.DataFrame({"label": [0] * 10 + [1] * 10 + [2] * 10})

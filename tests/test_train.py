@@ -19,12 +19,13 @@ import pytest
 import torch
 
 from vqgan.data.dataset import write_split
+from vqgan.io.checkpoint import load_vqgan
+from vqgan.io.hashing import config_hash
 from vqgan.train.loop import (
     TRAIN_STATE,
     CheckpointManager,
     MetricsLog,
     StepBatchSampler,
-    config_hash,
     lr_at,
     per_device_batch,
 )
@@ -134,7 +135,7 @@ def test_state_folder_ignores_eval_and_bookkeeping_keys():
 
 
 def test_launch_command_uses_multi_gpu_with_a_port_and_gloo_on_cpu(monkeypatch):
-    from vqgan import launch
+    from vqgan.train import launch
 
     cmd = launch.build_command(2, "vqgan.train.vqgan", ["--config", "c.yaml"], port=12345)
     assert cmd[cmd.index("--num_processes") + 1] == "2" and "--multi_gpu" in cmd
@@ -146,7 +147,7 @@ def test_launch_command_uses_multi_gpu_with_a_port_and_gloo_on_cpu(monkeypatch):
 
 @pytest.mark.filterwarnings("ignore:'vqgan.train.vqgan' found in sys.modules:RuntimeWarning")
 def test_launch_in_process_reports_a_config_error(capsys, train_split, tmp_path):
-    from vqgan import launch
+    from vqgan.train import launch
 
     rc = launch.main(["--num-processes", "1", "--", "-m", "vqgan.train.vqgan", "--config", '{"bogus": {}}',
                       "--data", str(train_split), "--out", str(tmp_path / "o"), "--state-dir", str(tmp_path / "s")])
@@ -201,9 +202,8 @@ def test_two_process_gloo_run_syncs_gradients(train_split, tmp_path):
     assert ranks[0]["final"]["d_params"] != ranks[0]["initial"]["d_params"], "discriminator weights did not change"
     info = json.loads((tmp_path / "out" / "train.json").read_text())
     assert info["world_size"] == 2 and info["per_device_batch"] == 4 and info["images_seen"] == 32
-    from vqgan.models.vqgan import VQGAN
 
-    model = VQGAN.from_pretrained(tmp_path / "out")  # the export loads into a fresh model
+    model = load_vqgan(tmp_path / "out")  # the export loads into a fresh model
     assert model.cfg.resolution == 16 and model.cfg.n_codes == 16
 
 

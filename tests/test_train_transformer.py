@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vqgan import train_transformer as tt
-from vqgan.models.gpt import GPT
+from vqgan.io.checkpoint import load_gpt
+from vqgan.train import transformer as tt
 
 MODEL = {"n_layer": 1, "n_head": 2, "n_embd": 32}
 
@@ -62,7 +62,7 @@ def test_training_learns_and_reports_bits_per_token(tmp_path):
     assert m["step"].tolist() == [10, 20, 30, 40, 50, 60]
     assert m["loss"].iloc[-1] < m["loss"].iloc[0]
     assert m["val_loss"].notna().sum() == 3  # steps 20, 40, 60
-    model = GPT.from_pretrained(out)
+    model = load_gpt(out)
     assert model.config.vocab_size == 8 and model.config.n_classes == 2 and model.config.block_size == 16
     assert json.loads((out / "codes.json").read_text())["class_names"] == ["a", "b"]
 

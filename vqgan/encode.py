@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         if class_names is None:
             class_names = names
         elif names != class_names:
-            raise SystemExit(f"error: {args.data}: train classes {class_names} differ from {split_name} classes {names}")
+            raise SystemExit(f"error: {args.data}: train classes {class_names} differ from {split_name} classes "
+                             f"{names}")
         labels = split.labels
         if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
             raise SystemExit(f"error: {split.path}: labels span [{labels.min()}, {labels.max()}] but the manifest "

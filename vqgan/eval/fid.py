@@ -1,6 +1,6 @@
 """FID and KID with clean-fid's protocol, an exact fast Fréchet distance, and the `fid` stage's CLI.
 
-Protocol (DESIGN.md): clean-fid `mode="clean"` (PIL bicubic resize of float images to 299 px), PNG files on both
+Protocol (docs/design.md): clean-fid `mode="clean"` (PIL bicubic resize of float images to 299 px), PNG files on both
 sides, generated samples vs the real val split at the same resolution, KID beside FID because KID is unbiased at the
 small N a CPU run can afford. Reconstruction FID (rFID) is the same computation with the VQGAN's val reconstructions
 in place of samples.
@@ -129,7 +129,8 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
         # Triangular matrix products (BLAS trmm) cost half a general matmul: Lᵀ B, then (Lᵀ B) L.
         lt_b = scipy.linalg.blas.dtrmm(1.0, lower, np.asfortranarray(b), side=0, lower=1, trans_a=1)
         m = scipy.linalg.blas.dtrmm(1.0, lower, lt_b, side=1, lower=1, trans_a=0)
-        eig = scipy.linalg.eigh(m, eigvals_only=True, check_finite=False, driver="ev")  # eigenvalues only: tridiagonal QR, the fastest here
+        # eigenvalues only: tridiagonal QR, the fastest here
+        eig = scipy.linalg.eigh(m, eigvals_only=True, check_finite=False, driver="ev")
         return float(np.sqrt(np.clip(eig, 0.0, None)).sum())
     w, v = np.linalg.eigh(sigma1)
     root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T  # √Σ₁, symmetric PSD
@@ -181,7 +182,8 @@ def fid_from_features(feats1: np.ndarray, feats2: np.ndarray) -> float:
 def kid_from_features(
     feats1: np.ndarray, feats2: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
 ) -> tuple[float, float]:
-    """KID (mean, std over subsets): the unbiased MMD² with the cubic polynomial kernel, as `cleanfid.fid.kernel_distance`.
+    """KID (mean, std over subsets): the unbiased MMD² with the cubic polynomial kernel, as
+    `cleanfid.fid.kernel_distance`.
 
     Same estimator and subset size rule (m = min(n₁, n₂, subset_size)) as clean-fid, but with a seeded generator
     (clean-fid draws from numpy's global state) and the spread over subsets returned too. When m equals both set
@@ -322,7 +324,8 @@ def check_image_sizes(files: Sequence[Path], resolution: int, what: str) -> None
         if size != (resolution, resolution):
             raise FIDError(
                 f"{what}: {path} is {size[0]}x{size[1]} px but the real val images are {resolution}x{resolution}; "
-                "FID compares images at the same resolution (rerun the stage that wrote it with the dataset's resolution)"
+                "FID compares images at the same resolution (rerun the stage that wrote it with the dataset's "
+                "resolution)"
             )
 
 
@@ -496,7 +499,8 @@ def compute_scores(
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="vqgan-fid",
-        description="FID/KID (clean-fid, mode=clean, PNG on both sides) of samples and reconstructions vs a real val split.",
+        description="FID/KID (clean-fid, mode=clean, PNG on both sides) of samples and reconstructions vs a real "
+        "val split.",
     )
     p.add_argument("--config", default="{}", help="the fid config section: inline JSON or a YAML/JSON file "
                    f"(keys: {', '.join(f.name for f in fields(FIDConfig))})")

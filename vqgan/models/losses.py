@@ -23,7 +23,7 @@ the training split's per-pixel median per game) passes it as ``background=``. Th
 w = 0 gives exactly the plain loss.
 
 Usage with Accelerate (the discriminator must run through its DDP wrapper so its gradients are synchronised):
-    loss = VQLoss(loss_cfg, weights_dir="resources/weights")
+    loss = VQLoss(loss_cfg, perceptual=lpips_module)                # a frozen vqgan.models.lpips.LPIPS, or None
     loss.discriminator = accelerator.prepare(loss.discriminator)   # together with its optimizer
     g_loss, logs = loss.generator_loss(x, xrec, qloss, step, unwrapped_model.last_layer)
     d_loss, logs = loss.discriminator_loss(x, xrec, step)          # d_loss.requires_grad is False before disc_start
@@ -107,9 +107,9 @@ def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.
 def neighbour_median(x: torch.Tensor, k: int | None = None) -> torch.Tensor:
     """(B, C, H, W) -> per-image background: the per-pixel median of each image's k nearest batch images.
 
-    Nearest by mean absolute difference of 16x16 thumbnails, the image itself included; k odd (a true median), by default about a
-    quarter of the batch (16 -> 5): in a batch mixing a few games each frame's neighbours are mostly frames of its
-    own game, and a median of 5 is that game's background as long as 3 of them are.
+    Nearest by mean absolute difference of 16x16 thumbnails, the image itself included; k odd (a true median), by
+    default about a quarter of the batch (16 -> 5): in a batch mixing a few games each frame's neighbours are
+    mostly frames of its own game, and a median of 5 is that game's background as long as 3 of them are.
     """
     B = x.shape[0]
     if k is None:

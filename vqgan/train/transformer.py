@@ -144,7 +144,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--config", required=True, help="the transformer section: inline JSON or a YAML/JSON file")
     p.add_argument("--codes", required=True, help="codes folder written by vqgan.encode (results/codes/{ds})")
-    p.add_argument("--out", required=True, help="output folder: model.safetensors, config.json, metrics.csv, train.json")
+    p.add_argument("--out", required=True,
+                   help="output folder: model.safetensors, config.json, metrics.csv, train.json")
     p.add_argument("--state-dir", required=True,
                    help="resumable state (not a declared output): results/transformer/{ds}/state")
     # Hidden hook for the kill -9 test: sleep this long after every step so a kill lands mid-run.

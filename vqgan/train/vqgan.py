@@ -168,8 +168,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--config", required=True, help="the vqgan section: inline JSON or a YAML/JSON file")
     p.add_argument("--data", required=True, help="training split folder (results/data/{ds}/train)")
-    p.add_argument("--out", required=True, help="output folder: model.safetensors, config.json, metrics.csv, train.json")
-    p.add_argument("--state-dir", required=True, help="resumable state (not a declared output): results/vqgan/{ds}/state")
+    p.add_argument("--out", required=True,
+                   help="output folder: model.safetensors, config.json, metrics.csv, train.json")
+    p.add_argument("--state-dir", required=True,
+                   help="resumable state (not a declared output): results/vqgan/{ds}/state")
     p.add_argument("--weights-dir", default=None, help="folder with LPIPS/VGG16 weights (resources/weights)")
     # Hidden hooks for the tests: make a step's loss NaN; dump per-rank weight hashes.
     p.add_argument("--debug-inject-nan-at", type=int, default=None, help=argparse.SUPPRESS)

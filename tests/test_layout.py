@@ -1,0 +1,194 @@
+"""The architecture, checked: who may import whom, no import circles, and one source of config defaults.
+
+Dependency direction (docs/design.md): stage CLIs -> train / eval / data -> models and io. Models import nothing
+of the project; data knows no model; the Atari collector knows only the dataset contract.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+PACKAGES = ("vqgan", "atari_collect")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def project_imports(path: Path) -> set[str]:
+    """Every project module `path` imports, at module level or inside functions, relative imports resolved."""
+    tree = ast.parse(path.read_text())
+    me = module_name(path)
+    package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from vqgan.io import files` imports the module vqgan.io.files
+            names = [f"{base}.{a.name}" for a in node.names] + [base]
+        else:
+            continue
+        found.update(n for n in names if n.split(".")[0] in PACKAGES)
+    return found
+
+
+MODULES = {module_name(p): p for pkg in PACKAGES for p in sorted((REPO / pkg).rglob("*.py"))}
+
+
+def resolve(name: str) -> str | None:
+    """The project module an imported name refers to (a module, or a module's attribute)."""
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+GRAPH = {m: {r for n in project_imports(p) if (r := resolve(n)) and r != m and not MODULES[r].name == "__init__.py"}
+         for m, p in MODULES.items()}
+
+
+def imports_of(prefix: str) -> dict[str, set[str]]:
+    return {m: deps for m, deps in GRAPH.items() if m == prefix or m.startswith(prefix + ".")}
+
+
+def test_the_import_graph_sees_the_packages():
+    # guards the tests below against passing on an empty graph
+    assert "vqgan.models.vqgan" in GRAPH and "atari_collect.collect" in GRAPH
+    assert "vqgan.models.quantize" in GRAPH["vqgan.models.vqgan"]
+    assert "vqgan.data.dataset" in GRAPH["atari_collect.dataset"]
+
+
+def test_models_import_nothing_of_the_rest():
+    bad = {m: sorted(d for d in deps if not d.startswith("vqgan.models")) for m, deps in imports_of("vqgan.models").items()}
+    assert not {m: d for m, d in bad.items() if d}, "vqgan/models/ must not import training, data, eval, io or CLI code"
+
+
+def test_data_knows_no_model_and_io_no_stage():
+    for prefix, forbidden in (("vqgan.data", ("vqgan.models", "vqgan.train", "vqgan.eval")),
+                              ("vqgan.io", ("vqgan.train", "vqgan.eval", "vqgan.data"))):
+        bad = {m: sorted(d for d in deps if d.startswith(forbidden)) for m, deps in imports_of(prefix).items()}
+        assert not {m: d for m, d in bad.items() if d}, f"{prefix} imports {forbidden}"
+
+
+def test_atari_collect_knows_only_the_dataset_contract():
+    bad = {m: sorted(d for d in deps if d.startswith("vqgan") and d != "vqgan.data.dataset")
+           for m, deps in imports_of("atari_collect").items()}
+    assert not {m: d for m, d in bad.items() if d}
+
+
+def test_no_import_circles():
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(m: str, path: list[str]) -> list[str] | None:
+        state[m] = 1
+        for d in sorted(GRAPH.get(m, ())):
+            if state.get(d) == 1:
+                return path + [m, d]
+            if d not in state and (cycle := visit(d, path + [m])):
+                return cycle
+        state[m] = 2
+        return None
+
+    for m in sorted(GRAPH):
+        if m not in state:
+            cycle = visit(m, [])
+            assert cycle is None, "import circle: " + " -> ".join(cycle[cycle.index(cycle[-1]):])
+
+
+def test_no_bench_script_shadows_a_package():
+    assert not {p.stem for p in (REPO / "bench").glob("*.py")} & set(PACKAGES)
+
+
+# --- one source of defaults: the schema ---------------------------------------------------------------------
+
+
+def schema_defaults(*path: str, schema: str = "config.schema.yaml") -> dict:
+    node = yaml.safe_load((REPO / "workflow" / "schemas" / schema).read_text())
+    for key in path:
+        node = node["properties"][key]
+    # nested sections (default {}) are compared on their own
+    return {k: v["default"] for k, v in node["properties"].items() if "default" in v and v["default"] != {}}
+
+
+def code_defaults(cls) -> dict:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def section_cases():
+    from atari_collect.config import AtariConfig, PolicyConfig
+    from vqgan.eval.fid import FIDConfig
+    from vqgan.eval.recon import EvalConfig
+    from vqgan.models.gpt import GPTConfig
+    from vqgan.models.losses import LossConfig
+    from vqgan.models.vqgan import VQGANConfig
+    from vqgan.sample import SampleConfig
+    from vqgan.train.transformer import TrainConfig as TransformerTrain
+    from vqgan.train.vqgan import TrainConfig as VQGANTrain
+
+    return [
+        (("vqgan", "model"), VQGANConfig, {}),
+        (("vqgan", "quantizer"), VQGANConfig, {"kind": "quantizer"}),
+        (("vqgan", "loss"), LossConfig, {}),
+        (("vqgan", "train"), VQGANTrain, {}),
+        (("vqgan", "eval"), EvalConfig, {}),
+        (("transformer", "model"), GPTConfig, {}),
+        (("transformer", "train"), TransformerTrain, {}),
+        (("sample",), SampleConfig, {}),
+        (("fid",), FIDConfig, {}),
+        ((), AtariConfig, {"schema": "dataset_atari.schema.yaml"}),
+        (("policy",), PolicyConfig, {"schema": "dataset_atari.schema.yaml"}),
+    ]
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_code_defaults_match_the_schema(case):
+    path, cls, rename = section_cases()[case]
+    rename = dict(rename)
+    schema = rename.pop("schema", "config.schema.yaml")
+    expected = schema_defaults(*path, schema=schema)
+    assert expected, f"no defaults found under {path} in {schema}"
+    code = code_defaults(cls)
+    drift = {k: (v, _norm(code[rename.get(k, k)])) for k, v in expected.items()
+             if rename.get(k, k) in code and _norm(code[rename.get(k, k)]) != v}
+    assert not drift, f"{cls.__name__} defaults differ from {schema} {'.'.join(path)} (schema, code): {drift}"
+
+
+def test_readme_defaults_match_the_schema():
+    """config/README.md's default column says what the schema says."""
+    text = (REPO / "config" / "README.md").read_text()
+    rows = [line.split("|") for line in text.splitlines() if line.startswith("| `")]
+    documented = {r[1].strip().strip("`"): r[2].strip() for r in rows if len(r) > 3}
+    checked = 0
+    for section in (("vqgan", "model"), ("vqgan", "quantizer"), ("vqgan", "loss"), ("vqgan", "train"),
+                    ("vqgan", "eval"), ("transformer", "model"), ("transformer", "train"), ("sample",), ("fid",)):
+        for key, value in schema_defaults(*section).items():
+            name = ".".join(section + (key,))
+            if name not in documented or not documented[name].startswith("`"):
+                continue
+            raw = documented[name].strip("`")
+            shown = raw if isinstance(value, str) else yaml.safe_load(raw)  # `no` is a string here, not False
+            assert shown == value, f"config/README.md says {name} defaults to {shown!r}, the schema {value!r}"
+            checked += 1
+    assert checked > 40, f"only {checked} documented defaults were compared; has the README's table changed?"

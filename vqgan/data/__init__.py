@@ -1,0 +1,1 @@
+"""Data on disk: the dataset contract, the codes format, COCO selection/preparation/download. Knows no model."""

@@ -1,0 +1,1 @@
+"""Files: atomic writers, hashes, images, model checkpoints, pretrained-weight files, CLI config arguments."""
