@@ -79,7 +79,7 @@ def _mspacman_sprite(cls: str, id: int, ram_x: int, ram_y: int) -> list[GameObje
 
 
 def _mspacman(ram: np.ndarray) -> list[GameObject]:
-    r = ram.astype(int)
+    r = ram.tolist()  # plain ints: no uint8 wrap-around in the offsets, JSON-ready boxes
     objs = _mspacman_sprite("player", 0, r[10], r[16])
     if r[25] != 0:  # 0 during a death: the ghosts vanish for ~42 frames
         for g in range(4):
@@ -102,7 +102,7 @@ PONG_RGB: dict[str, RGB] = {"player": (92, 186, 92), "enemy": (213, 130, 74), "b
 
 
 def _pong(ram: np.ndarray) -> list[GameObject]:
-    r = ram.astype(int)
+    r = ram.tolist()  # plain ints: no uint8 wrap-around in the offsets, JSON-ready boxes
     top = (r[51] - 13) & ~1  # the right (green, agent's) paddle: 16 rows, drawn on even rows only
     objs = _clip("player", 0, 140, top, 144, top + 16, PONG_FIELD)
     objs += _clip("enemy", 0, 16, r[50] - 15, 20, r[50] + 1, PONG_FIELD)  # left (orange) paddle, 16 rows
@@ -131,7 +131,7 @@ _BRICK_COLUMNS: tuple[tuple[int | None, ...], ...] = (
 
 
 def _breakout(ram: np.ndarray) -> list[GameObject]:
-    r = ram.astype(int)
+    r = ram.tolist()  # plain ints: no uint8 wrap-around in the offsets, JSON-ready boxes
     x0 = r[72] - 47  # 16-px paddle on rows 189..192; it slides under the right wall
     objs = _clip("paddle", 0, x0, 189, x0 + 16, 193, BREAKOUT_FIELD)
     if r[101] != 0:  # 0 before the serve
