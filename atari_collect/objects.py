@@ -13,7 +13,8 @@ tests/test_atari_objects.py repeat the check). Where we differ from OCAtari:
   left every ghost at (0, 0) (it sets the position on the object it has just replaced).
 - Ms. Pac-Man's screen is drawn from the RAM of one emulator frame earlier (positions are updated after drawing):
   pass the RAM read *before* the frame's last emulator step (`ram_lag`, `frames_with_ram`). With the RAM read
-  after the step, a moving sprite is ahead of its box by its last frame's motion (0-1 px, at most 3 measured).
+  after the step the box is ahead of the sprite by its last frame's motion: 0 / 1 / 2 px on 49 / 33 / 18% of
+  sprite-frames (random play). Pong and Breakout draw the current RAM (lag 0).
 - Ms. Pac-Man ghosts are not drawn while byte 25 is 0 (the ~42 frames of a death), nor the fruit while byte 34 is 0
   (it moves on but is hidden, e.g. while an eaten ghost's eyes go home); OCAtari reports both.
 - Pong's right paddle is drawn on even rows only (top = (ram_y - 13) rounded down to even); the ball's top row is
@@ -27,13 +28,15 @@ x to the right, y down, HALF-OPEN: the object covers columns x0..x1-1 and rows y
 part of a sprite, to the visible field); objects entirely off screen or not drawn by the game (Breakout's ball
 before the serve, Ms. Pac-Man's fruit when there is none) are omitted.
 
-Flicker. Ms. Pac-Man multiplexes its ghosts: on any one frame some are not drawn (each ghost shows on ~40-80% of
-frames). The RAM cannot tell which, so ghosts are always reported while in play; pass the screen to
-`detect_objects` to get `visible`, which says whether the box shows the object's colours on this frame.
+Flicker. Ms. Pac-Man multiplexes its ghosts: on any one frame some are not drawn (each ghost shows on ~45-90% of
+frames, for at most 5 frames in a row hidden; never all four at once). The RAM cannot tell which, so ghosts are
+always reported while in play; pass the screen to `detect_objects` to get `visible`, which says whether the box
+shows the object's colours on this frame.
 
 Not covered: the score/lives HUD, Ms. Pac-Man's dots and power pills (static maze items), Breakout's half-width
-paddle (after the ball reaches the back wall; random play never gets there, so it is unverified), and Ms. Pac-Man
-mazes 2-4 beyond a RAM-forced check (see the tests).
+paddle (after the ball reaches the back wall; random play never gets there, so it is unverified). Ms. Pac-Man's
+mazes 2-4 are checked only by forcing byte 0 (the layout changes, the wall colour does not), and only the cherry
+has been seen among the fruits (the other fruit colours, used by `visible`, are OCAtari's).
 """
 from __future__ import annotations
 
@@ -135,7 +138,7 @@ def _breakout(ram: np.ndarray) -> list[GameObject]:
     x0 = r[72] - 47  # 16-px paddle on rows 189..192; it slides under the right wall
     objs = _clip("paddle", 0, x0, 189, x0 + 16, 193, BREAKOUT_FIELD)
     if r[101] != 0:  # 0 before the serve
-        x0, y0 = r[99] - 49, r[101] + 9
+        x0, y0 = r[99] - 49, r[101] + 9  # 2x4 ball; below the paddle it shows down to row 194 (row 195 on ~1 in 5)
         objs += _clip("ball", 0, x0, y0, x0 + 2, y0 + 4, (BREAKOUT_FIELD[0], 0, BREAKOUT_FIELD[2], 196))
     for g, columns in enumerate(_BRICK_COLUMNS):
         for k in range(6):
