@@ -137,7 +137,13 @@ def coco_sets(tmp_path_factory, tiny_coco):
     rng = np.random.default_rng(0)
     noised = np.clip(images.astype(np.int16) + rng.integers(-3, 4, images.shape), 0, 255).astype(np.uint8)
     blurred = np.stack([np.asarray(Image.fromarray(i).filter(ImageFilter.GaussianBlur(4))) for i in images])
+    train_files = sorted((tiny_coco / "train2017").glob("*.jpg"))[:N]
+    train_images = np.stack([load_square(f, RES)[0] for f in train_files])
+    train = write_split(root / "data" / "cocotest" / "train", train_images,
+                        pd.DataFrame({"file": [f.name for f in train_files]}), {"source": "coco"})
     return {
+        "train": train,
+        "copies": _save_pngs(root / "copies", train_images),
         "root": root,
         "split": split,
         "same": _save_pngs(root / "same", images),
@@ -159,9 +165,27 @@ def test_fid_of_a_set_against_itself_is_zero(scores):
     first, _ = scores
     assert first["n_real"] == first["n_gen"] == N
     assert abs(first["fid"]) < 1e-2, first["fid"]
-    # KID is unbiased, so for identical sets it is slightly *negative* (diagonal terms are left out of the
-    # within-set means but not of the cross term); what matters is that it sits below any real difference.
-    assert first["kid_mean"] <= 0, first["kid_mean"]
+    # KID over proper subsets of the same set: unbiased, so about 0 (noisy at this N), well below a real difference
+    assert first["kid_mean"] < 0.5 * scores[1]["kid_mean"], (first["kid_mean"], scores[1]["kid_mean"])
+
+
+def test_kid_uses_proper_subsets_and_reports_a_spread(scores):
+    first, second = scores
+    assert first["kid_subset_size"] == N // 2 < first["n_gen"]
+    assert second["kid_std"] > 0
+
+
+def test_floor_and_copy_rate_flag_a_sampler_that_returns_training_images(coco_sets):
+    cfg = F.FIDConfig(n=N, batch_size=N)
+    cache = coco_sets["root"] / "cache"
+    copier = F.compute_scores(coco_sets["split"], cfg, cache, gen_dir=coco_sets["copies"], train_dir=coco_sets["train"])
+    fresh = F.compute_scores(coco_sets["split"], cfg, cache, gen_dir=coco_sets["blurred"], train_dir=coco_sets["train"])
+    assert copier["copy_rate"] == 1.0, "every sample is a training image"
+    assert fresh["copy_rate"] <= 0.1, fresh["copy_rate"]
+    # the floor is the same number for both (train vs val at this N); a copier scores exactly the floor
+    assert copier["fid_floor"] == pytest.approx(fresh["fid_floor"]) and copier["fid_floor"] > 0
+    assert copier["fid"] == pytest.approx(copier["fid_floor"], rel=1e-6)
+    assert copier["n_train"] == N
 
 
 def test_fid_separates_a_different_set_from_a_near_copy(scores):

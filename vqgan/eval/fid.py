@@ -68,8 +68,8 @@ class FIDConfig:
     n: int = 500                 # images per side; fewer are used (and recorded) when fewer exist
     min_images: int = 2          # fewer than this on any side is an error (a covariance needs 2; set = n to be strict)
     batch_size: int = 32         # Inception batch; memory only, the result does not depend on it
-    kid_subsets: int = 100       # clean-fid's default; with subset size = all images every subset is the same
-    kid_subset_size: int = 1000  # clean-fid's max_subset_size
+    kid_subsets: int = 100       # clean-fid's default
+    kid_subset_size: int = 1000  # at most this, and at most half the smaller set: proper subsets, a real spread
     seed: int = 0                # KID subset draws
 
     @classmethod
@@ -416,6 +416,38 @@ def real_features(
 # --------------------------------------------------------------------------------------------------------------
 
 
+def proper_subset_size(cfg: FIDConfig, n1: int, n2: int) -> int:
+    """KID's subset size: clean-fid takes min(n1, n2, 1000), which at small N makes every subset the whole set
+    (std 0, nothing learned about the spread). Half the smaller set at most keeps the subsets proper."""
+    return max(2, min(cfg.kid_subset_size, min(n1, n2) // 2))
+
+
+def nearest_distances(queries: np.ndarray, refs: np.ndarray, exclude_self: bool = False) -> np.ndarray:
+    """Euclidean distance from each query feature to its nearest reference feature (Inception pool space)."""
+    q, r = queries.astype(np.float64), refs.astype(np.float64)
+    d2 = (q * q).sum(1)[:, None] + (r * r).sum(1)[None, :] - 2.0 * q @ r.T
+    if exclude_self:
+        np.fill_diagonal(d2, np.inf)
+    return np.sqrt(np.clip(d2.min(axis=1), 0.0, None))
+
+
+COPY_QUANTILE = 0.05
+
+
+def copy_rate(gen: np.ndarray, train: np.ndarray, val: np.ndarray, quantile: float = COPY_QUANTILE) -> dict:
+    """Share of samples that sit closer to a training image than held-out real images do.
+
+    The test: threshold = the `quantile` of the val images' nearest-train distances (a fresh real image is that
+    close to a training image only 5% of the time); a sample nearer than that counts as a copy. Real held-out
+    images therefore score `quantile` by construction, a sampler that returns training images scores 1.0.
+    (A simpler cousin of Meehan et al. 2020's data-copying test: nearest-neighbour distances in Inception space.)
+    """
+    threshold = float(np.quantile(nearest_distances(val, train), quantile))
+    d = nearest_distances(gen, train)
+    return {"copy_rate": float((d < threshold).mean()), "copy_threshold": threshold,
+            "copy_quantile": quantile, "copy_n_train": int(len(train))}
+
+
 def score_folder(
     folder: str | os.PathLike, real: RealFeatures, cfg: FIDConfig, extractor: InceptionFeatures, what: str,
     workers: int = 0,
@@ -427,14 +459,15 @@ def score_folder(
     t1 = time.perf_counter()
     fid = fid_from_features(real.feats, feats)
     t2 = time.perf_counter()
-    kid_mean, kid_std = kid_from_features(real.feats, feats, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
+    m = proper_subset_size(cfg, len(real.feats), len(feats))
+    kid_mean, kid_std = kid_from_features(real.feats, feats, cfg.kid_subsets, m, cfg.seed)
     t3 = time.perf_counter()
     for key, value in (("FID", fid), ("KID", kid_mean)):
         if not math.isfinite(value):
             raise FIDError(f"{what}: {key} came out {value}; check the images in {folder}")
     return {
-        "fid": fid, "kid_mean": kid_mean, "kid_std": kid_std, "n": len(files),
-        "timing_s": {"features": t1 - t0, "frechet": t2 - t1, "kid": t3 - t2},
+        "fid": fid, "kid_mean": kid_mean, "kid_std": kid_std, "kid_subset_size": m, "n": len(files),
+        "feats": feats, "timing_s": {"features": t1 - t0, "frechet": t2 - t1, "kid": t3 - t2},
     }
 
 
@@ -444,13 +477,18 @@ def compute_scores(
     cache_dir: str | os.PathLike,
     gen_dir: str | os.PathLike | None = None,
     recon_dir: str | os.PathLike | None = None,
+    train_dir: str | os.PathLike | None = None,
     weights_dir: str | os.PathLike | None = None,
     name: str | None = None,
     device: str | torch.device = "cpu",
     download: bool = False,
     workers: int = 0,
 ) -> dict[str, Any]:
-    """Everything `results/fid/{ds}.json` holds; `fid`/`kid_*` need `gen_dir`, `rfid`/`rkid_*` need `recon_dir`."""
+    """Everything `results/fid/{ds}.json` holds; `fid`/`kid_*` need `gen_dir`, `rfid`/`rkid_*` need `recon_dir`.
+
+    With `train_dir` also the references every score needs beside it: the floor (N train images scored as if they
+    were samples, against the same val features: what a perfect generator of this data would get at this N) and
+    the samples' copy rate against those train images."""
     if gen_dir is None and recon_dir is None:
         raise FIDError("nothing to score: give a generated-samples folder, a reconstructions folder, or both")
     t_start = time.perf_counter()
@@ -470,8 +508,10 @@ def compute_scores(
         "n_real_available": real.n_available,
         "n_gen": None, "fid": None, "kid_mean": None, "kid_std": None,
         "n_recon": None, "rfid": None, "rkid_mean": None, "rkid_std": None,
+        "n_train": None, "fid_floor": None, "kid_floor_mean": None, "kid_floor_std": None,
+        "copy_rate": None, "copy_threshold": None, "copy_quantile": None, "copy_n_train": None,
         "kid_subsets": cfg.kid_subsets,
-        "kid_subset_size": cfg.kid_subset_size,
+        "kid_subset_size": None,
         "real": str(real_dir), "gen": None if gen_dir is None else str(gen_dir),
         "recon": None if recon_dir is None else str(recon_dir),
         "real_data_sha256": real.data_sha256,
@@ -484,10 +524,22 @@ def compute_scores(
         "device": str(extractor.device),
         "timing_s": {"weights": t_weights - t_start, "real_features": t_real - t_weights},
     }
+    gen = None
     if gen_dir is not None:
-        s = score_folder(gen_dir, real, cfg, extractor, f"gen {name}", workers)
-        result.update(n_gen=s["n"], fid=s["fid"], kid_mean=s["kid_mean"], kid_std=s["kid_std"])
-        result["timing_s"].update({f"gen_{k}": v for k, v in s["timing_s"].items()})
+        gen = score_folder(gen_dir, real, cfg, extractor, f"gen {name}", workers)
+        result.update(n_gen=gen["n"], fid=gen["fid"], kid_mean=gen["kid_mean"], kid_std=gen["kid_std"],
+                      kid_subset_size=gen["kid_subset_size"])
+        result["timing_s"].update({f"gen_{k}": v for k, v in gen["timing_s"].items()})
+    if train_dir is not None:
+        t0 = time.perf_counter()
+        train = real_features(train_dir, name, cfg, extractor, cache_dir, workers)
+        m = proper_subset_size(cfg, len(real.feats), len(train.feats))
+        kid_floor = kid_from_features(real.feats, train.feats, cfg.kid_subsets, m, cfg.seed)
+        result.update(n_train=len(train.feats), fid_floor=fid_from_features(real.feats, train.feats),
+                      kid_floor_mean=kid_floor[0], kid_floor_std=kid_floor[1])
+        if gen is not None:
+            result.update(copy_rate(gen["feats"], train.feats, real.feats))
+        result["timing_s"]["floor_and_copy"] = time.perf_counter() - t0
     if recon_dir is not None:
         s = score_folder(recon_dir, real, cfg, extractor, f"recon {name}", workers)
         result.update(n_recon=s["n"], rfid=s["fid"], rkid_mean=s["kid_mean"], rkid_std=s["kid_std"])
@@ -507,6 +559,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--real", required=True, help="real val split folder (results/data/{ds}/val)")
     p.add_argument("--gen", help="folder of generated PNGs (results/samples/{ds}); grid.png is skipped")
     p.add_argument("--recon", help="folder of val reconstruction PNGs (results/vqgan/{ds}/recon) for rFID")
+    p.add_argument("--train", help="train split folder (results/data/{ds}/train): the real-vs-real floor and the "
+                   "samples' copy rate")
     p.add_argument("--out", required=True, help="result JSON (results/fid/{ds}.json)")
     p.add_argument("--cache-dir", default="results/fid/cache", help="real-set PNGs and features, reused across runs")
     p.add_argument("--weights-dir", default="resources/weights", help="looked in first for the Inception file")
@@ -520,13 +574,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = FIDConfig.from_dict(load_config_arg(args.config))
         result = compute_scores(
-            args.real, cfg, args.cache_dir, gen_dir=args.gen, recon_dir=args.recon, weights_dir=args.weights_dir,
+            args.real, cfg, args.cache_dir, gen_dir=args.gen, recon_dir=args.recon, train_dir=args.train,
+            weights_dir=args.weights_dir,
             name=args.name, device=device, download=not args.no_download, workers=args.workers,
         )
     except FIDError as e:
         raise SystemExit(f"vqgan-fid: {e}")
     write_json_atomic(args.out, result)
-    summary = {k: result[k] for k in ("dataset", "n_real", "n_gen", "fid", "kid_mean", "n_recon", "rfid")}
+    summary = {k: result[k] for k in ("dataset", "n_real", "n_gen", "fid", "kid_mean", "n_recon", "rfid",
+                                      "fid_floor", "copy_rate")}
     print(json.dumps(summary))
 
 

@@ -33,6 +33,11 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "fid": ("fid", "fid"),
     "kid_mean": ("fid", "kid_mean"),
     "kid_std": ("fid", "kid_std"),
+    "kid_subset": ("fid", "kid_subset_size"),                   # proper subsets (< N): kid_std is a real spread
+    "n_train_ref": ("fid", "n_train"),
+    "fid_floor": ("fid", "fid_floor"),                          # train images scored as samples: the best at this N
+    "kid_floor": ("fid", "kid_floor_mean"),
+    "copy_rate": ("fid", "copy_rate"),                          # samples nearer a train image than 95% of val is
     "n_recon": ("fid", "n_recon"),
     "rfid": ("fid", "rfid"),
     "rkid_mean": ("fid", "rkid_mean"),
@@ -60,7 +65,7 @@ SHA_PREFIX = 12
 SOURCES = ("fid", "recon", "vqgan_train", "transformer_train")
 # Markdown formats; the CSV keeps full precision.
 FORMATS = {
-    "fid": "{:.2f}", "rfid": "{:.2f}", "kid_mean": "{:.4f}", "kid_std": "{:.4f}", "rkid_mean": "{:.4f}",
+    "fid": "{:.2f}", "rfid": "{:.2f}", "fid_floor": "{:.2f}", "kid_floor": "{:.4f}", "copy_rate": "{:.2f}", "kid_mean": "{:.4f}", "kid_std": "{:.4f}", "rkid_mean": "{:.4f}",
     "rkid_std": "{:.4f}", "psnr": "{:.2f}", "psnr_mean_baseline": "{:.2f}", "psnr_median_baseline": "{:.2f}",
     "fg_fraction": "{:.3f}", "fg_error": "{:.2f}", "fg_error_baseline": "{:.2f}", "lpips": "{:.3f}",
     "codebook_usage": "{:.3f}", "perplexity": "{:.1f}", "val_bits_per_token": "{:.3f}",
@@ -125,7 +130,7 @@ def build_table(
             row["inception_sha256"] = row["inception_sha256"][:SHA_PREFIX]
         rows.append(row)
     table = pd.DataFrame(rows, columns=["dataset", *COLUMNS])
-    for column in ("resolution", "n_real", "n_gen", "n_recon", "n_eval", "n_codes", "vqgan_steps", "transformer_steps"):
+    for column in ("resolution", "n_real", "n_gen", "kid_subset", "n_train_ref", "n_recon", "n_eval", "n_codes", "vqgan_steps", "transformer_steps"):
         table[column] = table[column].astype("Int64")  # integers stay integers next to empty cells
     return table
 

@@ -5,6 +5,7 @@
 rule fid:
     input:
         real="results/data/{ds}/val",
+        train="results/data/{ds}/train",
         gen=rules.sample.output.samples,
         recon=rules.eval_vqgan.output.recon,
     output:
@@ -19,7 +20,7 @@ rule fid:
         weights=config["weights_dir"],
     shell:
         "python -m vqgan.eval.fid --config {params.cfg:q} --real {input.real:q} --gen {input.gen:q}"
-        " --recon {input.recon:q} --name {wildcards.ds:q} --cache-dir results/fid/cache"
+        " --recon {input.recon:q} --train {input.train:q} --name {wildcards.ds:q} --cache-dir results/fid/cache"
         " --weights-dir {params.weights:q} --out {output:q} > {log:q} 2>&1"
 
 
