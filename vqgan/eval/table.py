@@ -65,7 +65,8 @@ SHA_PREFIX = 12
 SOURCES = ("fid", "recon", "vqgan_train", "transformer_train")
 # Markdown formats; the CSV keeps full precision.
 FORMATS = {
-    "fid": "{:.2f}", "rfid": "{:.2f}", "fid_floor": "{:.2f}", "kid_floor": "{:.4f}", "copy_rate": "{:.2f}", "kid_mean": "{:.4f}", "kid_std": "{:.4f}", "rkid_mean": "{:.4f}",
+    "fid": "{:.2f}", "rfid": "{:.2f}", "fid_floor": "{:.2f}", "kid_floor": "{:.4f}", "copy_rate": "{:.2f}",
+    "kid_mean": "{:.4f}", "kid_std": "{:.4f}", "rkid_mean": "{:.4f}",
     "rkid_std": "{:.4f}", "psnr": "{:.2f}", "psnr_mean_baseline": "{:.2f}", "psnr_median_baseline": "{:.2f}",
     "fg_fraction": "{:.3f}", "fg_error": "{:.2f}", "fg_error_baseline": "{:.2f}", "lpips": "{:.3f}",
     "codebook_usage": "{:.3f}", "perplexity": "{:.1f}", "val_bits_per_token": "{:.3f}",
@@ -130,7 +131,9 @@ def build_table(
             row["inception_sha256"] = row["inception_sha256"][:SHA_PREFIX]
         rows.append(row)
     table = pd.DataFrame(rows, columns=["dataset", *COLUMNS])
-    for column in ("resolution", "n_real", "n_gen", "kid_subset", "n_train_ref", "n_recon", "n_eval", "n_codes", "vqgan_steps", "transformer_steps"):
+    integer_columns = ("resolution", "n_real", "n_gen", "kid_subset", "n_train_ref", "n_recon", "n_eval", "n_codes",
+                       "vqgan_steps", "transformer_steps")
+    for column in integer_columns:
         table[column] = table[column].astype("Int64")  # integers stay integers next to empty cells
     return table
 
