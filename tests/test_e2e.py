@@ -129,8 +129,27 @@ def test_changing_one_datasets_resolution_reruns_only_that_datasets_chain(run, t
     assert "ds=coco_tiny" not in out, "a coco_tiny job was planned"
 
 
-def test_report_builds_offline(run):
+def readme_report_commands() -> list[list[str]]:
+    """The README's report line (`snakemake ... && snakemake --report ...`), split into its commands."""
+    text = (REPO / "README.md").read_text()
+    line = next(ln for ln in text.splitlines() if "snakemake --report" in ln)
+    commands = [c.split("#")[0].split() for c in line.split("&&")]
+    assert all(c[0] == "snakemake" for c in commands), line
+    return [c[1:] for c in commands]
+
+
+def test_report_from_the_readme_commands_shows_every_figure(run):
     workdir, config = run
-    _snakemake(workdir, config, "--report", str(workdir / "report.html"))
+    for args in readme_report_commands():
+        args = [str(workdir / a) if a.endswith(".html") else a for a in args if a not in ("--cores", "all")]
+        _snakemake(workdir, config, *args)
     html = (workdir / "report.html").read_text(errors="replace")
     assert len(html) > 100_000 and "fid_table.csv" in html
+    cfg = _base_config()
+    expected = ["benchmarks.png"] + [name for ds in cfg["datasets"] for name in (
+        f"data_{ds}.png", f"vqgan_{ds}_curves.png", f"transformer_{ds}_curves.png")]
+    missing = [name for name in expected if name not in html]
+    # the per-dataset grids share a file name: count them
+    assert html.count("recon.png") >= len(cfg["datasets"]), "a reconstruction grid is missing"
+    assert html.count("grid.png") >= len(cfg["datasets"]), "a sample grid is missing"
+    assert not missing, f"the report lacks {missing}"

@@ -42,3 +42,12 @@ rule fid_table:
     shell:
         "python -m vqgan.eval.table --fid {input.fid:q} --recon {input.recon:q} --vqgan-train {input.vqgan:q}"
         " --transformer-train {input.transformer:q} --out {output.csv:q} --markdown {output.md:q} > {log:q} 2>&1"
+
+
+from pathlib import Path
+
+
+onsuccess:
+    # the table (and its notes: warnings such as a dataset below its constant-image baseline) where it is seen
+    if Path("results/fid_table.md").is_file():
+        print("\n" + Path("results/fid_table.md").read_text())

@@ -8,7 +8,8 @@ rule sample:
     output:
         samples=report(
             directory("results/samples/{ds}"),
-            patterns=["grid.png"],
+            # a pattern needs a wildcard: this one matches grid.png only, not every sample
+            patterns=["{name,grid}.png"],
             caption="../report/samples.rst",
             category="Samples",
         ),
