@@ -15,16 +15,23 @@ OUT/coverage.png (cells and levels over steps); their coverage numbers are in th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
+from vqgan.data.dataset import DatasetError, prepare_splits
+
 from .collect import collect
 from .config import ConfigError, parse_config
 from .dataset import CollectError, write_dataset
 from .explore import plot_coverage
+
+# Bad input: one line and exit code 2, as every vqgan command does through vqgan.io.cli.command (which this
+# package may not import: it knows only the dataset contract). OSError: missing files, permissions, a full disk.
+BAD_INPUT_ERRORS = (ConfigError, CollectError, DatasetError, OSError)
 
 
 def read_config(value: str) -> dict:
@@ -32,10 +39,10 @@ def read_config(value: str) -> dict:
     try:
         text = value if value.lstrip().startswith("{") else Path(value).read_text()
         raw = yaml.safe_load(text)
-    except (OSError, yaml.YAMLError) as e:
-        raise SystemExit(f"atari-collect: --config {value[:80]!r}: {e}") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config {value[:80]!r}: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
-        raise SystemExit(f"atari-collect: --config must hold one datasets.<name> mapping, got {type(raw).__name__}")
+        raise ConfigError(f"--config must hold one datasets.<name> mapping, got {type(raw).__name__}")
     return raw
 
 
@@ -53,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="emulator processes (default: the CPUs this process may use); does not change the data")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show the traceback of a bad-input error")
     return p
 
 
@@ -61,27 +69,34 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
         parser.error(f"--workers {args.workers}: give a positive number of processes, or leave it out")
+    try:
+        return run(args)
+    except BAD_INPUT_ERRORS as e:
+        if args.debug or os.environ.get("VQGAN_DEBUG", "") not in ("", "0"):
+            raise
+        message = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror and e.filename else str(e)
+        print(f"atari-collect: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def run(args: argparse.Namespace) -> int:
     raw = read_config(args.config)
     if args.seed_override is not None:
         raw = {**raw, "seed": args.seed_override}
-    try:
-        cfg = parse_config(raw)
-    except ConfigError as e:
-        raise SystemExit(f"atari-collect: {e}")
+    cfg = parse_config(raw)
+    for leftover in prepare_splits(args.out):  # fails now if --out is not writable
+        print(f"removed {leftover}, left by a killed run", file=sys.stderr)
 
     t0 = time.perf_counter()
-    try:
-        games = collect(cfg, args.workers, progress=not args.no_progress)
-        made_by = "; ".join(
-            f"{g.game}: " + (
-                "Go-Explore-style archive of cells with cloneState/restoreState and sticky-random explorations "
-                "(atari_collect.explore), split by lineage" if g.stats["policy"] == "go_explore" else
-                f"{g.stats['policy']} policy in {cfg.num_envs} seeded ALEInterface streams (atari_collect.collect), "
-                "split by episode")
-            for g in games) + "; INTER_AREA resize"
-        written = write_dataset(args.out, cfg, games, made_by)
-    except CollectError as e:
-        raise SystemExit(f"atari-collect: {e}")
+    games = collect(cfg, args.workers, progress=not args.no_progress)
+    made_by = "; ".join(
+        f"{g.game}: " + (
+            "Go-Explore-style archive of cells with cloneState/restoreState and sticky-random explorations "
+            "(atari_collect.explore), split by lineage" if g.stats["policy"] == "go_explore" else
+            f"{g.stats['policy']} policy in {cfg.num_envs} seeded ALEInterface streams (atari_collect.collect), "
+            "split by episode")
+        for g in games) + "; INTER_AREA resize"
+    written = write_dataset(args.out, cfg, games, made_by)
     explored = [g for g in games if g.stats["policy"] == "go_explore"]
     if explored:
         plot_coverage(explored, f"{args.out}/coverage.png")

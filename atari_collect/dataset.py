@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vqgan.data.dataset import write_split
+from vqgan.data.dataset import split_writer
 
 from .config import AtariConfig
 
@@ -60,9 +60,6 @@ def split_by_group(group: np.ndarray, val_fraction: float, rng: np.random.Genera
 def write_dataset(out: str | Path, cfg: AtariConfig, games: list[GameFrames], made_by: str,
                   extra: dict[str, Any] | None = None) -> dict[str, Path]:
     """Split every game by group and write `{out}/train` and `{out}/val` with the shared dataset contract."""
-    import ale_py
-    import gymnasium
-
     out = Path(out)
     parts: dict[str, list[tuple[GameFrames, np.ndarray]]] = {"train": [], "val": []}
     for label, g in enumerate(games):
@@ -72,43 +69,53 @@ def write_dataset(out: str | Path, cfg: AtariConfig, games: list[GameFrames], ma
         parts["train"].append((g, ~val))
 
     written = {}
-    for split, chosen in parts.items():
-        images = np.concatenate([g.images[m] for g, m in chosen])
-        meta = pd.concat(
-            [
-                pd.DataFrame(
-                    {
-                        "source_id": [f"{g.game}/ep{e}/t{s}" for e, s in zip(g.episode[m], g.step[m])],
-                        "game": g.game,
-                        "label": label,
-                        "episode": g.episode[m],
-                        "step": g.step[m],
-                        "action": g.action[m],
-                        "reward": g.reward[m],
-                        "level": g.level[m],
-                    }
-                )
-                for label, (g, m) in enumerate(chosen)
-            ],
-            ignore_index=True,
-        )
-        manifest = {
-            "source": "ale",
-            "split": split,
-            "games": list(cfg.games),
-            "classes": list(cfg.games),
-            "seed": cfg.seed,
-            "config": cfg.to_dict(),
-            "ale_py_version": ale_py.__version__,
-            "gymnasium_version": gymnasium.__version__,
-            "frames": int(len(images)),
-            "frames_per_game": {g.game: int(m.sum()) for g, m in chosen},
-            "episodes": int(sum(len(np.unique(g.episode[m])) for g, m in chosen)),
-            "episodes_per_game": {g.game: int(len(np.unique(g.episode[m]))) for g, m in chosen},
-            "made_by": made_by,
-            "per_game": {g.game: g.stats for g, _ in chosen},
-            "created_unix": int(time.time()),
-            **(extra or {}),
-        }
-        written[split] = write_split(out / split, images, meta, manifest)
+    with split_writer(out) as write:  # both splits or neither
+        for split, chosen in parts.items():
+            written[split] = write(split, *_split_arrays(cfg, chosen, split, made_by, extra))
     return written
+
+
+def _split_arrays(cfg: AtariConfig, chosen: list[tuple[GameFrames, np.ndarray]], split: str, made_by: str,
+                  extra: dict[str, Any] | None) -> tuple[np.ndarray, pd.DataFrame, dict[str, Any]]:
+    """Images, meta and manifest of one split: the frames `chosen` by each game's mask."""
+    import ale_py
+    import gymnasium
+
+    images = np.concatenate([g.images[m] for g, m in chosen])
+    meta = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "source_id": [f"{g.game}/ep{e}/t{s}" for e, s in zip(g.episode[m], g.step[m])],
+                    "game": g.game,
+                    "label": label,
+                    "episode": g.episode[m],
+                    "step": g.step[m],
+                    "action": g.action[m],
+                    "reward": g.reward[m],
+                    "level": g.level[m],
+                }
+            )
+            for label, (g, m) in enumerate(chosen)
+        ],
+        ignore_index=True,
+    )
+    manifest = {
+        "source": "ale",
+        "split": split,
+        "games": list(cfg.games),
+        "classes": list(cfg.games),
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
+        "ale_py_version": ale_py.__version__,
+        "gymnasium_version": gymnasium.__version__,
+        "frames": int(len(images)),
+        "frames_per_game": {g.game: int(m.sum()) for g, m in chosen},
+        "episodes": int(sum(len(np.unique(g.episode[m])) for g, m in chosen)),
+        "episodes_per_game": {g.game: int(len(np.unique(g.episode[m]))) for g, m in chosen},
+        "made_by": made_by,
+        "per_game": {g.game: g.stats for g, _ in chosen},
+        "created_unix": int(time.time()),
+        **(extra or {}),
+    }
+    return images, meta, manifest

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from vqgan.data.codes import CODES_JSON, SPLITS, code_dtype, save_npy
-from vqgan.data.dataset import read_split
-from vqgan.io.checkpoint import CheckpointError, load_vqgan
-from vqgan.io.files import write_json_atomic
+from vqgan.data.dataset import DatasetError, read_split
+from vqgan.io.checkpoint import load_vqgan
+from vqgan.io.cli import command
+from vqgan.io.files import prepare_output, write_json_atomic
 from vqgan.io.images import to_tensor
 
 
@@ -41,6 +42,7 @@ def encode_images(model, images: np.ndarray, batch_size: int = 64, device="cpu",
     return np.concatenate(out)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vqgan.encode", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="trained VQGAN folder (results/vqgan/{ds})")
@@ -50,30 +52,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     args = p.parse_args(argv)
 
+    out = Path(args.out)
+    for name in (CODES_JSON, *(f"{s}{suffix}.npy" for s in SPLITS for suffix in ("", "_labels"))):
+        prepare_output(out / name)  # fails now if `out` is not writable
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        model = load_vqgan(args.model, map_location=device).eval()
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}")
+    model = load_vqgan(args.model, map_location=device).eval()
     n_codes = int(model.cfg.n_codes)
     dtype = code_dtype(n_codes)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / CODES_JSON).unlink(missing_ok=True)  # the folder is incomplete until the end
 
-    counts, class_names, grid = {}, None, None
-    for split_name in SPLITS:
-        split = read_split(Path(args.data) / split_name)
-        names = split.class_names
-        if class_names is None:
-            class_names = names
-        elif names != class_names:
-            raise SystemExit(f"error: {args.data}: train classes {class_names} differ from {split_name} classes "
-                             f"{names}")
+    splits = {name: read_split(Path(args.data) / name) for name in SPLITS}
+    class_names = splits["train"].class_names
+    for name, split in splits.items():  # every check before any work
+        if split.class_names != class_names:
+            raise DatasetError(f"{args.data}: train classes {class_names} differ from {name} classes "
+                               f"{split.class_names}")
         labels = split.labels
-        if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
-            raise SystemExit(f"error: {split.path}: labels span [{labels.min()}, {labels.max()}] but the manifest "
-                             f"names {len(names)} classes {names}; fix the dataset's meta/manifest")
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(class_names)):
+            raise DatasetError(f"{split.path}: labels span [{labels.min()}, {labels.max()}] but the manifest "
+                               f"names {len(class_names)} classes {class_names}; fix the dataset's meta/manifest")
+        if split.resolution != model.cfg.resolution:
+            raise DatasetError(f"{split.path}: {split.resolution} px images, but the VQGAN in {args.model} was "
+                               f"trained at {model.cfg.resolution} px; encode the dataset it was trained on")
+
+    counts, grid = {}, None
+    for split_name, split in splits.items():
+        labels = split.labels
         codes = encode_images(model, split.images, args.batch_size, device, desc=f"encode {split_name}")
         grid = list(codes.shape[1:])
         save_npy(out / f"{split_name}.npy", codes.astype(dtype))

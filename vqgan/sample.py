@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from vqgan.io.checkpoint import CheckpointError, load_gpt, load_vqgan
-from vqgan.io.cli import load_config_arg
-from vqgan.io.files import atomic_dir, write_json_atomic
+from vqgan.io.cli import UsageError, command, load_config_arg
+from vqgan.io.files import atomic_dir, prepare_output, write_json_atomic
 from vqgan.io.images import grid, save_png, to_uint8
 from vqgan.models.gpt import GPT
 
@@ -75,7 +75,10 @@ class SampleConfig:
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown sample keys {unknown}; known: {sorted(f.name for f in fields(cls))}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except TypeError as e:  # a value of the wrong type, e.g. "temperature": "hot"
+            raise ValueError(f"invalid sample config {d}: {e}") from None
 
     def counts(self, n_classes: int) -> list[int]:
         """Samples per class."""
@@ -124,30 +127,32 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = SampleConfig.from_dict(load_config_arg(args.config))
-    except (ValueError, TypeError) as e:
-        raise SystemExit(f"--config: {e}")
+    cfg = SampleConfig.from_dict(load_config_arg(args.config))
+    out = Path(args.out)
+    prepare_output(out)  # fails now if `out` is not writable
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        gpt = load_gpt(args.transformer, map_location=device).eval()
-        vqgan = load_vqgan(args.vqgan, map_location=device).eval()
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}")
+    gpt = load_gpt(args.transformer, map_location=device).eval()
+    vqgan = load_vqgan(args.vqgan, map_location=device).eval()
     codes_json = Path(args.transformer) / "codes.json"
-    meta = json.loads(codes_json.read_text()) if codes_json.is_file() else {}
-    h, w = meta.get("grid", [vqgan.cfg.grid, vqgan.cfg.grid])
-    class_names = list(meta.get("class_names") or [str(c) for c in range(gpt.config.n_classes)])
+    try:
+        meta = json.loads(codes_json.read_text()) if codes_json.is_file() else {}
+        h, w = meta.get("grid", [vqgan.cfg.grid, vqgan.cfg.grid])
+        class_names = list(meta.get("class_names") or [str(c) for c in range(gpt.config.n_classes)])
+    except (ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{codes_json}: not a codes.json written by train_transformer ({e}); rerun that "
+                              "stage") from None
     if vqgan.cfg.n_codes != gpt.config.vocab_size or h * w != gpt.config.block_size:
-        raise SystemExit(
-            f"error: the transformer in {args.transformer} was trained on {gpt.config.vocab_size} codes in sequences "
+        raise UsageError(
+            f"the transformer in {args.transformer} was trained on {gpt.config.vocab_size} codes in sequences "
             f"of {gpt.config.block_size}, but the VQGAN in {args.vqgan} has {vqgan.cfg.n_codes} codes on a "
             f"{vqgan.cfg.grid}x{vqgan.cfg.grid} grid; retrain the transformer on this VQGAN's codes"
         )
     if len(class_names) != gpt.config.n_classes:
-        raise SystemExit(f"error: {codes_json} names {len(class_names)} classes, the model has {gpt.config.n_classes}")
+        raise CheckpointError(f"{codes_json} names {len(class_names)} classes, the model has "
+                              f"{gpt.config.n_classes}; rerun train_transformer")
     if cfg.precision == "bf16":
         gpt = gpt.to(torch.bfloat16)
 
@@ -158,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
     sample_s = time.perf_counter() - t0
     images = decode(vqgan, codes, (h, w), cfg.batch_size, device)
 
-    out = Path(args.out)
     with atomic_dir(out) as tmp:
         rows, names, k = [], [], 0
         for c, n in enumerate(counts):

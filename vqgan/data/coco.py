@@ -23,17 +23,17 @@ import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from vqgan.data.dataset import write_split
-from vqgan.data.download import DownloadError, VerificationError, download, extract_members
-from vqgan.io.cli import load_config_arg
-from vqgan.io.files import write_json_atomic
+from vqgan.data.dataset import prepare_splits, split_writer
+from vqgan.data.download import VerificationError, download, extract_members
+from vqgan.io.cli import command, load_config_arg
+from vqgan.io.files import prepare_output, write_json_atomic
 
 SPLITS = ("train", "val")
 COCO_BASE_URL = "http://images.cocodataset.org"
@@ -152,7 +152,8 @@ def annotation_file(root: str | os.PathLike, split: str) -> Path:
 
 
 def load_coco(root: str | os.PathLike, split: str):
-    """pycocotools index of one split; a clear error if the root is not in the official layout."""
+    """pycocotools index of one split, after checking the file: a clear error naming it if the root is not in the
+    official layout, the JSON is broken, or an image record is unusable or unsafe (see check_images)."""
     from pycocotools.coco import COCO
 
     path = annotation_file(root, split)
@@ -161,8 +162,60 @@ def load_coco(root: str | os.PathLike, split: str):
             f"{path} not found: the COCO root {root} must hold the official layout (annotations/"
             f"instances_{{train,val}}2017.json, train2017/, val2017/). Fix `coco.root`, or set it to null to download"
         )
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints timing chatter
-        return COCO(str(path))
+    fix = (f"replace it with COCO's official instances_{split}2017.json (in a downloaded root: delete it and rerun "
+           "the download, which extracts it from the annotations zip again)")
+    try:
+        data = json.loads(path.read_bytes())
+    except ValueError as e:  # truncated, empty or binary: JSONDecodeError / UnicodeDecodeError
+        raise CocoError(f"{path}: not valid JSON ({e}); the file is truncated or corrupt: {fix}") from None
+    if not isinstance(data, dict):
+        raise CocoError(f"{path}: expected a JSON object with an `images` list, got a {type(data).__name__}; {fix}")
+    check_images(data.get("images"), path)
+    coco = COCO()  # built from the checked data, not from the path: no second parse, no timing chatter
+    coco.dataset = data
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+    except (KeyError, TypeError) as e:
+        raise CocoError(f"{path}: a malformed record in `annotations` or `categories` ({type(e).__name__}: {e}); "
+                        f"{fix}") from None
+    return coco
+
+
+def file_name_problem(name: Any) -> str | None:
+    """Why `name` cannot be an image's file_name, or None. It must stay inside its split folder: annotations come
+    from the network or from someone else's copy, and prepare reads, and download writes, `{split}2017/{file_name}`
+    (an absolute name or one with `..` would reach any file on the machine)."""
+    if not isinstance(name, str) or not name:
+        return "is not a non-empty string"
+    if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+        return "must be a relative name inside the split folder (no absolute path, no '..')"
+    return None
+
+
+def check_images(images: Any, path: Path) -> None:
+    """Every image record has an integer id, width and height and a safe file_name; else name the first bad one."""
+    if not isinstance(images, list):
+        raise CocoError(f"{path}: expected an `images` list, got {type(images).__name__}; this is not a COCO "
+                        "instances file")
+    for i, record in enumerate(images):
+        where = f"{path}: images[{i}]"
+        if not isinstance(record, dict):
+            raise CocoError(f"{where} is a {type(record).__name__}, not an image record")
+        if "id" in record:
+            where += f" (id {record['id']!r})"
+        missing = [k for k in ("id", "file_name", "width", "height") if k not in record]
+        if missing:
+            raise CocoError(f"{where} has no {', '.join(missing)}; every COCO image record needs id, file_name, "
+                            "width and height")
+        for key in ("id", "width", "height"):
+            value = record[key]
+            low = 0 if key == "id" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise CocoError(f"{where}: {key} {value!r} is not an integer >= {low}")
+        problem = file_name_problem(record["file_name"])
+        if problem:
+            raise CocoError(f"{where}: file_name {record['file_name']!r} {problem}; refusing the file")
 
 
 def _rank(seed: int, image_id: int) -> bytes:
@@ -188,6 +241,7 @@ def select_images(
         ids: set[int] = set()
         for name in categories:  # getImgIds(catIds=[a, b]) would intersect; we want images showing any of them
             ids.update(coco.getImgIds(catIds=[name_to_id[name]]))
+        ids &= coco.imgs.keys()  # annotations of images the file does not list
     else:
         ids = set(coco.getImgIds())
     pool = sorted(i for i in ids if min(coco.imgs[i]["width"], coco.imgs[i]["height"]) >= min_size)
@@ -256,13 +310,14 @@ def default_workers() -> int:
 
 
 def prepare_split(
-    root: str | os.PathLike, split: str, ds: CocoDataset, pool=None, progress: bool = True
+    root: str | os.PathLike, split: str, ds: CocoDataset, pool=None, progress: bool = True, coco=None
 ) -> tuple[np.ndarray, Any, dict[str, Any]]:
-    """Images, meta (a DataFrame) and manifest of one split, not yet written; `pool` decodes in parallel."""
+    """Images, meta (a DataFrame) and manifest of one split, not yet written; `pool` decodes in parallel.
+    `coco` is the split's loaded index (default: load it from `root`)."""
     import pandas as pd  # here, not at the top: spawned decode workers import this module and need no pandas
 
     root = Path(root)
-    coco = load_coco(root, split)
+    coco = coco if coco is not None else load_coco(root, split)
     requested = ds.count(split)
     records = select_images(coco, requested, ds.categories, ds.min_size, ds.seed)
     available = candidates_count(coco, ds.categories, ds.min_size)
@@ -334,19 +389,24 @@ def prepare_split(
 def prepare(
     root: str | os.PathLike, ds: CocoDataset, out: str | os.PathLike, workers: int = 1, progress: bool = True
 ) -> dict[str, Path]:
-    """Write `{out}/train` and `{out}/val` following the dataset contract, decoding with `workers` processes."""
+    """Write `{out}/train` and `{out}/val` following the dataset contract, decoding with `workers` processes.
 
+    Both or neither: the two annotation files are checked before any work, and `split_writer` renames the splits
+    into place only once both are complete.
+    """
     out = Path(out)
-    paths = {}
+    for leftover in prepare_splits(out):  # fails now if `out` is not writable
+        print(f"removed {leftover}, left by a killed run", file=sys.stderr)
+    cocos = {split: load_coco(root, split) for split in SPLITS}
     with contextlib.ExitStack() as stack:
         pool = None
         if workers > 1 and ds.train_images + ds.val_images >= POOL_MIN_IMAGES:
             # spawn, not fork: the parent may hold torch/OpenMP threads (pytest, notebooks) that fork can deadlock.
             pool = stack.enter_context(mp.get_context("spawn").Pool(workers))
+        write = stack.enter_context(split_writer(out))
         for split in SPLITS:
-            images, meta, manifest = prepare_split(root, split, ds, pool, progress)
-            paths[split] = write_split(out / split, images, meta, manifest)
-    return paths
+            write(split, *prepare_split(root, split, ds, pool, progress, coco=cocos.pop(split)))
+    return {split: out / split for split in SPLITS}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -385,7 +445,7 @@ def download_coco(
     if not wanted:
         raise CocoError("--datasets: no dataset of kind 'coco'; nothing to download")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output(out / COMPLETE)  # fails now if `out` is not writable
     zips = out / "zips"
     started = time.time()
 
@@ -454,6 +514,7 @@ def _fetch_images(records: list[dict[str, Any]], split: str, folder: Path, cfg: 
 # command line
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vqgan.data.coco", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -470,24 +531,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs)")
     args = parser.parse_args(argv)
 
-    try:
-        if args.command == "download":
-            section = load_config_arg(args.config)
-            if section.get("root"):
-                print(f"note: coco.root is set ({section['root']}), so the workflow reads that copy; "
-                      f"downloading into {args.out} anyway as asked", file=sys.stderr)
-            summary = download_coco(section, load_config_arg(args.datasets), args.out,
-                                    progress=not args.no_progress)
-            counts = ", ".join(f"{s}2017: {v['selected']}" for s, v in summary["splits"].items())
-            print(f"COCO ({summary['mode']} mode) ready in {args.out}: {counts} images, {summary['seconds']} s")
-        else:
-            ds = CocoDataset.from_dict(load_config_arg(args.config), "dataset")
-            paths = prepare(args.root, ds, args.out, max(1, args.workers), progress=not args.no_progress)
-            for split, path in paths.items():
-                manifest = json.loads((path / "manifest.json").read_text())
-                print(f"{path}: {manifest['count']} images ({manifest['num_skipped']} skipped)")
-    except (CocoError, DownloadError) as e:
-        raise SystemExit(f"error: {e}")
+    if args.command == "download":
+        section = load_config_arg(args.config)
+        if section.get("root"):
+            print(f"note: coco.root is set ({section['root']}), so the workflow reads that copy; "
+                  f"downloading into {args.out} anyway as asked", file=sys.stderr)
+        summary = download_coco(section, load_config_arg(args.datasets, "--datasets"), args.out,
+                                progress=not args.no_progress)
+        counts = ", ".join(f"{s}2017: {v['selected']}" for s, v in summary["splits"].items())
+        print(f"COCO ({summary['mode']} mode) ready in {args.out}: {counts} images, {summary['seconds']} s")
+    else:
+        ds = CocoDataset.from_dict(load_config_arg(args.config), "dataset")
+        paths = prepare(args.root, ds, args.out, max(1, args.workers), progress=not args.no_progress)
+        for split, path in paths.items():
+            manifest = json.loads((path / "manifest.json").read_text())
+            print(f"{path}: {manifest['count']} images ({manifest['num_skipped']} skipped)")
 
 
 if __name__ == "__main__":

@@ -36,17 +36,29 @@ def read_codes(path: str | Path) -> dict:
     """Load `codes.json` of an encoded folder, with a clear error when the folder is incomplete."""
     path = Path(path)
     meta_path = path / CODES_JSON
+    rerun = "rerun the encode stage: python -m vqgan.encode ..."
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} is missing: {path} is not a complete codes folder "
-                                "(run the encode stage: python -m vqgan.encode ...)")
-    return json.loads(meta_path.read_text())
+        raise FileNotFoundError(f"{meta_path} is missing: {path} is not a complete codes folder ({rerun})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{meta_path}: not valid JSON ({e}); {rerun}") from None
+    missing = [k for k in ("n_codes", "grid", "n_classes") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ValueError(f"{meta_path}: lacks {missing}; not a codes.json written by vqgan.encode ({rerun})")
+    return meta
 
 
 def load_codes(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """(codes (N, h, w), labels (N,), codes.json) of one split."""
     meta = read_codes(path)
-    codes = np.load(Path(path) / f"{split}.npy")
-    labels = np.load(Path(path) / f"{split}_labels.npy")
+    arrays = []
+    for name in (f"{split}.npy", f"{split}_labels.npy"):
+        try:
+            arrays.append(np.load(Path(path) / name))
+        except (ValueError, EOFError, OSError) as e:  # missing, truncated, not an .npy, a pickled object
+            raise ValueError(f"{Path(path) / name}: not a readable .npy array ({e}); rerun the encode stage") from None
+    codes, labels = arrays
     if codes.ndim != 3 or len(codes) != len(labels):
         raise ValueError(f"{path}/{split}.npy: expected (N, h, w) with N = {len(labels)} labels, got {codes.shape}")
     return codes, labels, meta

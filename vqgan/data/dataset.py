@@ -12,20 +12,30 @@ job never leaves a folder that looks complete. Readers check the three files agr
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
-from vqgan.io.files import atomic_dir
+from vqgan.io.files import atomic_dir, prepare_output
 
 IMAGES = "images.npy"
 META = "meta.csv"
 MANIFEST = "manifest.json"
+SPLITS = ("train", "val")
+
+# Manifest keys that record how long or when something ran, not what the data is. `data_identity` leaves them out,
+# so re-collecting identical data (other timings) keeps a training run's state instead of starting afresh.
+# Writers: atari_collect (created_unix, per-game cpu/wall seconds, Go-Explore speed), COCO (root: where the
+# copy lives, not what it holds).
+VOLATILE_KEYS = frozenset({
+    "created_unix", "seconds", "cpu_seconds", "wall_seconds_plain_games", "steps_per_second", "root",
+})
 
 
 def evenly_spaced(n: int, k: int | None) -> np.ndarray:
@@ -69,6 +79,43 @@ class Split:
         return list(self.manifest.get("classes", ["all"]))
 
 
+def data_identity(manifest: Any) -> Any:
+    """`manifest` without the VOLATILE_KEYS, at any depth: what a training run's state key hashes."""
+    if isinstance(manifest, dict):
+        return {k: data_identity(v) for k, v in manifest.items() if k not in VOLATILE_KEYS}
+    if isinstance(manifest, list):
+        return [data_identity(v) for v in manifest]
+    return manifest
+
+
+def prepare_splits(out: str | os.PathLike, splits: tuple[str, ...] = SPLITS) -> list[Path]:
+    """Call before collecting or preparing data into `{out}/{split}`: fails now if `out` cannot be written, and
+    removes the hidden temporary folders a killed writer left there (one can hold the whole dataset). Returns
+    what was removed."""
+    return [p for split in splits for p in prepare_output(Path(out) / split)]
+
+
+def check_split(path: str | os.PathLike, images: np.ndarray, meta: pd.DataFrame) -> np.ndarray:
+    """The contract's checks on a split before it is written; returns the images as one contiguous array."""
+    images = np.ascontiguousarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise DatasetError(f"{path}: images must be (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
+    if images.shape[1] != images.shape[2]:
+        raise DatasetError(f"{path}: images must be square, got {images.shape[1]}x{images.shape[2]}")
+    if len(meta) != len(images):
+        raise DatasetError(f"{path}: {len(images)} images but {len(meta)} meta rows")
+    return images
+
+
+def fill_split(folder: Path, images: np.ndarray, meta: pd.DataFrame, manifest: dict[str, Any]) -> None:
+    """Write the three files of a split into `folder` (a temporary folder of `atomic_dir`); see write_split."""
+    images = check_split(folder, images, meta)
+    manifest = {**manifest, "count": int(len(images)), "resolution": int(images.shape[1])}
+    np.save(folder / IMAGES, images)
+    meta.to_csv(folder / META, index=False)
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+
+
 def write_split(
     path: str | os.PathLike,
     images: np.ndarray,
@@ -81,33 +128,54 @@ def write_split(
     how the data was made (source, seed, config).
     """
     path = Path(path)
-    images = np.ascontiguousarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise DatasetError(f"{path}: images must be (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
-    if images.shape[1] != images.shape[2]:
-        raise DatasetError(f"{path}: images must be square, got {images.shape[1]}x{images.shape[2]}")
-    if len(meta) != len(images):
-        raise DatasetError(f"{path}: {len(images)} images but {len(meta)} meta rows")
-    manifest = {**manifest, "count": int(len(images)), "resolution": int(images.shape[1])}
-
+    images = check_split(path, images, meta)  # before a temporary folder exists
     with atomic_dir(path) as tmp:
-        np.save(tmp / IMAGES, images)
-        meta.to_csv(tmp / META, index=False)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        fill_split(tmp, images, meta, manifest)
     return path
+
+
+@contextlib.contextmanager
+def split_writer(out: str | os.PathLike) -> Iterator[Callable[..., Path]]:
+    """Write several splits of `out` as one: `with split_writer(out) as write: write("train", images, meta,
+    manifest); write("val", ...)`. Each split is filled in its hidden folder as it comes (one split in memory at a
+    time); all are renamed into place when the block ends, none if it fails, so a failure on val never leaves a
+    new train beside an old or missing val."""
+    with contextlib.ExitStack() as stack:  # on exit: the renames, last split first; on an error: the removals
+        def write(split: str, images: np.ndarray, meta: pd.DataFrame, manifest: dict[str, Any]) -> Path:
+            path = Path(out) / split
+            images = check_split(path, images, meta)
+            fill_split(stack.enter_context(atomic_dir(path)), images, meta, manifest)
+            return path
+
+        yield write
 
 
 def read_split(path: str | os.PathLike, mmap: bool = True) -> Split:
     """Load a split folder and check that its three files agree."""
     path = Path(path)
+    if not path.is_dir():
+        raise DatasetError(f"{path}: no such dataset folder; give a split folder written by a data stage "
+                           "(results/data/<dataset>/train or /val)")
     for name in (IMAGES, META, MANIFEST):
         if not (path / name).is_file():
             raise DatasetError(
                 f"{path}: missing {name}; this is not a dataset folder (rerun the data stage that writes it)"
             )
-    images = np.load(path / IMAGES, mmap_mode="r" if mmap else None)
-    meta = pd.read_csv(path / META)
-    manifest = json.loads((path / MANIFEST).read_text())
+    redo = "delete the folder and rerun the data stage that writes it"
+    try:
+        images = np.load(path / IMAGES, mmap_mode="r" if mmap else None)
+    except (ValueError, OSError, EOFError) as e:  # numpy: bad magic, truncated header or data
+        raise DatasetError(f"{path / IMAGES}: not a readable .npy array ({e}); {redo}") from None
+    try:
+        meta = pd.read_csv(path / META)
+    except (ValueError, UnicodeDecodeError) as e:  # pandas' EmptyDataError and ParserError are ValueErrors
+        raise DatasetError(f"{path / META}: not a readable CSV ({e}); {redo}") from None
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise DatasetError(f"{path / MANIFEST}: not valid JSON ({e}); {redo}") from None
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{path / MANIFEST}: expected a JSON object, got {type(manifest).__name__}; {redo}")
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise DatasetError(f"{path / IMAGES}: expected (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
     if len(meta) != len(images) or manifest.get("count") != len(images):

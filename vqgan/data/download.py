@@ -27,8 +27,9 @@ CHUNK = 1 << 20  # 1 MiB reads: big enough for speed, small enough for a live pr
 USER_AGENT = "taming-pipeline/0.1 (+urllib)"
 
 
-class DownloadError(RuntimeError):
-    """A download that cannot finish; the message names the URL and what to do."""
+class DownloadError(OSError):
+    """A download that cannot finish; the message names the URL and what to do. An OSError, like the network and
+    file errors behind it, so a command reports it as one line (vqgan.io.cli)."""
 
 
 class VerificationError(DownloadError):

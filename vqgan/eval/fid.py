@@ -39,8 +39,8 @@ import torch
 from PIL import Image
 
 from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
-from vqgan.io.cli import load_config_arg
-from vqgan.io.files import atomic_dir, atomic_file, write_json_atomic
+from vqgan.io.cli import command, load_config_arg
+from vqgan.io.files import atomic_dir, atomic_file, prepare_output, write_json_atomic
 from vqgan.io.hashing import sha256_file
 
 # clean-fid's standard network, as NVIDIA published it (StyleGAN2-ADA metrics); the `.layers` submodule takes
@@ -78,7 +78,7 @@ class FIDConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise FIDError(f"fid config: unknown key(s) {unknown}; known keys are {sorted(known)}")
-        cfg = cls(**d)
+        cfg = cls(**d)  # types are checked below
         for name in ("n", "min_images", "batch_size", "kid_subsets", "kid_subset_size"):
             value = getattr(cfg, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -491,6 +491,16 @@ def compute_scores(
     the samples' copy rate against those train images."""
     if gen_dir is None and recon_dir is None:
         raise FIDError("nothing to score: give a generated-samples folder, a reconstructions folder, or both")
+    # The inputs first (cheap), the Inception network after: bad input fails at once.
+    for what, split_dir in (("real", real_dir), ("train", train_dir)):
+        try:
+            if split_dir is not None:
+                read_split(split_dir)
+        except DatasetError as e:
+            raise FIDError(f"{what}: {e}") from None
+    for folder in (gen_dir, recon_dir):
+        if folder is not None:
+            list_images(folder)
     t_start = time.perf_counter()
     name = name or Path(real_dir).resolve().parent.name  # results/data/{ds}/val -> ds
     weights = resolve_inception_weights(weights_dir, download=download)
@@ -548,6 +558,7 @@ def compute_scores(
     return result
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="vqgan-fid",
@@ -571,15 +582,13 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    try:
-        cfg = FIDConfig.from_dict(load_config_arg(args.config))
-        result = compute_scores(
-            args.real, cfg, args.cache_dir, gen_dir=args.gen, recon_dir=args.recon, train_dir=args.train,
-            weights_dir=args.weights_dir,
-            name=args.name, device=device, download=not args.no_download, workers=args.workers,
-        )
-    except FIDError as e:
-        raise SystemExit(f"vqgan-fid: {e}")
+    cfg = FIDConfig.from_dict(load_config_arg(args.config))
+    prepare_output(args.out)  # an unwritable --out fails now, not after the scoring
+    result = compute_scores(
+        args.real, cfg, args.cache_dir, gen_dir=args.gen, recon_dir=args.recon, train_dir=args.train,
+        weights_dir=args.weights_dir,
+        name=args.name, device=device, download=not args.no_download, workers=args.workers,
+    )
     write_json_atomic(args.out, result)
     summary = {k: result[k] for k in ("dataset", "n_real", "n_gen", "fid", "kid_mean", "n_recon", "rfid",
                                       "fid_floor", "copy_rate")}

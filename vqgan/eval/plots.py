@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from vqgan.data.dataset import DatasetError, evenly_spaced, read_split  # noqa: E402
-from vqgan.io.files import atomic_file  # noqa: E402
+from vqgan.io.cli import command  # noqa: E402
+from vqgan.io.files import atomic_file, prepare_output  # noqa: E402
 from vqgan.io.images import grid, save_png  # noqa: E402
 
 # Panels of `curves`, by column name; each panel appears only when the file has one of its columns.
@@ -59,8 +60,9 @@ def plot_curves(metrics: str | os.PathLike, out: str | os.PathLike, title: str |
     path = Path(metrics)
     try:
         df = pd.read_csv(path)
-    except (FileNotFoundError, pd.errors.EmptyDataError) as e:
-        raise PlotError(f"{path}: cannot read metrics ({e}); did the training stage finish?") from None
+    except (OSError, ValueError) as e:  # missing, empty, not a CSV (pandas' errors are ValueErrors)
+        raise PlotError(f"{path}: cannot read metrics ({' '.join(str(e).split())}); did the training stage "
+                        "finish?") from None
     if "step" not in df.columns:
         raise PlotError(f"{path}: no `step` column; expected a metrics.csv written by a training loop")
     panels = []
@@ -110,8 +112,8 @@ def read_benchmarks(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     for p in paths:
         try:
             df = pd.read_csv(p, sep="\t")
-        except (FileNotFoundError, pd.errors.EmptyDataError) as e:
-            raise PlotError(f"{p}: cannot read benchmark ({e})") from None
+        except (OSError, ValueError) as e:
+            raise PlotError(f"{p}: cannot read benchmark ({' '.join(str(e).split())})") from None
         if "s" not in df.columns:
             raise PlotError(f"{p}: no `s` column; expected a Snakemake benchmark TSV")
         label = p.resolve().relative_to(common).with_suffix("").as_posix()
@@ -161,6 +163,7 @@ def plot_data_grid(data: str | os.PathLike, out: str | os.PathLike, per_row: int
     return save_png(out, grid(image_rows, scale=scale))
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m vqgan.eval.plots", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -177,15 +180,13 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--per-row", type=int, default=8)
     d.add_argument("--rows", type=int, default=4, help="rows for one-class data (multi-class: one row per class)")
     args = p.parse_args(argv)
-    try:
-        if args.command == "curves":
-            plot_curves(args.metrics, args.out, args.title)
-        elif args.command == "benchmarks":
-            plot_benchmarks(args.bench, args.out)
-        else:
-            plot_data_grid(args.data, args.out, args.per_row, args.rows)
-    except PlotError as e:
-        raise SystemExit(f"vqgan.eval.plots {args.command}: {e}")
+    prepare_output(args.out)  # an unwritable --out fails now
+    if args.command == "curves":
+        plot_curves(args.metrics, args.out, args.title)
+    elif args.command == "benchmarks":
+        plot_benchmarks(args.bench, args.out)
+    else:
+        plot_data_grid(args.data, args.out, args.per_row, args.rows)
 
 
 if __name__ == "__main__":

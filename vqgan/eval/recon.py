@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqgan.data.dataset import evenly_spaced, read_split
-from vqgan.io.checkpoint import CheckpointError, load_vqgan
-from vqgan.io.cli import load_config_arg
-from vqgan.io.files import write_json_atomic
+from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
+from vqgan.io.checkpoint import load_vqgan
+from vqgan.io.cli import command, load_config_arg
+from vqgan.io.files import prepare_output, write_json_atomic
 from vqgan.io.images import PngFolderWriter, abs_diff, grid, save_png, to_tensor, to_uint8
 from vqgan.io.weights import lpips_state_dict
 from vqgan.models.lpips import LPIPS
@@ -56,9 +56,13 @@ class EvalConfig:
         if unknown:
             raise ValueError(f"unknown vqgan.eval keys {unknown}; known: {sorted(f.name for f in fields(cls))}")
         cfg = cls(**d)
-        if cfg.batch_size < 1 or cfg.grid_images < 0 or not 0 <= cfg.fg_threshold < 255:
+        try:
+            bad = cfg.batch_size < 1 or cfg.grid_images < 0 or not 0 <= cfg.fg_threshold < 255
+        except TypeError:  # a value of the wrong type, e.g. batch_size: "64"
+            bad = True
+        if bad:
             raise ValueError(f"invalid vqgan.eval config {asdict(cfg)}")
-        if cfg.max_images is not None and cfg.max_images < 1:
+        if cfg.max_images is not None and (not isinstance(cfg.max_images, int) or cfg.max_images < 1):
             raise ValueError(f"vqgan.eval.max_images must be >= 1 or null, got {cfg.max_images}")
         return cfg
 
@@ -325,23 +329,22 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     section = load_config_arg(args.config) if args.config else {}
-    try:
-        cfg = EvalConfig.from_dict(section.get("eval", {}) if "eval" in section or "train" in section
-                                   or "model" in section else section)
-    except ValueError as e:
-        raise SystemExit(f"--config: {e}")
+    cfg = EvalConfig.from_dict(section.get("eval", {}) if "eval" in section or "train" in section
+                               or "model" in section else section)
+    for out in (args.out_json, args.out_png, args.recon_dir):
+        if out:
+            prepare_output(out)  # an unwritable output fails now, not after the evaluation
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        model = load_vqgan(args.model, map_location=device).eval()
-    except CheckpointError as e:
-        raise SystemExit(f"error: {e}")
+    model = load_vqgan(args.model, map_location=device).eval()
     val, train = read_split(args.data), read_split(args.train_data)
     if val.resolution != model.cfg.resolution or train.resolution != model.cfg.resolution:
-        raise SystemExit(f"resolution mismatch: model {model.cfg.resolution} px, val {val.resolution} px "
-                         f"({args.data}), train {train.resolution} px ({args.train_data})")
+        raise DatasetError(f"resolution mismatch: model {model.cfg.resolution} px, val {val.resolution} px "
+                           f"({args.data}), train {train.resolution} px ({args.train_data}); evaluate the "
+                           "dataset the model was trained on")
     lpips, why = _load_lpips(args.weights_dir, device)
     writer = PngFolderWriter(args.recon_dir) if args.recon_dir else None
     try:

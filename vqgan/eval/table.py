@@ -20,7 +20,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from vqgan.io.files import write_text_atomic
+from vqgan.io.cli import command
+from vqgan.io.files import prepare_output, write_text_atomic
 
 # column -> (source, key in that source's JSON). Sources: fid = results/fid/{ds}.json (vqgan.eval.fid),
 # recon = results/vqgan/{ds}/recon.json (vqgan.eval.recon), vqgan_train = results/vqgan/{ds}/train.json
@@ -90,7 +91,7 @@ def load_source(paths: Sequence[str | os.PathLike], source: str) -> dict[str, di
             data = json.loads(p.read_text())
         except FileNotFoundError:
             raise TableError(f"{p}: no such file (did the {source} stage run?)") from None
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError (a binary file)
             raise TableError(f"{p}: not valid JSON ({e}); rerun the stage that writes it") from None
         if not isinstance(data, dict):
             raise TableError(f"{p}: expected a JSON object, got {type(data).__name__}")
@@ -155,6 +156,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="vqgan-table",
                                 description="Collect every stage's JSON into results/fid_table.csv.")
@@ -165,12 +167,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="CSV path (results/fid_table.csv)")
     p.add_argument("--markdown", help="also write a Markdown rendering here")
     args = p.parse_args(argv)
-    try:
-        table = build_table(args.fid, args.recon, args.vqgan_train, args.transformer_train)
-    except TableError as e:
-        raise SystemExit(f"vqgan-table: {e}")
+    for out in (args.out, args.markdown):
+        if out:
+            prepare_output(out)  # an unwritable output fails now
+    table = build_table(args.fid, args.recon, args.vqgan_train, args.transformer_train)
     if table.empty:
-        raise SystemExit("vqgan-table: no input files given; pass at least one of --fid/--recon/--vqgan-train/...")
+        raise TableError("no input files given; pass at least one of --fid/--recon/--vqgan-train/...")
     write_text_atomic((args.out), table.to_csv(index=False))
     markdown = to_markdown(table)
     if args.markdown:

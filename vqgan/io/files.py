@@ -112,6 +112,29 @@ def atomic_dir(path: str | os.PathLike, keep_existing: bool = False) -> Iterator
         raise
 
 
+class OutputError(OSError):
+    """An output that cannot be written; the message names the path and what to do."""
+
+
+def prepare_output(path: str | os.PathLike) -> list[Path]:
+    """Call at the start of a job for each output it will write: creates the output's folder, proves it is
+    writable (so an unwritable `--out` fails now, not after an hour of work), and removes the temporaries that a
+    killed earlier writer of `path` left beside it. Returns what was removed."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        removed = clean_stale(path)
+        prefix, suffix = _temp_name(path)
+        fd, probe = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+        raise OutputError(f"cannot write {path} ({reason}); choose another output path or make its folder "
+                          "writable") from None
+    return removed
+
+
 def clean_stale(target: str | os.PathLike) -> list[Path]:
     """Remove the temporary files/folders that a killed writer of `target` left beside it (a SIGKILL runs no
     cleanup). Call it at the start of the job that owns `target`; returns what was removed."""

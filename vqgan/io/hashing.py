@@ -18,6 +18,10 @@ def sha256_file(path: str | os.PathLike, chunk: int = CHUNK) -> str:
     return h.hexdigest()
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def config_hash(*parts: Any, length: int = 12) -> str:
     """A short stable hash of JSON-able parts (config section, data manifest): the name of a run's state folder."""
     blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))

@@ -13,11 +13,14 @@ Why a wrapper and not `accelerate launch` in the rule directly:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import runpy
 import socket
 import subprocess
 import sys
+
+from vqgan.io.cli import command
 
 
 def free_port() -> int:
@@ -55,8 +58,8 @@ def launch_env() -> dict[str, str]:
     return env
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+@command
+def main(argv: list[str]) -> int:
     if "--" in argv:
         split = argv.index("--")
         own, rest = argv[:split], argv[split + 1:]
@@ -73,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     if len(rest) < 2 or rest[0] != "-m":
         p.error("after '--' give the module to run: -- -m vqgan.train.vqgan <its arguments>")
     module, args = rest[1], rest[2:]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:  # a missing parent package
+        found = False
+    if not found:
+        p.error(f"-m {module}: no such module; e.g. -m vqgan.train.vqgan or -m vqgan.train.transformer")
 
     if a.num_processes <= 1:
         # Same interpreter, same process: argv as if the module had been started with python -m.

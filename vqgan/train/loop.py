@@ -14,7 +14,8 @@ accelerate's `by_feature/checkpointing.py`, with three choices of our own:
 
 A checkpoint is written to a hidden temporary folder and renamed into place once every rank has saved, with
 `train_state.json` written last; a folder without that file is never resumed from. A run killed mid-save
-therefore resumes from the previous checkpoint.
+therefore resumes from the previous checkpoint (and the next run removes the hidden folder). A checkpoint that is
+complete but does not load (a corrupt file) is reported by path and the one before it is used.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from vqgan.io.files import atomic_file, to_json, write_text_atomic
+from vqgan.io.checkpoint import CheckpointError
+from vqgan.io.files import TMP_MARK, atomic_file, clean_stale, to_json, write_text_atomic
 
 TRAIN_STATE = "train_state.json"
 METRICS = "metrics.jsonl"
@@ -75,8 +77,9 @@ class LoopConfig:
         if self.lr_schedule not in ("cosine", "constant"):
             out.append(f"lr_schedule={self.lr_schedule!r} (use 'cosine' or 'constant')")
         for k in self.POSITIVE:
-            if int(getattr(self, k)) < 1:
-                out.append(f"{k}={getattr(self, k)} (must be >= 1)")
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                out.append(f"{k}={v!r} (must be an integer >= 1)")
         if len(self.betas) != 2:
             out.append(f"betas={list(self.betas)} (need two numbers)")
         return out
@@ -94,7 +97,10 @@ class LoopConfig:
         unknown = sorted(set(d) - set(known))
         if unknown:
             raise ValueError(f"unknown {cls.SECTION} keys {unknown}; known: {known}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except TypeError as e:  # a value of the wrong type, e.g. betas: 0.9
+            raise ValueError(f"invalid {cls.SECTION} config {d}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -125,7 +131,7 @@ def per_device_batch(global_batch: int, world_size: int, grad_accum: int) -> int
 
 def make_accelerator(run_dir: Path, tc: LoopConfig):
     """The Accelerator of a run (autocast, accumulation, TensorBoard under the state folder) and the per-device
-    batch: -> (accelerator, per_device_batch). Exits with the message when the batch does not divide."""
+    batch: -> (accelerator, per_device_batch). A ValueError when the batch does not divide."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
@@ -135,11 +141,7 @@ def make_accelerator(run_dir: Path, tc: LoopConfig):
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")),
     )
-    try:
-        per_device = per_device_batch(tc.batch_size, accelerator.num_processes, tc.grad_accum)
-    except ValueError as e:
-        raise SystemExit(str(e))
-    return accelerator, per_device
+    return accelerator, per_device_batch(tc.batch_size, accelerator.num_processes, tc.grad_accum)
 
 
 class StepBatchSampler:
@@ -242,9 +244,22 @@ class CheckpointManager:
         ckpts = self.checkpoints()
         return ckpts[-1][1] if ckpts else None
 
+    def _tmp(self, step: int) -> Path:
+        # one name every rank agrees on (so not tempfile's), hidden and marked like every temporary of vqgan.io.files
+        return self.run_dir / f".checkpoint-{step}{TMP_MARK}save"
+
+    def remove_interrupted(self) -> list[Path]:
+        """Delete the hidden folders of saves that a kill interrupted (rank 0, before training starts)."""
+        removed = []
+        if self.run_dir.is_dir():
+            for p in self.run_dir.glob(".checkpoint-*.tmp*"):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+        return removed
+
     def save(self, accelerator, step: int, extra: dict[str, Any] | None = None) -> Path:
         final = self.run_dir / f"checkpoint-{step}"
-        tmp = self.run_dir / f".checkpoint-{step}.tmp"
+        tmp = self._tmp(step)
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)  # debris of a save killed earlier
             tmp.mkdir(parents=True)
@@ -263,13 +278,59 @@ class CheckpointManager:
         return final
 
     def resume(self, accelerator) -> Resume:
-        """Load the newest complete checkpoint into the prepared objects; step 0 when there is none."""
-        path = self.latest()
-        if path is None:
-            return Resume(step=0, path=None, extra={})
-        accelerator.load_state(str(path))
-        state = json.loads((path / TRAIN_STATE).read_text())
-        return Resume(step=int(state["step"]), path=path, extra=state)
+        """Load the newest checkpoint that loads into the prepared objects; step 0 when there is none.
+
+        A checkpoint that fails to load (a file cut short by a full disk, a bad copy) is reported with its path and
+        the one before it is tried. If every one fails, the error names them all: some weights may already have
+        been overwritten by a partial load, so starting afresh must be the user's choice (delete the folder).
+        """
+        if accelerator.is_main_process:
+            for p in self.remove_interrupted():
+                accelerator.print(f"removed {p}: a checkpoint save that was interrupted", flush=True)
+        accelerator.wait_for_everyone()
+        failures = []
+        for step, path in reversed(self.checkpoints()):
+            error = None
+            try:
+                state = json.loads((path / TRAIN_STATE).read_text())
+                step = int(state["step"])
+                accelerator.load_state(str(path))
+            except Exception as e:  # SafetensorError, torch.load's RuntimeError/UnpicklingError, OSError, bad JSON
+                error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if _any_rank(accelerator, error is not None):  # all ranks go on together, or none
+                failures.append(f"{path} ({error or 'failed on another rank'})")
+                accelerator.print(f"warning: cannot load checkpoint {path}: {error or 'failed on another rank'}; "
+                                  "trying the one before it", flush=True)
+                continue
+            return Resume(step=step, path=path, extra=state)
+        if failures:
+            raise CheckpointError(
+                "no checkpoint could be loaded: " + "; ".join(failures) + f". Delete {self.run_dir} to start this "
+                "run afresh (its config and data are unchanged, so nothing else will be lost)")
+        return Resume(step=0, path=None, extra={})
+
+
+def _any_rank(accelerator, flag: bool) -> bool:
+    """True on every rank if `flag` is true on any rank."""
+    if accelerator.num_processes == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return accelerator.reduce(t, reduction="sum").item() > 0
+
+
+_STATE_RE = re.compile(r"^[0-9a-f]{12}$")  # config_hash's names
+
+
+def prune_state_dirs(state_dir: str | os.PathLike, keep: Path) -> list[Path]:
+    """Remove the run folders of `state_dir` other than `keep` (call once `keep`'s run has exported its model):
+    each belongs to a config or dataset that is no longer the current one, and holds optimizer state and
+    checkpoints worth gigabytes at paper scale."""
+    removed = []
+    for p in Path(state_dir).iterdir() if Path(state_dir).is_dir() else []:
+        if p.is_dir() and _STATE_RE.match(p.name) and p.resolve() != Path(keep).resolve():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -315,6 +376,8 @@ class MetricsLog:
     def __init__(self, run_dir: str | os.PathLike, accelerator, resume_step: int = 0):
         self.path = Path(run_dir) / METRICS
         self.accelerator = accelerator
+        if accelerator.is_main_process:
+            clean_stale(self.path)  # the temporary of a rewrite that a kill interrupted
         if accelerator.is_main_process and self.path.exists():
             kept = [r for r in self.rows() if r.get("step", 0) <= resume_step]
             write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))

@@ -38,10 +38,11 @@ import numpy as np
 import torch
 
 from vqgan.data.codes import load_codes
-from vqgan.io.checkpoint import save_model
-from vqgan.io.cli import load_config_arg
-from vqgan.io.files import write_json_atomic
-from vqgan.io.hashing import config_hash
+from vqgan.data.dataset import data_identity
+from vqgan.io.checkpoint import CONFIG, WEIGHTS, save_model
+from vqgan.io.cli import command, load_config_arg
+from vqgan.io.files import prepare_output, write_json_atomic
+from vqgan.io.hashing import config_hash, sha256_bytes
 from vqgan.models.gpt import GPT, GPTConfig
 from vqgan.train.loop import (
     CheckpointManager,
@@ -54,12 +55,14 @@ from vqgan.train.loop import (
     check_finite,
     lr_at,
     make_accelerator,
+    prune_state_dirs,
     seed_everything,
     set_lr,
 )
 
 LN2 = math.log(2.0)
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "dropout", "bias")
+OUTPUTS = ("metrics.csv", "codes.json", "train.json", WEIGHTS, CONFIG)  # what --out receives, in writing order
 
 
 @dataclass
@@ -102,8 +105,11 @@ def split_config(cfg: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
 def gpt_config(model_section: dict[str, Any], codes_meta: dict[str, Any]) -> GPTConfig:
     """The model's shape: width/depth from the config, vocabulary/classes/length from the codes."""
     h, w = codes_meta["grid"]
-    return GPTConfig(vocab_size=int(codes_meta["n_codes"]), n_classes=int(codes_meta["n_classes"]),
-                     block_size=int(h) * int(w), **model_section)
+    try:
+        return GPTConfig(vocab_size=int(codes_meta["n_codes"]), n_classes=int(codes_meta["n_classes"]),
+                         block_size=int(h) * int(w), **model_section)
+    except TypeError as e:  # a value of the wrong type, e.g. n_layer: "2"
+        raise ValueError(f"invalid transformer.model config {model_section}: {e}") from None
 
 
 def corrupt(codes: torch.Tensor, pkeep: float, vocab_size: int, rng: np.random.Generator, rows: slice,
@@ -153,18 +159,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        model_section, tc = split_config(load_config_arg(args.config))
-    except (ValueError, TypeError) as e:
-        raise SystemExit(f"--config: {e}")
-    try:
-        train_codes, train_labels, meta = load_codes(args.codes, "train")
-        val_codes, val_labels, _ = load_codes(args.codes, "val")
-        gcfg = gpt_config(model_section, meta)
-    except (FileNotFoundError, ValueError, TypeError) as e:
-        raise SystemExit(f"error: {e}")
+    model_section, tc = split_config(load_config_arg(args.config))
+    train_codes, train_labels, meta = load_codes(args.codes, "train")
+    val_codes, val_labels, _ = load_codes(args.codes, "val")
+    gcfg = gpt_config(model_section, meta)
     try:
         return train(args, model_section, tc, gcfg, meta, (train_codes, train_labels), (val_codes, val_labels))
     except NonFiniteLossError as e:
@@ -175,10 +176,17 @@ def main(argv: list[str] | None = None) -> int:
 def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_data, val_data) -> int:
     from tqdm.auto import tqdm
 
-    # A changed config or changed codes get a fresh state folder; the same ones resume.
-    run_dir = Path(args.state_dir) / config_hash({"model": model_section, "train": asdict(tc)}, meta)
+    # A changed config or changed codes get a fresh state folder; the same ones resume. The codes themselves are
+    # hashed: a VQGAN retrained with another config writes the same codes.json, and its new codes must not resume
+    # (or, finished, silently re-export) a transformer trained on the old ones.
+    codes_sha = sha256_bytes(np.ascontiguousarray(train_data[0]).tobytes())
+    run_dir = Path(args.state_dir) / config_hash({"model": model_section, "train": asdict(tc)}, data_identity(meta),
+                                                 codes_sha)
     accelerator, per_device = make_accelerator(run_dir, tc)
     world, rank = accelerator.num_processes, accelerator.process_index
+    if accelerator.is_main_process:
+        for name in OUTPUTS:
+            prepare_output(Path(args.out) / name)  # an unwritable --out fails now, not after training
 
     # (N, h, w) -> (N, T): raster order, the order the sampler generates in. Small enough to sit in memory.
     codes = torch.from_numpy(train_data[0].reshape(len(train_data[0]), -1).astype(np.int64))
@@ -301,6 +309,8 @@ def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_dat
         save_model(raw_model, out)
         accelerator.print(f"wrote {out / 'model.safetensors'} after {tc.steps} steps; "
                           f"val {val_loss / LN2:.3f} bits/token", flush=True)
+        for old in prune_state_dirs(args.state_dir, keep=run_dir):
+            accelerator.print(f"removed {old}: the state of an earlier config or codes", flush=True)
     accelerator.end_training()
     return 0
 

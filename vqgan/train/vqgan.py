@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqgan.data.dataset import read_split
-from vqgan.io.checkpoint import save_model
-from vqgan.io.cli import load_config_arg
-from vqgan.io.files import write_json_atomic
+from vqgan.data.dataset import data_identity, read_split
+from vqgan.io.checkpoint import CONFIG, WEIGHTS, save_model
+from vqgan.io.cli import command, load_config_arg
+from vqgan.io.files import prepare_output, write_json_atomic
 from vqgan.io.hashing import config_hash, state_dict_hash
 from vqgan.io.weights import lpips_state_dict
 from vqgan.models.losses import LossConfig, VQLoss
@@ -45,9 +45,12 @@ from vqgan.train.loop import (
     check_finite,
     lr_at,
     make_accelerator,
+    prune_state_dirs,
     seed_everything,
     set_lr,
 )
+
+OUTPUTS = ("metrics.csv", "train.json", WEIGHTS, CONFIG)  # what --out receives, in the order it is written
 
 
 @dataclass
@@ -179,13 +182,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        sections = split_config(load_config_arg(args.config))
-        tc = TrainConfig.from_dict(sections["train"])
-    except ValueError as e:
-        raise SystemExit(f"--config: {e}")
+    sections = split_config(load_config_arg(args.config))
+    tc = TrainConfig.from_dict(sections["train"])
     split = read_split(args.data)
     try:
         return train(args, sections, tc, split)
@@ -197,16 +198,17 @@ def main(argv: list[str] | None = None) -> int:
 def train(args, sections, tc: TrainConfig, split) -> int:
     from tqdm.auto import tqdm
 
-    # A changed config or dataset gets a fresh state folder; the same one resumes.
-    run_dir = Path(args.state_dir) / config_hash(state_key(sections), split.manifest)
+    # A changed config or dataset gets a fresh state folder; the same one resumes (timings and timestamps in the
+    # manifest are left out: re-collecting identical data must not restart training).
+    run_dir = Path(args.state_dir) / config_hash(state_key(sections), data_identity(split.manifest))
     accelerator, per_device = make_accelerator(run_dir, tc)
     world, rank = accelerator.num_processes, accelerator.process_index
+    if accelerator.is_main_process:
+        for name in OUTPUTS:
+            prepare_output(Path(args.out) / name)  # an unwritable --out fails now, not after training
 
     seed_everything(tc.seed)
-    try:
-        model, loss = build_models(sections, split.resolution, args.weights_dir)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}")
+    model, loss = build_models(sections, split.resolution, args.weights_dir)
     model = model.to(memory_format=_memory_format(accelerator.device))
     loss = loss.to(accelerator.device)
     opt_g = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
@@ -329,6 +331,8 @@ def train(args, sections, tc: TrainConfig, split) -> int:
         # model.safetensors + config.json last, each renamed into place: the rule's outputs appear complete or not
         save_model(raw_model, out)
         accelerator.print(f"wrote {out / 'model.safetensors'} after {tc.steps} steps", flush=True)
+        for old in prune_state_dirs(args.state_dir, keep=run_dir):
+            accelerator.print(f"removed {old}: the state of an earlier config or dataset", flush=True)
     accelerator.end_training()
     return 0
 
