@@ -12,6 +12,8 @@ rule download_coco:
         summary="resources/coco/.complete",
     log:
         "logs/download_coco.log",
+    # before the compute jobs: offline, it fails in seconds, not after the Atari collection has run
+    priority: 100
     params:
         coco=json.dumps(config["coco"], sort_keys=True),
         datasets=json.dumps(

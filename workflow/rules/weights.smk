@@ -14,6 +14,8 @@ rule fetch_weights:
         heads=f"{config['weights_dir']}/lpips_vgg_v0.1_heads.safetensors",
     log:
         "logs/fetch_weights.log",
+    # before the compute jobs, like download_coco: missing weights fail the run at once
+    priority: 100
     params:
         weights=config["weights_dir"],
     shell:
