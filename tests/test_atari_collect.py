@@ -92,11 +92,12 @@ def test_crop_is_applied_before_resizing(tmp_path):
     assert np.array_equal(crop_resize(frame, 16, [10, 20, 16, 16]), frame[10:26, 20:36])
 
 
-def test_unknown_game_is_rejected_naming_it_and_valid_ones():
+def test_unknown_game_is_rejected_naming_it_and_valid_ones(capsys):
     with pytest.raises(ConfigError, match=r"'MsPacMann'.*MsPacman"):
         parse_config({**TINY, "games": ["Pong", "MsPacMann"]})
-    with pytest.raises(SystemExit, match="Frogger2000"):
+    with pytest.raises(SystemExit) as exit_:
         main(["--config", json.dumps({**TINY, "games": ["Frogger2000"]}), "--out", "/nonexistent/x"])
+    assert exit_.value.code == 2 and "Frogger2000" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -151,7 +151,7 @@ def test_launch_in_process_reports_a_config_error(capsys, train_split, tmp_path)
 
     rc = launch.main(["--num-processes", "1", "--", "-m", "vqgan.train.vqgan", "--config", '{"bogus": {}}',
                       "--data", str(train_split), "--out", str(tmp_path / "o"), "--state-dir", str(tmp_path / "s")])
-    assert rc == 1 and "unknown vqgan sections ['bogus']" in capsys.readouterr().err
+    assert rc == 2 and "error: unknown vqgan sections ['bogus']" in capsys.readouterr().err
 
 
 def test_checkpoint_without_train_state_is_never_resumed(tmp_path):
