@@ -42,6 +42,7 @@ from vqgan.train.loop import (
     StepBatchSampler,
     Throughput,
     accumulate_means,
+    check_batch,
     check_finite,
     lr_at,
     make_accelerator,
@@ -187,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         raise SystemExit(f"--config: {e}")
     split = read_split(args.data)
+    try:  # before the state folder, the models or any output are touched
+        check_batch(tc, len(split), f"images of {args.data}")
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
     try:
         return train(args, sections, tc, split)
     except NonFiniteLossError as e:
