@@ -19,7 +19,14 @@ POLICIES = ("random", "sticky_random", "go_explore")
 
 
 class ConfigError(ValueError):
-    """A bad dataset entry; the message names the key, the value and what to do."""
+    """A bad dataset entry; the message names the key, the value and what to do.
+
+    `key` (relative to the dataset entry, e.g. 'crop' or 'game_policy.Pong.cell'), `value` and `what` are kept
+    apart too, so that the workflow can name the key by its full config path."""
+
+    def __init__(self, message: str, key: str | None = None, value: Any = None, what: str | None = None):
+        super().__init__(message)
+        self.key, self.value, self.what = key, value, what
 
 
 @dataclass
@@ -64,7 +71,7 @@ class AtariConfig:
 
 
 def _fail(key: str, value: Any, what: str) -> ConfigError:
-    return ConfigError(f"dataset config key {key!r} = {value!r}: {what}")
+    return ConfigError(f"dataset config key {key!r} = {value!r}: {what}", key, value, what)
 
 
 def _check_int(key: str, value: Any, minimum: int) -> int:
@@ -146,7 +153,7 @@ def parse_config(raw: dict[str, Any]) -> AtariConfig:
         try:
             gp[game] = parse_policy({**base, **over})
         except ConfigError as e:
-            raise ConfigError(str(e).replace("'policy.", f"'game_policy.{game}.", 1)) from None
+            raise _fail(e.key.replace("policy.", f"game_policy.{game}.", 1), e.value, e.what) from None
     raw["game_policy"] = gp
     cfg = AtariConfig(**raw)
 
@@ -170,7 +177,7 @@ def parse_config(raw: dict[str, Any]) -> AtariConfig:
         try:
             rom = resolve_game(g)
         except UnknownGame as e:
-            raise ConfigError(str(e)) from None
+            raise ConfigError(str(e), "games", g, str(e).removeprefix("dataset config key 'games': ")) from None
         if rom in roms:  # 'Pong' and 'pong' would be two class labels for one game
             raise _fail("games", cfg.games, f"names {roms[rom]!r} and {g!r}, the same game; list it once")
         roms[rom] = g

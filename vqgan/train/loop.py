@@ -129,6 +129,20 @@ def per_device_batch(global_batch: int, world_size: int, grad_accum: int) -> int
     return global_batch // denom
 
 
+def check_batch(tc: LoopConfig, n: int, what: str, world_size: int | None = None) -> int:
+    """The per-device batch, checked against the data before anything is built, loaded or written (the first
+    thing a run does after reading its data): a ValueError naming the key when the batch does not divide or one
+    micro-batch needs more samples than there are. `world_size` defaults to the launcher's WORLD_SIZE."""
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    per_device = per_device_batch(tc.batch_size, world, tc.grad_accum)
+    if n < per_device * world:
+        raise ValueError(
+            f"{tc.SECTION}.batch_size={tc.batch_size}: one micro-batch (batch_size / grad_accum {tc.grad_accum}) "
+            f"takes {per_device * world} samples, more than the {n} {what}; lower batch_size or use more data"
+        )
+    return per_device
+
+
 def make_accelerator(run_dir: Path, tc: LoopConfig):
     """The Accelerator of a run (autocast, accumulation, TensorBoard under the state folder) and the per-device
     batch: -> (accelerator, per_device_batch). A ValueError when the batch does not divide."""

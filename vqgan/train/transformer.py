@@ -52,6 +52,7 @@ from vqgan.train.loop import (
     StepBatchSampler,
     Throughput,
     accumulate_means,
+    check_batch,
     check_finite,
     lr_at,
     make_accelerator,
@@ -166,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     train_codes, train_labels, meta = load_codes(args.codes, "train")
     val_codes, val_labels, _ = load_codes(args.codes, "val")
     gcfg = gpt_config(model_section, meta)
+    # before the state folder, the model or any output are touched
+    check_batch(tc, len(train_codes), f"train sequences of {args.codes}")
     try:
         return train(args, model_section, tc, gcfg, meta, (train_codes, train_labels), (val_codes, val_labels))
     except NonFiniteLossError as e:

@@ -42,6 +42,7 @@ from vqgan.train.loop import (
     StepBatchSampler,
     Throughput,
     accumulate_means,
+    check_batch,
     check_finite,
     lr_at,
     make_accelerator,
@@ -188,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = split_config(load_config_arg(args.config))
     tc = TrainConfig.from_dict(sections["train"])
     split = read_split(args.data)
+    check_batch(tc, len(split), f"images of {args.data}")  # before the state folder, models or outputs are touched
     try:
         return train(args, sections, tc, split)
     except NonFiniteLossError as e:
