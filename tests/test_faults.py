@@ -100,7 +100,7 @@ def train_vqgan(w, config=None, data=None, out=None):
             "--out", str(out or w.root / "o_vqgan"), "--state-dir", str(w.root / "s_vqgan")]
 
 
-def train_gpt(w, codes=None, config='{"model": {"n_layer": 1, "n_head": 2, "n_embd": 16}}', out=None):
+def train_gpt(w, codes=None, config='{"model": {"n_layer": 1, "n_head": 2, "n_embd": 16}, "train": {"batch_size": 4}}', out=None):
     return ["--config", config, "--codes", str(codes or w.codes), "--out", str(out or w.root / "o_gpt"),
             "--state-dir", str(w.root / "s_gpt")]
 
@@ -143,7 +143,7 @@ BAD_CALLS = [
     ("train-config-type", "vqgan.train.vqgan", lambda w: train_vqgan(w, config=tiny_vqgan_config(steps="many")),
      "steps='many' (must be an integer >= 1)"),
     ("train-batch", "vqgan.train.vqgan", lambda w: train_vqgan(w, config=tiny_vqgan_config(batch_size=64)),
-     "fewer than one global micro-batch"),
+     "takes 64 samples, more than the 8 images"),
     ("train-out", "vqgan.train.vqgan", lambda w: train_vqgan(w, out=w.unwritable), "cannot write"),
     ("gpt-codes-missing", "vqgan.train.transformer", lambda w: train_gpt(w, codes=w.missing), "codes.json is missing"),
     ("gpt-codes-cut", "vqgan.train.transformer", lambda w: train_gpt(w, codes=w.root / "codes_cut"),
