@@ -16,12 +16,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import AtariConfig
-from .dataset import GameFrames
-from .emulator import Emulator
+from .dataset import GameFrames, stream_objects
 from .explore import collect_explore
 from .frames import crop_resize
 from .games import resolve_game
-from .rollout import StickyRandom, env_quotas, run_jobs, stream_rngs
+from .objects import ObjectRecorder
+from .rollout import StickyRandom, emulator_with_objects, env_quotas, record_objects, run_jobs, stream_rngs
 
 
 @dataclass
@@ -35,13 +35,14 @@ class Stream:
     reward: np.ndarray
     episodes_finished: int
     cpu_seconds: float
+    objects: ObjectRecorder | None = None  # every frame's object boxes, for games with RAM rules
 
 
 def play_stream(cfg: AtariConfig, label: int, stream: int, quota: int) -> Stream:
     """Play episodes with the plain policy until `quota` frames are recorded (reset frame, then one per step)."""
     t0 = time.process_time()
     emu_rng, rng = stream_rngs(cfg.seed, label, stream)
-    emu = Emulator(resolve_game(cfg.games[label]), emu_rng, cfg.frame_skip, cfg.sticky_actions)
+    emu, objects = emulator_with_objects(cfg, label, emu_rng)
     pol = cfg.policy_for(label)
     policy = StickyRandom(emu.n_actions, pol.repeat_prob if pol.name == "sticky_random" else 0.0, rng)
     R = cfg.resolution
@@ -58,6 +59,7 @@ def play_stream(cfg: AtariConfig, label: int, stream: int, quota: int) -> Stream
             a = policy()
             action[i], reward[i] = a, emu.step(a)
         images[i] = crop_resize(emu.screen(), R, cfg.crop)
+        record_objects(objects, i, emu)
         episode[i], step[i] = ep, t
         if emu.game_over() or t >= cfg.max_episode_steps:
             finished += int(emu.game_over())
@@ -66,7 +68,7 @@ def play_stream(cfg: AtariConfig, label: int, stream: int, quota: int) -> Stream
             ep, t = ep + 1, 0
         else:
             t += 1
-    return Stream(images, episode, step, action, reward, finished, time.process_time() - t0)
+    return Stream(images, episode, step, action, reward, finished, time.process_time() - t0, objects)
 
 
 def _play(job: tuple[AtariConfig, int, int, int]) -> tuple[int, int, Stream]:
@@ -114,6 +116,7 @@ def collect_plain(cfg: AtariConfig, labels: list[int], workers: int | None = Non
             reward=reward,
             group=episode,
             level=np.full(len(episode), -1, dtype=np.int64),
+            objects=stream_objects([r.objects for r in streams], [len(r.step) for r in streams]),
             stats={
                 "policy": cfg.policy_for(label).name,
                 "rom": resolve_game(game),

@@ -12,6 +12,7 @@ import pandas as pd
 from vqgan.data.dataset import split_writer
 
 from .config import AtariConfig
+from .objects import object_classes
 
 
 class CollectError(RuntimeError):
@@ -31,6 +32,8 @@ class GameFrames:
     group: np.ndarray       # (N,) int64: the unit that may not cross splits (episode, or root lineage)
     level: np.ndarray       # (N,) int64: level/maze where the game exposes it, -1 where unknown
     stats: dict[str, Any] = field(default_factory=dict)  # per-game record for the manifest (coverage, timing)
+    objects: pd.DataFrame | None = None  # object boxes (objects.csv columns), `frame` = row in this game's frames;
+                                         # None for a game without RAM rules (atari_collect/objects.py)
 
 
 def split_by_group(group: np.ndarray, val_fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -57,6 +60,42 @@ def split_by_group(group: np.ndarray, val_fraction: float, rng: np.random.Genera
     return np.isin(group, taken)
 
 
+def stream_objects(recorders: list, counts: list[int]) -> pd.DataFrame | None:
+    """One game's object table from its streams' (or lineages') ObjectRecorders, frames numbered through the game
+    in stream order (as the images are concatenated); None when the game has no RAM rules."""
+    if not recorders or recorders[0] is None or not recorders[0].active:
+        return None
+    offsets = np.cumsum([0, *counts[:-1]])
+    return pd.concat([r.rows(int(o)) for r, o in zip(recorders, offsets)], ignore_index=True)
+
+
+def split_objects(chosen: list[tuple[GameFrames, np.ndarray]]) -> pd.DataFrame | None:
+    """The object rows of one split: each game's rows of the frames in its mask, `frame` renumbered to the split's
+    image rows (games one after another, in collection order, as the images are); None when no game has truth."""
+    parts, start = [], 0
+    for g, m in chosen:
+        if g.objects is not None:
+            row = np.cumsum(m) - 1 + start  # the split row of each of the game's frames (where m is True)
+            frames = g.objects["frame"].to_numpy()
+            part = g.objects[m[frames]].copy()
+            part["frame"] = row[part["frame"].to_numpy()]
+            parts.append(part)
+        start += int(m.sum())
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
+def object_truth_record(games: list[GameFrames]) -> dict[str, Any]:
+    """The manifest's `object_truth`: which games have object boxes in objects.csv, and their classes."""
+    have = [g.game for g in games if g.objects is not None]
+    return {
+        "file": "objects.csv" if have else None,
+        "games": have,
+        "games_without": [g.game for g in games if g.objects is None],
+        "classes": {game: list(object_classes(game)) for game in have},
+        "source": "RAM rules of atari_collect/objects.py, boxes in dataset pixels (after crop and resize)",
+    }
+
+
 def write_dataset(out: str | Path, cfg: AtariConfig, games: list[GameFrames], made_by: str,
                   extra: dict[str, Any] | None = None) -> dict[str, Path]:
     """Split every game by group and write `{out}/train` and `{out}/val` with the shared dataset contract."""
@@ -71,7 +110,8 @@ def write_dataset(out: str | Path, cfg: AtariConfig, games: list[GameFrames], ma
     written = {}
     with split_writer(out) as write:  # both splits or neither
         for split, chosen in parts.items():
-            written[split] = write(split, *_split_arrays(cfg, chosen, split, made_by, extra))
+            written[split] = write(split, *_split_arrays(cfg, chosen, split, made_by, extra),
+                                   objects=split_objects(chosen))
     return written
 
 
@@ -116,6 +156,7 @@ def _split_arrays(cfg: AtariConfig, chosen: list[tuple[GameFrames, np.ndarray]],
         "made_by": made_by,
         "per_game": {g.game: g.stats for g, _ in chosen},
         "created_unix": int(time.time()),
+        "object_truth": object_truth_record([g for g, _ in chosen]),
         **(extra or {}),
     }
     return images, meta, manifest

@@ -43,7 +43,8 @@ class Emulator:
     time, or give each its own state via `clone`/`restore` as Go-Explore does.
     """
 
-    def __init__(self, rom: str, rng: np.random.Generator, frame_skip: int = 4, sticky_actions: float = 0.25):
+    def __init__(self, rom: str, rng: np.random.Generator, frame_skip: int = 4, sticky_actions: float = 0.25,
+                 ram_lag: int = 0):
         self.ale, power_on = _load(rom)
         self.ale.restoreState(power_on)
         self.rng = rng
@@ -53,10 +54,14 @@ class Emulator:
         self.n_actions = len(self.actions)
         self.executed = self.actions[0]  # what the joystick did last frame (NOOP after reset)
         self._screen = np.empty((NATIVE_H, NATIVE_W, 3), dtype=np.uint8)
+        # The RAM the screen was drawn from (see drawn_ram): kept only for games that draw from older RAM.
+        self.ram_lag = ram_lag
+        self._ram_before: list[np.ndarray] = []
 
     def reset(self) -> None:
         self.ale.reset_game()
         self.executed = self.actions[0]
+        self._ram_before.clear()
 
     def step(self, action: int) -> float:
         """One agent step: `frame_skip` frames, each keeping the previous action with probability `sticky`."""
@@ -66,6 +71,8 @@ class Emulator:
         for k in range(self.frame_skip):
             if not keep[k]:
                 self.executed = wanted
+            if self.ram_lag:
+                self._ram_before = (self._ram_before + [self.ale.getRAM()])[-self.ram_lag:]
             reward += self.ale.act(self.executed)
             if self.ale.game_over():
                 break
@@ -85,6 +92,15 @@ class Emulator:
     def ram(self) -> np.ndarray:
         return self.ale.getRAM()
 
+    def drawn_ram(self) -> np.ndarray:
+        """The RAM the current screen was drawn from: read `ram_lag` emulator frames before the last step ended
+        (Ms. Pac-Man draws from the RAM of one frame earlier; atari_collect.objects.ram_lag). Reading the RAM
+        changes nothing in the emulator, so recording it keeps the frames identical. After a reset or restore,
+        before `ram_lag` frames have run, it is the current RAM (the sprites stand still then)."""
+        if self.ram_lag and len(self._ram_before) == self.ram_lag:
+            return self._ram_before[0]
+        return self.ale.getRAM()
+
     def clone(self) -> tuple[object, object, object]:
         """Everything the future depends on: emulator state, the joystick's last action and our RNG state."""
         return self.ale.cloneState(include_rng=True), self.executed, self.rng.bit_generator.state
@@ -93,5 +109,6 @@ class Emulator:
         """Return to a `clone`; with_rng=False keeps drawing fresh sticky-action randomness."""
         state, self.executed, rng_state = snapshot
         self.ale.restoreState(state)
+        self._ram_before.clear()
         if with_rng:
             self.rng.bit_generator.state = rng_state

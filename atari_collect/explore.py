@@ -33,11 +33,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import AtariConfig
-from .dataset import GameFrames
+from .dataset import GameFrames, stream_objects
 from .emulator import Emulator
 from .frames import crop_resize
 from .games import resolve_game
-from .rollout import StickyRandom, env_quotas, run_jobs, stream_rngs
+from .objects import ObjectRecorder
+from .rollout import StickyRandom, emulator_with_objects, env_quotas, record_objects, run_jobs, stream_rngs
 
 # ---------------------------------------------------------------------------------------------------- cells
 
@@ -188,6 +189,7 @@ class Lineage:
     reward: np.ndarray
     level: np.ndarray
     stats: dict[str, Any] = field(default_factory=dict)
+    objects: ObjectRecorder | None = None  # the emitted frames' object boxes, for games with RAM rules
 
 
 def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emit: int,
@@ -197,7 +199,7 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
     rom = resolve_game(cfg.games[label])
     ss = np.random.SeedSequence([cfg.seed, label, lineage, 0x60E])
     rng_emu, rng_pol, rng_sel = (np.random.default_rng(s) for s in ss.spawn(3))
-    emu = Emulator(rom, rng_emu, cfg.frame_skip, cfg.sticky_actions)
+    emu, objects = emulator_with_objects(cfg, label, rng_emu)
     cells = make_cells(rom, p.cell)
     policy = StickyRandom(emu.n_actions, p.repeat_prob, rng_pol)
     archive = Archive(ms_pacman_weights=isinstance(cells, MsPacmanCells))
@@ -244,6 +246,7 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
             # systematic sampling: exactly `emit` of the `budget` steps, evenly spread
             if (done * emit) // budget != ((done + 1) * emit) // budget:
                 images[n_out] = crop_resize(emu.screen(), R, cfg.crop)
+                record_objects(objects, n_out, emu)
                 cols["episode"][n_out], cols["step"][n_out] = episodes, t
                 cols["action"][n_out], cols["level"][n_out] = a, level
                 reward_col[n_out] = r
@@ -295,7 +298,7 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
         "curve": curve,  # [steps, cells, best score, boards cleared, highest maze index]
     }
     return Lineage(images[:n_out], cols["episode"][:n_out], cols["step"][:n_out], cols["action"][:n_out],
-                   reward_col[:n_out], cols["level"][:n_out], stats)
+                   reward_col[:n_out], cols["level"][:n_out], stats, objects)
 
 
 # ---------------------------------------------------------------------------------------------------- a dataset
@@ -355,6 +358,7 @@ def collect_explore(cfg: AtariConfig, labels: list[int], workers: int | None = N
             group=np.concatenate([np.full(len(ln.images), i, dtype=np.int64) for i, ln in enumerate(parts)]),
             level=level,
             stats=stats,
+            objects=stream_objects([ln.objects for ln in parts], [len(ln.step) for ln in parts]),
         )
     return games
 

@@ -1,5 +1,5 @@
 """What both collectors (plain policies in collect.py, Go-Explore in explore.py) share: per-stream seeding, frame
-quotas, the sticky-random policy and the process pool that runs independent streams."""
+quotas, the sticky-random policy, the process pool that runs independent streams, and the per-frame object boxes."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -7,6 +7,11 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+
+from .config import AtariConfig
+from .emulator import Emulator
+from .games import resolve_game
+from .objects import ObjectRecorder, ram_lag
 
 
 def default_workers() -> int:
@@ -65,3 +70,17 @@ def run_jobs(fn, jobs: list, workers: int | None = None, done=None) -> list:
             out.append(r)
             done and done(r)
     return out
+
+
+def emulator_with_objects(cfg: AtariConfig, label: int, rng: np.random.Generator) -> tuple[Emulator, ObjectRecorder]:
+    """The game's emulator, keeping the RAM its screens are drawn from, and the recorder of its object boxes."""
+    rom = resolve_game(cfg.games[label])
+    objects = ObjectRecorder(rom, cfg.crop, cfg.resolution)
+    lag = ram_lag(rom) if objects.active else 0
+    return Emulator(rom, rng, cfg.frame_skip, cfg.sticky_actions, ram_lag=lag), objects
+
+
+def record_objects(objects: ObjectRecorder, frame: int, emu: Emulator) -> None:
+    """Object boxes of the frame on screen now (a no-op for games without RAM rules)."""
+    if objects.active:
+        objects.add(frame, emu.drawn_ram(), emu.screen())

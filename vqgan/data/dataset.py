@@ -6,9 +6,21 @@ A split lives in one folder::
         images.npy     (N, H, W, 3) uint8 RGB, memory-mappable
         meta.csv       one row per image (source id; Atari: game, label, episode, step, action, reward)
         manifest.json  count, resolution, source, seed, how it was made
+        objects.csv    optional (Atari games with object truth): one row per object instance per image
 
 Writers build the folder under a temporary name beside the target and rename it into place, so a killed
 job never leaves a folder that looks complete. Readers check the three files agree before anyone trains on them.
+
+objects.csv: where every game object is in each image, written by the Atari collector for the games with RAM
+rules (atari_collect/objects.py; the manifest's `object_truth` says which games have it). Columns:
+    frame          row of images.npy (int)
+    class          object class within the game, e.g. player, ghost, fruit (Ms. Pac-Man), ball, brick
+    id             instance within its class (ghost 0-3, brick row * 18 + column, else 0)
+    x0, y0, x1, y1 the box in this split's image pixels (after crop and resize), x right, y down, HALF-OPEN and
+                   exact (floats): the object covers [x0, x1) x [y0, y1); floor x0/y0 and ceil x1/y1 to get every
+                   pixel it tints
+    visible        optional, 0/1: the object is drawn on this frame (0: e.g. a flickered-out Ms. Pac-Man ghost)
+A game without object truth has no rows; a split where no game has it has no objects.csv (`Split.objects` None).
 """
 from __future__ import annotations
 
@@ -37,6 +49,9 @@ VOLATILE_KEYS = frozenset({
     "created_unix", "seconds", "cpu_seconds", "wall_seconds_plain_games", "steps_per_second", "root",
 })
 
+OBJECTS = "objects.csv"
+OBJECT_COLUMNS = ("frame", "class", "id", "x0", "y0", "x1", "y1")  # required; `visible` is optional
+
 
 def evenly_spaced(n: int, k: int | None) -> np.ndarray:
     """k indices spread over range(n) (all of them when k is None or >= n). Splits are stored grouped (Atari: by
@@ -59,6 +74,7 @@ class Split:
     images: np.ndarray  # (N, H, W, 3) uint8
     meta: pd.DataFrame
     manifest: dict[str, Any]
+    objects: pd.DataFrame | None = None  # objects.csv, checked; None when the split has none
 
     def __len__(self) -> int:
         return len(self.images)
@@ -107,13 +123,53 @@ def check_split(path: str | os.PathLike, images: np.ndarray, meta: pd.DataFrame)
     return images
 
 
-def fill_split(folder: Path, images: np.ndarray, meta: pd.DataFrame, manifest: dict[str, Any]) -> None:
-    """Write the three files of a split into `folder` (a temporary folder of `atomic_dir`); see write_split."""
+def fill_split(folder: Path, images: np.ndarray, meta: pd.DataFrame, manifest: dict[str, Any],
+               objects: pd.DataFrame | None = None, where: str | os.PathLike | None = None) -> None:
+    """Write the files of a split into `folder` (a temporary folder of `atomic_dir`; errors name `where`, the
+    split's final path); see write_split."""
     images = check_split(folder, images, meta)
     manifest = {**manifest, "count": int(len(images)), "resolution": int(images.shape[1])}
     np.save(folder / IMAGES, images)
     meta.to_csv(folder / META, index=False)
+    if objects is not None:
+        write_objects(folder, objects, len(images), int(images.shape[1]), where=where)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def check_objects(objects: pd.DataFrame, n_images: int, resolution: int, where: str | os.PathLike) -> pd.DataFrame:
+    """The object table if it follows the contract (columns, frames in range, boxes inside the image), else a
+    DatasetError naming `where` (the file) and the first bad row."""
+    missing = [c for c in OBJECT_COLUMNS if c not in objects.columns]
+    if missing:
+        raise DatasetError(f"{where}: missing column(s) {missing}; expected {list(OBJECT_COLUMNS)} (+ visible)")
+    if objects.empty:  # a game with truth but no object on screen in this split
+        return objects
+    numeric = ["frame", "id", "x0", "y0", "x1", "y1"] + (["visible"] if "visible" in objects.columns else [])
+    for c in numeric:
+        if not pd.api.types.is_numeric_dtype(objects[c]) or objects[c].isna().any():
+            raise DatasetError(f"{where}: column {c!r} must hold numbers in every row")
+    if objects["class"].isna().any():
+        raise DatasetError(f"{where}: column 'class' is empty in some rows")
+    f = objects["frame"].to_numpy()
+    x0, y0, x1, y1 = (objects[c].to_numpy(np.float64) for c in ("x0", "y0", "x1", "y1"))
+    eps = 1e-6  # the CSV holds 10 significant digits
+    bad = ((f != np.round(f)) | (f < 0) | (f >= n_images) | (x0 < -eps) | (y0 < -eps) | (x1 > resolution + eps)
+           | (y1 > resolution + eps) | (x0 >= x1) | (y0 >= y1))
+    if "visible" in objects.columns:
+        bad |= ~objects["visible"].isin([0, 1]).to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DatasetError(f"{where}: row {i + 2} {objects.iloc[i].to_dict()} breaks the contract: frame must be a "
+                           f"row of images.npy (0..{n_images - 1}), 0 <= x0 < x1 <= {resolution} and the same for "
+                           "y, visible 0 or 1; rerun the data stage")
+    return objects
+
+
+def write_objects(folder: str | os.PathLike, objects: pd.DataFrame, n_images: int, resolution: int,
+                  where: str | os.PathLike | None = None) -> None:
+    """Check `objects` and write `folder/objects.csv` (errors name `where`, the split's final path)."""
+    check_objects(objects, n_images, resolution, Path(where or folder) / OBJECTS)
+    objects.to_csv(Path(folder) / OBJECTS, index=False, float_format="%.10g")
 
 
 def write_split(
@@ -121,16 +177,17 @@ def write_split(
     images: np.ndarray,
     meta: pd.DataFrame,
     manifest: dict[str, Any],
+    objects: pd.DataFrame | None = None,
 ) -> Path:
     """Atomically write one split folder following the contract.
 
     `manifest` gets `count` and `resolution` filled in from `images`; everything else is the caller's record of
-    how the data was made (source, seed, config).
+    how the data was made (source, seed, config). `objects` (see the module doc) is written as objects.csv.
     """
     path = Path(path)
     images = check_split(path, images, meta)  # before a temporary folder exists
     with atomic_dir(path) as tmp:
-        fill_split(tmp, images, meta, manifest)
+        fill_split(tmp, images, meta, manifest, objects, where=path)
     return path
 
 
@@ -141,10 +198,11 @@ def split_writer(out: str | os.PathLike) -> Iterator[Callable[..., Path]]:
     time); all are renamed into place when the block ends, none if it fails, so a failure on val never leaves a
     new train beside an old or missing val."""
     with contextlib.ExitStack() as stack:  # on exit: the renames, last split first; on an error: the removals
-        def write(split: str, images: np.ndarray, meta: pd.DataFrame, manifest: dict[str, Any]) -> Path:
+        def write(split: str, images: np.ndarray, meta: pd.DataFrame, manifest: dict[str, Any],
+                  objects: pd.DataFrame | None = None) -> Path:
             path = Path(out) / split
             images = check_split(path, images, meta)
-            fill_split(stack.enter_context(atomic_dir(path)), images, meta, manifest)
+            fill_split(stack.enter_context(atomic_dir(path)), images, meta, manifest, objects, where=path)
             return path
 
         yield write
@@ -183,4 +241,11 @@ def read_split(path: str | os.PathLike, mmap: bool = True) -> Split:
             f"{path}: {len(images)} images, {len(meta)} meta rows, manifest count {manifest.get('count')}; "
             "the folder is inconsistent, delete it and rerun the data stage"
         )
-    return Split(path=path, images=images, meta=meta, manifest=manifest)
+    objects = None
+    if (path / OBJECTS).is_file():
+        try:
+            objects = pd.read_csv(path / OBJECTS)
+        except (ValueError, UnicodeDecodeError) as e:  # pandas' EmptyDataError and ParserError are ValueErrors
+            raise DatasetError(f"{path / OBJECTS}: not a readable CSV ({e}); {redo}") from None
+        objects = check_objects(objects, len(images), int(images.shape[1]), path / OBJECTS)
+    return Split(path=path, images=images, meta=meta, manifest=manifest, objects=objects)
