@@ -298,6 +298,49 @@ def draw_boxes(image: np.ndarray, objects: Sequence[GameObject], classes: Sequen
     return img
 
 
+# ---------------------------------------------------------------------------------------------------- from pixels
+# For frames without RAM (external frame sets: saved screens): objects found by their exact palette colours.
+# Measured against the RAM rules on random play (tests/test_object_truth.py): only what is found reliably is found:
+# Ms. Pac-Man's player and (not frightened) ghosts, Pong's paddles and ball, Breakout's paddle, bricks and the ball
+# outside the red top brick row. Not found: frightened ghosts (one colour for four), the fruit, a Breakout ball
+# inside the red brick row. Boxes are the tight box of the colour's pixels (RAM boxes are the sprite's full box).
+PIXEL_RULES: dict[str, tuple[tuple[str, int, RGB, tuple[int, int, int, int]], ...]] = {
+    # (class, id, colour, field (x0, y0, x1, y1) searched)
+    "ms_pacman": (("player", 0, MSPACMAN_PLAYER_RGB, (0, 0, NATIVE_W, 172)),
+                  *(("ghost", g, rgb, (0, 0, NATIVE_W, 172)) for g, rgb in enumerate(MSPACMAN_GHOST_RGB))),
+    "pong": tuple((cls, 0, PONG_RGB[cls], PONG_FIELD) for cls in ("player", "enemy", "ball")),
+    "breakout": (("paddle", 0, BREAKOUT_RED, (8, 189, 152, 193)), ("ball", 0, BREAKOUT_RED, (8, 63, 152, 189))),
+}
+
+
+def has_pixel_rules(game: str) -> bool:
+    """Whether `detect_objects_from_pixels` knows this game."""
+    return _rom(game) in PIXEL_RULES
+
+
+def detect_objects_from_pixels(game: str, screen: np.ndarray, min_pixels: int = 2) -> list[GameObject]:
+    """The objects on a native (210, 160, 3) screen found by colour alone (see PIXEL_RULES), all `visible`."""
+    rom = _rom(game)
+    if rom not in PIXEL_RULES:
+        raise KeyError(f"no pixel rules for Atari game {game!r}; games with pixel rules: {', '.join(PIXEL_RULES)}")
+    if screen.shape != (NATIVE_H, NATIVE_W, 3):
+        raise ValueError(f"screen must be the native ({NATIVE_H}, {NATIVE_W}, 3) RGB frame, got {screen.shape}")
+    objs = []
+    for cls, id, rgb, (fx0, fy0, fx1, fy1) in PIXEL_RULES[rom]:
+        ys, xs = np.nonzero((screen[fy0:fy1, fx0:fx1] == np.asarray(rgb, screen.dtype)).all(-1))
+        if len(ys) >= min_pixels:
+            box = (fx0 + int(xs.min()), fy0 + int(ys.min()), fx0 + int(xs.max()) + 1, fy0 + int(ys.max()) + 1)
+            objs.append(GameObject(cls, id, box, True))
+    if rom == "breakout":  # a brick is there when its 8x6 cell is filled with its row's colour
+        for row, rgb in enumerate(BREAKOUT_ROW_RGB):
+            y0 = 57 + 6 * row
+            cells = (screen[y0:y0 + 6, 8:152] == np.asarray(rgb, screen.dtype)).all(-1).reshape(6, 18, 8)
+            for col in np.flatnonzero(cells.all(axis=(0, 2))):
+                x0 = 8 + 8 * int(col)
+                objs.append(GameObject("brick", 18 * row + int(col), (x0, y0, x0 + 8, y0 + 6), True))
+    return objs
+
+
 # ---------------------------------------------------------------------------------------------------- recording
 # The per-frame object table the collectors write beside a dataset split (vqgan/data/dataset.py: objects.csv).
 RECORD_COLUMNS = ("frame", "class", "id", "x0", "y0", "x1", "y1", "visible")

@@ -1,4 +1,5 @@
-"""Reconstruction evaluation: baselines from the training split only, foreground mask, recon.json / recon.png."""
+"""Reconstruction evaluation: baselines from the training split only, object recall and box errors, recon.json /
+recon.png."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ from vqgan.eval.recon import (
     EvalConfig,
     codebook_summary,
     evaluate,
-    foreground_mask,
     main,
     psnr_per_image,
     train_baselines,
@@ -36,7 +36,7 @@ def sprite_video(n: int, res: int = 16, seed: int = 0, sprite=True) -> np.ndarra
 
 
 class Identity:
-    """A 'model' whose reconstructions are exact: PSNR must hit the cap and foreground error must be 0."""
+    """A 'model' whose reconstructions are exact: PSNR must hit the cap and every object is kept."""
 
     class cfg:
         n_codes = 4
@@ -77,21 +77,74 @@ def test_baselines_come_from_the_training_split_only():
     assert other["psnr_baseline_mean"] != pytest.approx(m["psnr_baseline_mean"])
 
 
-def test_foreground_mask_empty_for_constant_video_and_not_for_moving_sprite():
-    still = sprite_video(20, sprite=False)
-    _, median = train_baselines(still)
-    assert not foreground_mask(still, median, 16).any()
-    moving = sprite_video(20, seed=2)
-    _, median = train_baselines(moving)
-    mask = foreground_mask(moving, median, 16)
-    assert mask.any(axis=(1, 2)).all(), "every frame has a sprite off the median background"
-    assert mask.mean() == pytest.approx(16 / 256, rel=0.3)  # about one 4x4 sprite per 16x16 frame
+class Constant(Identity):
+    """A 'model' that draws one fixed image whatever it is given (e.g. the train median: the background only)."""
 
-    m, _ = evaluate(Identity(), still, still, EvalConfig(grid_images=0))
-    assert m["fg_fraction"] == 0.0 and m["fg_mae"] is None and m["fg_mae_baseline_mean"] is None
-    m, _ = evaluate(Identity(), sprite_video(12, seed=3), moving, EvalConfig(grid_images=0))
-    assert m["fg_fraction"] > 0
-    assert m["fg_mae"] == 0.0 and m["fg_mae_baseline_median"] > 100, "the median background misses the sprite"
+    def __init__(self, image):
+        self.image = torch.from_numpy(np.asarray(image, np.float32) / 127.5 - 1).permute(2, 0, 1)
+
+    def decode_indices(self, idx):
+        return self.image[None].expand(idx.shape[0], -1, -1, -1)
+
+
+def sprite_boxes(frames: np.ndarray, hidden_every: int = 0) -> pd.DataFrame:
+    """objects.csv rows of sprite_video: one 'sprite' per frame, its 4x4 box (found from the pixels); with
+    `hidden_every`, every such frame also gets a 'ghost' marked not drawn at the top left."""
+    rows = []
+    for i, f in enumerate(frames):
+        ys, xs = np.nonzero((f == 240).all(-1))
+        rows.append((i, "sprite", 0, xs.min(), ys.min(), xs.max() + 1.0, ys.max() + 1.0, 1))
+        if hidden_every and i % hidden_every == 0:
+            rows.append((i, "ghost", 0, 0.0, 0.0, 2.5, 2.5, 0))
+    return pd.DataFrame(rows, columns=["frame", "class", "id", "x0", "y0", "x1", "y1", "visible"])
+
+
+def test_object_recall_is_one_for_the_original_and_zero_for_the_background():
+    train, val = sprite_video(40, seed=0), sprite_video(12, seed=3)
+    objects = sprite_boxes(val, hidden_every=3)
+    _, median = train_baselines(train)
+    cfg = EvalConfig(grid_images=0)
+    m, _ = evaluate(Identity(), val, train, cfg, objects=objects)
+    assert m["object_recall"] == 1.0 and m["box_mae"] == 0.0 and m["box_psnr"] == PSNR_CAP_DB
+    assert m["n_objects"] == 12 + 4 and m["n_objects_hidden"] == 4 and m["n_objects_scored"] == 12
+    assert m["object_recall_baseline_median"] == 0.0 and m["object_recall_baseline_mean"] <= 0.1
+    assert m["box_mae_baseline_median"] > 100, "the median background misses every sprite"
+    assert set(m["objects"]["per_object_class"]) == {"all/sprite", "all/ghost"}
+    bg, _ = evaluate(Constant(median), val, train, cfg, objects=objects)
+    assert bg["object_recall"] <= 0.1 and bg["box_mae"] == pytest.approx(bg["box_mae_baseline_median"])
+    # a sprite drawn at half strength is kept (error < 0.5 x the median's), a quarter-strength one is not
+    for strength, kept in ((0.6, 1.0), (0.25, 0.0)):
+        faint = (median + strength * (val.astype(np.float32) - median)).round().astype(np.uint8)
+
+        class Faint(Identity):
+            def decode_indices(self, idx):
+                return torch.from_numpy(faint.astype(np.float32) / 127.5 - 1).permute(0, 3, 1, 2)
+
+        assert evaluate(Faint(), val, train, cfg, objects=objects)[0]["object_recall"] == kept
+    # an object the background already shows (a sprite-sized box on plain background) is not scored
+    still = sprite_boxes(val).assign(x0=0.0, y0=12.0, x1=4.0, y1=16.0)
+    moved = val.copy()
+    moved[:, 12:, :4] = (0, 90, 0)
+    s, _ = evaluate(Identity(), moved, train, cfg, objects=still)
+    assert s["n_objects_indistinct"] == 12 and s["n_objects_scored"] == 0 and s["object_recall"] is None
+    none, _ = evaluate(Identity(), val, train, cfg)
+    assert none["object_recall"] is None and "no object truth" in none["objects"]["unavailable_reason"]
+
+
+def test_object_boxes_are_rounded_outward_and_drawn_on_the_originals():
+    from vqgan.eval.object_scores import outward_boxes
+
+    b = outward_boxes([0.4, 3.0, 15.2], [1.0, 2.999999999, 0.0], [0.6, 4.0, 16.0], [2.0, 4.0000000001, 16.0], 16)
+    assert b.tolist() == [[0, 1, 1, 2], [3, 3, 4, 4], [15, 0, 16, 16]]
+    train, val = sprite_video(40, seed=0), sprite_video(4, seed=3)
+    cfg = EvalConfig(grid_images=4)
+    _, plain = evaluate(Identity(), val, train, cfg)
+    _, boxed = evaluate(Identity(), val, train, cfg, objects=sprite_boxes(val),
+                        object_truth={"classes": {"all": ["sprite"]}})
+    top = slice(0, 2 + 64)  # the originals' row (16 px x4 + padding); reconstructions and differences unchanged
+    changed = (plain != boxed).any(-1)
+    assert changed[top].sum() > 4 * 4 * 16 and not changed[66:].any()
+    assert (boxed[top][changed[top]] == (255, 255, 255)).all(), "outlines in the first class's colour"
 
 
 def test_recon_json_schema_grid_and_recon_pngs(tmp_path):
@@ -114,8 +167,7 @@ def test_recon_json_schema_grid_and_recon_pngs(tmp_path):
     assert rc == 0
     m = json.loads(out_json.read_text())
     numbers = ["psnr", "psnr_baseline_mean", "psnr_baseline_median", "mae", "mae_baseline_mean",
-               "mae_baseline_median", "fg_fraction", "fg_mae", "fg_mae_baseline_mean", "fg_mae_baseline_median",
-               "fg_psnr", "fg_psnr_baseline_mean", "fg_psnr_baseline_median", "usage", "perplexity"]
+               "mae_baseline_median", "usage", "perplexity"]
     for k in numbers:
         assert isinstance(m[k], float) and np.isfinite(m[k]), f"recon.json[{k!r}] = {m.get(k)!r}"
     assert m["n_images"] == n_val and m["n_train_images"] == 24 and m["n_codes"] == 16
@@ -146,6 +198,6 @@ def test_baselines_are_per_class_when_labels_are_given():
     assert per["psnr_baseline_mean"] > pooled["psnr_baseline_mean"] + 10
     assert set(per["per_class"]) == {"a", "b"}
     assert per["per_class"]["a"]["n_images"] == 3 and per["per_class"]["b"]["n_images"] == 3
-    # the sprite is the only foreground against each class's own median screen
-    assert per["fg_fraction"] == pytest.approx(4 / 64)
+    assert per["per_class"]["a"]["psnr_gain_over_mean_db"] == pytest.approx(
+        per["per_class"]["a"]["psnr"] - per["per_class"]["a"]["psnr_baseline_mean"])
     assert "per class" in per["baselines"] and "per_class" not in pooled

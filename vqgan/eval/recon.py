@@ -7,21 +7,24 @@
 Why baselines: a VQGAN whose codebook collapsed reproduces the static background of an Atari game and scores a
 PSNR that looks fine on its own (27.5 dB) but is *below* a constant image. So next to PSNR we report:
 - the per-pixel **mean** and **median** image of the *training* split as predictions for every val image (computed
-  from train only, so no val information leaks into the baseline);
-- a **foreground** error: MAE/PSNR only on pixels that differ from the train median (the background) by more than
-  `fg_threshold` on any channel -- the sprites in Atari, most of the image in COCO -- with the fraction of such
-  pixels, for the model and for both baselines;
+  from train only, so no val information leaks into the baseline), per game on multi-game Atari data;
+- **object scores** where the data has object truth (objects.csv, Atari games with RAM rules): object recall, the
+  share of object instances the reconstruction keeps, and box MAE/PSNR, beside the mean and median images'
+  (vqgan/eval/object_scores.py has the definition); per game and per object class, with N;
 - codebook usage (fraction of codes used) and perplexity over the *whole* val split;
-- LPIPS (VGG) when its weights are available, else null with the reason.
+- LPIPS (VGG) when its weights are available, else null with the reason;
+- the same for each external evaluation set (`--eval-sets`: folders of raw ALE screens, vqgan/eval/eval_sets.py),
+  with objects found from pixels where the game has pixel rules.
 
 All pixel metrics are on uint8 0-255 values: the reconstruction is rounded to uint8 first (what a PNG holds).
-PSNR is per image then averaged over images (capped at 100 dB so one perfect image cannot make the mean infinite);
-foreground metrics pool all foreground pixels of the evaluated images (a single image can have none).
+PSNR is per image then averaged over images (capped at 100 dB so one perfect image cannot make the mean infinite).
+recon.png shows originals (object boxes outlined, dotted where the object is not drawn), reconstructions and
+|difference|.
 """
 from __future__ import annotations
 
 import argparse
-import math
+import dataclasses
 import sys
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -30,14 +33,14 @@ import numpy as np
 import torch
 
 from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
+from vqgan.eval.eval_sets import EvalSet, check_eval_sets, native_screens, pixel_objects, preprocess
+from vqgan.eval.object_scores import PSNR_CAP_DB, ObjectScores, definition, empty_summary, outward_boxes
 from vqgan.io.checkpoint import load_vqgan
-from vqgan.io.cli import command, load_config_arg
+from vqgan.io.cli import UsageError, command, load_config_arg
 from vqgan.io.files import prepare_output, write_json_atomic
 from vqgan.io.images import PngFolderWriter, abs_diff, grid, save_png, to_tensor, to_uint8
 from vqgan.io.weights import lpips_state_dict
 from vqgan.models.lpips import LPIPS
-
-PSNR_CAP_DB = 100.0
 
 
 @dataclass
@@ -47,7 +50,8 @@ class EvalConfig:
     max_images: int | None = 1000   # evenly spaced val subset; None: every val image
     grid_images: int = 8            # columns of recon.png
     batch_size: int = 64
-    fg_threshold: int = 16          # 0-255: a pixel is foreground if any channel differs this much from the median
+    object_min_error: float = 10.0  # 0-255 box MAE of the median image below which an object is not scored
+    object_keep_ratio: float = 0.5  # kept: the reconstruction's box MAE < this x the median image's
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "EvalConfig":
@@ -57,7 +61,8 @@ class EvalConfig:
             raise ValueError(f"unknown vqgan.eval keys {unknown}; known: {sorted(f.name for f in fields(cls))}")
         cfg = cls(**d)
         try:
-            bad = cfg.batch_size < 1 or cfg.grid_images < 0 or not 0 <= cfg.fg_threshold < 255
+            bad = (cfg.batch_size < 1 or cfg.grid_images < 0 or not 0 < cfg.object_min_error < 255
+                   or not 0 < cfg.object_keep_ratio <= 1)
         except TypeError:  # a value of the wrong type, e.g. batch_size: "64"
             bad = True
         if bad:
@@ -109,43 +114,23 @@ def psnr_per_image(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.minimum(psnr, PSNR_CAP_DB)
 
 
-def foreground_mask(images: np.ndarray, background: np.ndarray, threshold: float) -> np.ndarray:
-    """(N, H, W) bool: pixels where any channel differs from the background by more than `threshold` (0-255)."""
-    diff = np.abs(np.asarray(images, np.float32) - np.asarray(background, np.float32))
-    return (diff > threshold).any(axis=-1)
-
-
 class ErrorSums:
-    """Running sums for whole-image PSNR (per image), MAE, and pooled foreground MAE/MSE of one predictor."""
+    """Running sums for whole-image PSNR (per image) and MAE of one predictor."""
 
     def __init__(self):
         self.psnr: list[np.ndarray] = []
         self.abs_sum = 0.0
         self.count = 0
-        self.fg_abs = 0.0
-        self.fg_sq = 0.0
-        self.fg_count = 0
 
-    def add(self, pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> None:
+    def add(self, pred: np.ndarray, target: np.ndarray) -> None:
         pred = np.broadcast_to(np.asarray(pred, np.float64), target.shape)
         d = pred - target.astype(np.float64)
         self.psnr.append(psnr_per_image(pred, target))
         self.abs_sum += float(np.abs(d).sum())
         self.count += d.size
-        fg = d[mask]  # (pixels, 3)
-        self.fg_abs += float(np.abs(fg).sum())
-        self.fg_sq += float((fg**2).sum())
-        self.fg_count += fg.size
 
-    def summary(self) -> dict[str, float | None]:
-        fg_mse = self.fg_sq / self.fg_count if self.fg_count else None
-        return {
-            "psnr": float(np.concatenate(self.psnr).mean()),
-            "mae": self.abs_sum / self.count,
-            "fg_mae": self.fg_abs / self.fg_count if self.fg_count else None,
-            "fg_psnr": (min(PSNR_CAP_DB, 10 * math.log10(255.0**2 / fg_mse)) if fg_mse else
-                        (PSNR_CAP_DB if fg_mse == 0.0 else None)),
-        }
+    def summary(self) -> dict[str, float]:
+        return {"psnr": float(np.concatenate(self.psnr).mean()), "mae": self.abs_sum / self.count}
 
 
 def codebook_summary(counts: np.ndarray) -> dict[str, float]:
@@ -173,27 +158,77 @@ def _load_lpips(weights_dir: str | None, device):
         return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
 
 
+class ObjectIndex:
+    """The object rows of the images being evaluated, ready for per-batch lookups: sorted by image, boxes rounded
+    outward, each with its group (the game) and visible flag (1 where the table has no such column)."""
+
+    def __init__(self, objects, labels: np.ndarray, class_names: list[str], resolution: int):
+        order = np.argsort(objects["frame"].to_numpy(), kind="stable")
+        o = objects.iloc[order]
+        self.frame = o["frame"].to_numpy(np.int64)
+        self.cls = o["class"].astype(str).to_numpy(object)
+        self.id = o["id"].to_numpy(np.int64)
+        self.visible = o["visible"].to_numpy().astype(bool) if "visible" in o.columns else np.ones(len(o), bool)
+        self.float_boxes = o[["x0", "y0", "x1", "y1"]].to_numpy(np.float64)
+        self.boxes = outward_boxes(*self.float_boxes.T, resolution)
+        self.group = np.asarray(class_names, object)[np.asarray(labels)[self.frame]] if len(o) else \
+            np.zeros(0, object)
+
+    def rows(self, images: np.ndarray) -> np.ndarray:
+        """Indices of the rows on the images `images` (sorted val indices)."""
+        lo, hi = np.searchsorted(self.frame, images[0]), np.searchsorted(self.frame, images[-1], side="right")
+        r = np.arange(lo, hi)
+        return r[np.isin(self.frame[r], images)]
+
+
+def boxed_originals(originals: np.ndarray, frames: list[int], index: ObjectIndex | None,
+                    classes: dict[str, list[str]], scale: int) -> np.ndarray:
+    """The originals upscaled by `scale` (nearest) with their object boxes outlined (atari_collect.objects.draw_boxes:
+    one colour per object class, dotted where the object is not drawn on that frame)."""
+    big = originals.repeat(scale, axis=1).repeat(scale, axis=2)
+    if index is None:
+        return big
+    from atari_collect.objects import GameObject, draw_boxes
+
+    out = []
+    for img, f in zip(big, frames):
+        r = index.rows(np.array([f]))
+        objs = [GameObject(index.cls[i], int(index.id[i]), tuple(index.float_boxes[i] * scale), bool(index.visible[i]))
+                for i in r]
+        game = index.group[r[0]] if len(r) else None
+        names = list(classes.get(game) or dict.fromkeys(index.cls[r]))
+        out.append(draw_boxes(img, objs, names) if objs else img)
+    return np.stack(out)
+
+
 def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalConfig, device="cpu",
              lpips=None, recon_writer: PngFolderWriter | None = None, val_labels: np.ndarray | None = None,
-             train_labels: np.ndarray | None = None,
-             class_names: list[str] | None = None) -> tuple[dict[str, Any], np.ndarray]:
+             train_labels: np.ndarray | None = None, class_names: list[str] | None = None,
+             objects=None, object_truth: dict[str, Any] | None = None,
+             baselines: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict[str, Any], np.ndarray]:
     """Reconstruct val images; return (metrics dict, recon grid image). `model` is a VQGAN in eval mode.
 
-    With labels (the Atari game), baselines are per class and `per_class` breaks every number down by class."""
+    With labels (the Atari game), baselines are per class and `per_class` breaks every number down by class.
+    With `objects` (objects.csv rows, `frame` = index into val_images) the object scores are added, overall, per
+    class and per object class; `object_truth` (the manifest's record) says which classes (games) have truth.
+    `baselines` = (mean, median) images per class, (C, H, W, 3), when already computed (external frame sets)."""
     class_names = list(class_names or ["all"])
     n_classes = len(class_names) if val_labels is not None and train_labels is not None else 1
-    mean_imgs, median_imgs = class_baselines(train_images, train_labels, n_classes)
+    mean_imgs, median_imgs = baselines if baselines is not None else class_baselines(train_images, train_labels,
+                                                                                     n_classes)
     val_labels = np.zeros(len(val_images), np.int64) if n_classes == 1 else np.asarray(val_labels, np.int64)
+    resolution = int(val_images.shape[1])
     n_codes = int(model.cfg.n_codes)
     eval_idx = evenly_spaced(len(val_images), cfg.max_images)
     eval_set = set(eval_idx.tolist())
     grid_idx = set(evenly_spaced(len(eval_idx), cfg.grid_images).tolist()) if cfg.grid_images else set()
     sums = {"model": ErrorSums(), "baseline_mean": ErrorSums(), "baseline_median": ErrorSums()}
     per_class = [{k: ErrorSums() for k in sums} for _ in range(n_classes)]
+    index = ObjectIndex(objects, val_labels, class_names, resolution) if objects is not None else None
+    scores = ObjectScores(cfg.object_min_error, cfg.object_keep_ratio)
     lp_sums = {"model": 0.0, "baseline_mean": 0.0}
     counts = np.zeros(n_codes, np.int64)
-    fg_pixels, all_pixels = 0, 0
-    originals, recons = [], []
+    originals, recons, grid_frames = [], [], []
     seen = 0  # position within eval_idx (the grid picks among evaluated images)
 
     # Usage is over the WHOLE val split; reconstructions and pixel metrics over the evaluated subset.
@@ -212,14 +247,17 @@ def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalC
             rec = to_uint8(model.decode_indices(idx[torch.from_numpy(keep).to(idx.device)]))
             cls = val_labels[b0 : b0 + len(batch)][keep]
             mean_b, median_b = mean_imgs[cls], median_imgs[cls]  # each image's own class baseline
-            mask = foreground_mask(target, median_b, cfg.fg_threshold)
-            fg_pixels += int(mask.sum())
-            all_pixels += mask.size
-            for name, pred in (("model", rec), ("baseline_mean", mean_b), ("baseline_median", median_b)):
-                sums[name].add(pred, target, mask)
+            preds = {"model": rec, "baseline_mean": mean_b, "baseline_median": median_b}
+            for name, pred in preds.items():
+                sums[name].add(pred, target)
                 for c in np.unique(cls):
                     rows = cls == c
-                    per_class[c][name].add(pred[rows], target[rows], mask[rows])
+                    per_class[c][name].add(pred[rows], target[rows])
+            if index is not None:
+                images = b0 + np.flatnonzero(keep)  # val indices of `target`, sorted
+                r = index.rows(images)
+                scores.add(preds, target, np.searchsorted(images, index.frame[r]), index.boxes[r], index.group[r],
+                           index.cls[r], index.visible[r])
             if lpips is not None:
                 xt = to_tensor(target, device)
                 mean_t = to_tensor(np.clip(mean_b.round(), 0, 255).astype(np.uint8), device)
@@ -227,19 +265,24 @@ def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalC
                 lp_sums["baseline_mean"] += float(lpips(mean_t, xt).sum())
             if recon_writer is not None:
                 recon_writer.add(rec)
-            for j in range(len(target)):
+            for j, v in enumerate(b0 + np.flatnonzero(keep)):
                 if seen + j in grid_idx:
                     originals.append(target[j])
                     recons.append(rec[j])
+                    grid_frames.append(int(v))
             seen += len(target)
 
     n = len(eval_idx)
     s = {k: v.summary() for k, v in sums.items()}
+    truth = object_truth or {}
+    truth_groups = set(truth.get("games", class_names if index is not None else []))
+    why = None if index is not None else (truth.get("why") or "no object truth: the split has no objects.csv "
+                                          "(COCO, or no Atari game with RAM rules in atari_collect/objects.py)")
     metrics: dict[str, Any] = {
         "n_images": int(n),
         "n_val_images": int(len(val_images)),
         "n_train_images": int(len(train_images)),
-        "resolution": int(val_images.shape[1]),
+        "resolution": resolution,
         "psnr": s["model"]["psnr"],
         "psnr_baseline_mean": s["baseline_mean"]["psnr"],
         "psnr_baseline_median": s["baseline_median"]["psnr"],
@@ -247,14 +290,15 @@ def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalC
         "mae": s["model"]["mae"],
         "mae_baseline_mean": s["baseline_mean"]["mae"],
         "mae_baseline_median": s["baseline_median"]["mae"],
-        "fg_threshold": cfg.fg_threshold,
-        "fg_fraction": fg_pixels / all_pixels if all_pixels else 0.0,
-        "fg_mae": s["model"]["fg_mae"],
-        "fg_mae_baseline_mean": s["baseline_mean"]["fg_mae"],
-        "fg_mae_baseline_median": s["baseline_median"]["fg_mae"],
-        "fg_psnr": s["model"]["fg_psnr"],
-        "fg_psnr_baseline_mean": s["baseline_mean"]["fg_psnr"],
-        "fg_psnr_baseline_median": s["baseline_median"]["fg_psnr"],
+        **(scores.summary() if index is not None else empty_summary()),
+        "objects": {
+            "available": index is not None,
+            "unavailable_reason": why,
+            "definition": definition(cfg.object_min_error, cfg.object_keep_ratio),
+            "games": sorted(truth_groups),
+            "per_object_class": {f"{g}/{c}": scores.summary(g, c) for g in scores.groups()
+                                 for c in scores.classes(g)} if index is not None else {},
+        },
         **codebook_summary(counts),
         "codebook_images": int(len(val_images)),
         "lpips": lp_sums["model"] / n if lpips is not None else None,
@@ -268,19 +312,25 @@ def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalC
             if not per_class[c]["model"].psnr:
                 continue
             pc = {k: v.summary() for k, v in per_class[c].items()}
+            has = index is not None and name in truth_groups
             metrics["per_class"][name] = {
                 "n_images": int(sum(len(a) for a in per_class[c]["model"].psnr)),
                 "psnr": pc["model"]["psnr"],
                 "psnr_baseline_mean": pc["baseline_mean"]["psnr"],
                 "psnr_baseline_median": pc["baseline_median"]["psnr"],
                 "psnr_gain_over_mean_db": pc["model"]["psnr"] - pc["baseline_mean"]["psnr"],
-                "fg_mae": pc["model"]["fg_mae"],
-                "fg_mae_baseline_median": pc["baseline_median"]["fg_mae"],
+                "mae": pc["model"]["mae"],
+                "mae_baseline_mean": pc["baseline_mean"]["mae"],
+                **(scores.summary(name) if has else empty_summary()),
+                "objects_unavailable_reason": None if has else (why or f"no object truth for {name}"),
+                "per_object_class": {o: scores.summary(name, o) for o in scores.classes(name)} if has else {},
             }
     if originals:
         o, r = np.stack(originals), np.stack(recons)
         scale = max(1, min(4, 128 // o.shape[1]))
-        picture = grid([o, r, abs_diff(o, r)], scale=scale)
+        big = [boxed_originals(o, grid_frames, index, truth.get("classes", {}), scale),
+               *(a.repeat(scale, axis=1).repeat(scale, axis=2) for a in (r, abs_diff(o, r)))]
+        picture = grid(big)
     else:
         picture = np.zeros((8, 8, 3), np.uint8)
     return metrics, picture
@@ -288,35 +338,54 @@ def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalC
 
 def format_report(m: dict[str, Any]) -> str:
     """Every number next to its baselines and N."""
-    def f(v, unit=""):
-        return "n/a" if v is None else f"{v:.3f}{unit}"
+    def f(v, fmt=".3f"):
+        return "n/a" if v is None else format(v, fmt)
+
+    def objects_line(c: dict[str, Any]) -> str:
+        if c.get("n_objects") is None:
+            return "objects: n/a"
+        return (f"objects: recall {f(c['object_recall'])} (mean image {f(c['object_recall_baseline_mean'])}) over "
+                f"{c['n_objects_scored']} scored of {c['n_objects']} (hidden {c['n_objects_hidden']}, indistinct "
+                f"{c['n_objects_indistinct']}); box PSNR {f(c['box_psnr'], '.2f')} vs mean "
+                f"{f(c['box_psnr_baseline_mean'], '.2f')} / median {f(c['box_psnr_baseline_median'], '.2f')}")
 
     lines = [
         f"N = {m['n_images']} val images ({m['resolution']} px); baselines from {m['n_train_images']} train images",
         f"{'metric':<22}{'model':>12}{'mean image':>14}{'median image':>14}",
         f"{'PSNR (dB)':<22}{f(m['psnr']):>12}{f(m['psnr_baseline_mean']):>14}{f(m['psnr_baseline_median']):>14}",
         f"{'MAE (0-255)':<22}{f(m['mae']):>12}{f(m['mae_baseline_mean']):>14}{f(m['mae_baseline_median']):>14}",
-        f"{'fg MAE (0-255)':<22}{f(m['fg_mae']):>12}{f(m['fg_mae_baseline_mean']):>14}"
-        f"{f(m['fg_mae_baseline_median']):>14}",
-        f"{'fg PSNR (dB)':<22}{f(m['fg_psnr']):>12}{f(m['fg_psnr_baseline_mean']):>14}"
-        f"{f(m['fg_psnr_baseline_median']):>14}",
+        f"{'object recall':<22}{f(m['object_recall']):>12}{f(m['object_recall_baseline_mean']):>14}"
+        f"{f(m['object_recall_baseline_median']):>14}",
+        f"{'box MAE (0-255)':<22}{f(m['box_mae']):>12}{f(m['box_mae_baseline_mean']):>14}"
+        f"{f(m['box_mae_baseline_median']):>14}",
+        f"{'box PSNR (dB)':<22}{f(m['box_psnr']):>12}{f(m['box_psnr_baseline_mean']):>14}"
+        f"{f(m['box_psnr_baseline_median']):>14}",
         f"{'LPIPS':<22}{f(m['lpips']):>12}{f(m['lpips_baseline_mean']):>14}{'':>14}"
         + ("" if m["lpips"] is not None else f"  ({m.get('lpips_unavailable')})"),
-        f"foreground: {100 * m['fg_fraction']:.2f}% of pixels (threshold {m['fg_threshold']}/255 vs train median)",
+        (f"objects: {m['n_objects_scored']} scored of {m['n_objects']} instances (hidden {m['n_objects_hidden']}, "
+         f"indistinct {m['n_objects_indistinct']})" if m["n_objects"] is not None
+         else f"objects: {m['objects']['unavailable_reason']}"),
         f"codebook over all {m['codebook_images']} val images: {m['codes_used']}/{m['n_codes']} codes used "
         f"({100 * m['usage']:.1f}%), perplexity {m['perplexity']:.1f}",
         f"baselines: {m['baselines']}",
     ]
     for name, c in m.get("per_class", {}).items():
+        below = "  BELOW ITS MEAN IMAGE" if c["psnr_gain_over_mean_db"] < 0 else ""
         lines.append(f"  {name:<14} N={c['n_images']:<5} PSNR {f(c['psnr'])} vs mean image {f(c['psnr_baseline_mean'])}"
-                     f" ({c['psnr_gain_over_mean_db']:+.2f} dB), fg MAE {f(c['fg_mae'])} vs median image "
-                     f"{f(c['fg_mae_baseline_median'])}")
+                     f" ({c['psnr_gain_over_mean_db']:+.2f} dB){below}; {objects_line(c)}")
+        for cls, o in c.get("per_object_class", {}).items():
+            lines.append(f"    {cls:<12} {objects_line(o)}")
+    for name, e in m.get("eval_sets", {}).items():
+        lines.append(f"  eval set {name} ({e['game']}, {e['path']}): N={e['n_images']} PSNR {f(e['psnr'])} vs mean "
+                     f"image {f(e['psnr_baseline_mean'])} ({e['psnr_gain_over_mean_db']:+.2f} dB), LPIPS "
+                     f"{f(e['lpips'])}; " + (objects_line(e) if e["n_objects"] is not None else
+                                              f"objects: {e['objects']['unavailable_reason']}"))
     return "\n".join(lines)
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m vqgan.eval.recon",
-                                description="Reconstruct the val split; PSNR/foreground/usage next to baselines.")
+                                description="Reconstruct the val split; PSNR/object recall/usage next to baselines.")
     p.add_argument("--model", required=True, help="folder with model.safetensors + config.json (results/vqgan/{ds})")
     p.add_argument("--data", required=True, help="val split folder (results/data/{ds}/val)")
     p.add_argument("--train-data", required=True, help="train split folder: the baselines come from it only")
@@ -326,7 +395,30 @@ def parse_args(argv):
     p.add_argument("--config", default=None, help="the vqgan section (its `eval` keys are used) or the eval keys")
     p.add_argument("--weights-dir", default="resources/weights", help="LPIPS/VGG16 weights (LPIPS skipped if absent)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--eval-sets", default=None, metavar="JSON",
+                   help="extra frame sets, {name: {path: folder of raw 210x160 ALE screens (PNG), game: GAME}} "
+                        "(datasets.<ds>.eval_sets; see vqgan/eval/eval_sets.py)")
     return p.parse_args(argv)
+
+
+def evaluate_eval_sets(model, sets: list[EvalSet], train, baselines, cfg: EvalConfig, device, lpips) -> dict:
+    """Every external frame set preprocessed like the collector's frames and scored like the val split, against
+    the training mean/median image of its game; objects from the pixels where the game has pixel rules."""
+    crop = (train.manifest.get("config") or {}).get("crop")
+    out = {}
+    for es in sets:
+        screens = native_screens(es.files)
+        images = preprocess(screens, train.resolution, crop)
+        objects, why = pixel_objects(es.game, screens, train.resolution, crop)
+        truth = {"games": [es.game], "why": why}
+        m, _ = evaluate(model, images, train.images, dataclasses.replace(cfg, grid_images=0), device, lpips,
+                        val_labels=np.full(len(images), es.label), train_labels=train.labels,
+                        class_names=train.class_names, objects=objects, object_truth=truth, baselines=baselines)
+        m.pop("per_class", None)  # one game: the set's own numbers say it all
+        m["objects"]["source"] = "pixels (atari_collect.objects.detect_objects_from_pixels)" if why is None else None
+        out[es.name] = {"path": str(es.path), "game": es.game, **m,
+                        "rfid": None, "rfid_unavailable": "not computed for external sets (PSNR, LPIPS, objects are)"}
+    return out
 
 
 @command
@@ -345,17 +437,28 @@ def main(argv: list[str] | None = None) -> int:
         raise DatasetError(f"resolution mismatch: model {model.cfg.resolution} px, val {val.resolution} px "
                            f"({args.data}), train {train.resolution} px ({args.train_data}); evaluate the "
                            "dataset the model was trained on")
+    sets, raw_sets = [], load_config_arg(args.eval_sets) if args.eval_sets else {}
+    if raw_sets:
+        if train.manifest.get("source") != "ale":
+            raise UsageError(f"--eval-sets: {args.train_data} is not an Atari dataset; eval sets are raw ALE screens")
+        sets = check_eval_sets(raw_sets, train.class_names, "--eval-sets")  # EvalSetError: one line, exit 2
     lpips, why = _load_lpips(args.weights_dir, device)
     writer = PngFolderWriter(args.recon_dir) if args.recon_dir else None
+    n_classes = len(train.class_names)
+    baselines = class_baselines(train.images, train.labels, n_classes)
     try:
         metrics, picture = evaluate(model, val.images, train.images, cfg, device, lpips, writer,
-                                    val_labels=val.labels, train_labels=train.labels, class_names=val.class_names)
+                                    val_labels=val.labels, train_labels=train.labels, class_names=val.class_names,
+                                    objects=val.objects, object_truth=val.manifest.get("object_truth"),
+                                    baselines=baselines)
         if writer is not None:
             writer.close()
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
+    if sets:
+        metrics["eval_sets"] = evaluate_eval_sets(model, sets, train, baselines, cfg, device, lpips)
     metrics.update(model=str(args.model), data=str(args.data), train_data=str(args.train_data),
                    eval_config=asdict(cfg), recon_dir=str(args.recon_dir) if args.recon_dir else None,
                    lpips_unavailable=why)
