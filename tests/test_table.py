@@ -1,4 +1,5 @@
-"""The results table: schema, values carried from each stage's JSON, NaN for what is missing, clear errors."""
+"""The results table: schema, values carried from each stage's JSON, per-game and eval-set rows, NaN for what is
+missing, clear errors."""
 from __future__ import annotations
 
 import json
@@ -10,8 +11,10 @@ import pytest
 from vqgan.eval import table as T
 
 REQUIRED = [
-    "dataset", "kind", "resolution", "n_real", "n_gen", "fid", "kid_mean", "kid_std", "rfid", "psnr",
-    "psnr_mean_baseline", "psnr_median_baseline", "fg_error", "fg_error_baseline", "codebook_usage", "perplexity",
+    "dataset", "subset", "kind", "resolution", "n_real", "n_gen", "fid", "kid_mean", "kid_std", "rfid", "psnr",
+    "psnr_mean_baseline", "psnr_median_baseline", "psnr_gain_over_mean_db", "object_recall",
+    "object_recall_mean_baseline", "n_objects_scored", "box_psnr", "box_psnr_mean_baseline",
+    "box_psnr_median_baseline", "box_mae", "box_mae_median_baseline", "notes", "codebook_usage", "perplexity",
     "vqgan_steps", "transformer_steps", "val_bits_per_token", "inception_sha256",
 ]
 
@@ -35,12 +38,23 @@ def results(tmp_path):
         "recon": [
             _write(r / "vqgan" / "coco64" / "recon.json", {
                 "n_images": 500, "resolution": 64, "psnr": 22.4, "psnr_baseline_mean": 12.1,
-                "psnr_baseline_median": 11.8, "fg_mae": 9.5, "fg_mae_baseline_median": 51.0, "fg_fraction": 0.93,
+                "psnr_baseline_median": 11.8, "psnr_gain_over_mean_db": 10.3, "object_recall": None,
+                "objects": {"unavailable_reason": "no object truth (no objects.csv)"},
                 "usage": 0.71, "perplexity": 301.2, "n_codes": 512, "lpips": None}),
             _write(r / "vqgan" / "atari64" / "recon.json", {
                 "n_images": 300, "resolution": 64, "psnr": 31.0, "psnr_baseline_mean": 24.0,
-                "psnr_baseline_median": 28.0, "fg_mae": 20.0, "fg_mae_baseline_median": 60.0, "usage": 0.2,
-                "perplexity": 40.0, "n_codes": 512}),
+                "psnr_baseline_median": 28.0, "psnr_gain_over_mean_db": 7.0, "object_recall": 0.05,
+                "object_recall_baseline_mean": 0.01, "n_objects_scored": 900, "box_psnr": 12.0,
+                "box_psnr_baseline_median": 9.0, "usage": 0.2, "perplexity": 40.0, "n_codes": 512,
+                "per_class": {
+                    "Pong": {"n_images": 100, "psnr": 28.5, "psnr_baseline_mean": 29.1,
+                             "psnr_gain_over_mean_db": -0.6, "object_recall": 0.0, "n_objects_scored": 250},
+                    "Seaquest": {"n_images": 200, "psnr": 32.0, "psnr_baseline_mean": 22.0,
+                                 "psnr_gain_over_mean_db": 10.0, "object_recall": None, "n_objects": None,
+                                 "objects_unavailable_reason": "no object truth (no RAM rules for Seaquest)"}},
+                "eval_sets": {"expert": {"n_images": 40, "psnr": 30.0, "psnr_baseline_mean": 27.0,
+                                         "psnr_gain_over_mean_db": 3.0, "object_recall": 0.4, "n_objects_scored": 120,
+                                         "lpips": 0.2}}}),
         ],
         "vqgan_train": [_write(r / "vqgan" / "coco64" / "train.json", {"steps": 1500, "wall_time_s": 900.0}),
                         _write(r / "vqgan" / "atari64" / "train.json", {"steps": 1500})],
@@ -55,15 +69,31 @@ def test_table_has_the_schema_and_one_row_per_dataset(results):
     assert table.columns[0] == "dataset"
     missing = [c for c in REQUIRED if c not in table.columns]
     assert not missing, f"table lacks columns {missing}"
-    assert list(table["dataset"]) == ["atari64", "coco64"]
+    assert list(zip(table["dataset"], table["subset"])) == [
+        ("atari64", "all"), ("atari64", "Pong"), ("atari64", "Seaquest"), ("atari64", "eval_set:expert"),
+        ("coco64", "all")]
+
+
+def test_a_game_below_its_own_mean_image_gets_a_row_that_says_so(results):
+    table = T.build_table(**results).set_index(["dataset", "subset"])
+    pong = table.loc[("atari64", "Pong")]
+    assert (pong["n_eval"], pong["psnr"], pong["psnr_mean_baseline"]) == (100, 28.5, 29.1)
+    assert pong["psnr_gain_over_mean_db"] == -0.6 and "below its mean image (-0.60 dB)" in pong["notes"]
+    assert (pong["object_recall"], pong["n_objects_scored"], pong["resolution"]) == (0.0, 250, 64)
+    assert pd.isna(pong["fid"]) and pd.isna(pong["codebook_usage"]), "dataset-level scores stay on the dataset row"
+    assert table.loc[("atari64", "all"), "notes"] == "" and table.loc[("atari64", "Seaquest"), "notes"] == (
+        "object recall not available: no object truth (no RAM rules for Seaquest)")
+    expert = table.loc[("atari64", "eval_set:expert")]
+    assert (expert["n_eval"], expert["object_recall"], expert["lpips"]) == (40, 0.4, 0.2)
+    assert "object recall not available" in table.loc[("coco64", "all"), "notes"]
 
 
 def test_table_values_come_from_the_right_files(results):
-    row = T.build_table(**results).set_index("dataset").loc["coco64"]
+    row = T.build_table(**results).set_index(["dataset", "subset"]).loc[("coco64", "all")]
     assert (row["kind"], row["resolution"], row["n_real"], row["n_gen"]) == ("coco", 64, 500, 480)
     assert (row["fid"], row["rfid"], row["kid_mean"]) == (81.25, 33.5, 0.0512)
     assert (row["psnr"], row["psnr_mean_baseline"], row["psnr_median_baseline"]) == (22.4, 12.1, 11.8)
-    assert (row["fg_error"], row["fg_error_baseline"]) == (9.5, 51.0)
+    assert row["psnr_gain_over_mean_db"] == 10.3 and pd.isna(row["object_recall"])
     assert (row["codebook_usage"], row["perplexity"]) == (0.71, 301.2)
     assert (row["vqgan_steps"], row["transformer_steps"], row["val_bits_per_token"]) == (1500, 2000, 7.9)
     assert row["inception_sha256"] == "ab" * 6
@@ -72,9 +102,9 @@ def test_table_values_come_from_the_right_files(results):
 
 def test_missing_stages_and_keys_are_empty_cells_not_errors(results, tmp_path):
     table = T.build_table(**results)
-    atari = table.set_index("dataset").loc["atari64"]
+    atari = table.set_index(["dataset", "subset"]).loc[("atari64", "all")]
     assert pd.isna(atari["fid"]) and pd.isna(atari["n_real"]) and pd.isna(atari["transformer_steps"])
-    assert pd.isna(atari["fg_fraction"]) and pd.isna(atari["vqgan_wall_s"])  # keys this file lacks
+    assert pd.isna(atari["box_mae"]) and pd.isna(atari["vqgan_wall_s"])  # keys this file lacks
     assert atari["resolution"] == 64  # taken from recon.json when there is no FID yet
     assert atari["psnr"] == 31.0
     assert str(table["n_real"].dtype) == "Int64"  # integer columns stay integers beside missing rows
@@ -87,12 +117,13 @@ def test_cli_writes_csv_and_markdown(results, tmp_path, capsys):
             "--transformer-train", *map(str, results["transformer_train"]),
             "--out", str(out), "--markdown", str(md)])
     csv = pd.read_csv(out)
-    assert list(csv.columns) == ["dataset", *T.COLUMNS]
-    assert csv.set_index("dataset").loc["coco64", "fid"] == 81.25
+    assert list(csv.columns) == ["dataset", "subset", *T.COLUMNS]
+    assert csv.set_index(["dataset", "subset"]).loc[("coco64", "all"), "fid"] == 81.25
     lines = md.read_text().splitlines()
-    assert len(lines) == 2 + 2  # header, rule, two datasets
-    assert lines[0].startswith("| dataset | kind |")
-    assert "| coco64 | coco | 64 | 500 | 480 | 81.25 |" in md.read_text()
+    assert len(lines) == 2 + 5  # header, rule, two datasets, two games and one eval set of atari64
+    assert lines[0].startswith("| dataset | subset | kind |")
+    assert "| coco64 | all | coco | 64 | 500 | 480 | 81.25 |" in md.read_text()
+    assert "| atari64 | Pong |  | 64 |" in md.read_text() and "below its mean image" in md.read_text()
     assert "81.25" in capsys.readouterr().out
 
 

@@ -276,8 +276,8 @@ def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalC
     s = {k: v.summary() for k, v in sums.items()}
     truth = object_truth or {}
     truth_groups = set(truth.get("games", class_names if index is not None else []))
-    why = None if index is not None else (truth.get("why") or "no object truth: the split has no objects.csv "
-                                          "(COCO, or no Atari game with RAM rules in atari_collect/objects.py)")
+    why = None if index is not None else (truth.get("why") or "no object truth (no objects.csv: COCO, or no "
+                                          "Atari game with RAM rules in atari_collect/objects.py)")
     metrics: dict[str, Any] = {
         "n_images": int(n),
         "n_val_images": int(len(val_images)),
@@ -322,7 +322,7 @@ def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalC
                 "mae": pc["model"]["mae"],
                 "mae_baseline_mean": pc["baseline_mean"]["mae"],
                 **(scores.summary(name) if has else empty_summary()),
-                "objects_unavailable_reason": None if has else (why or f"no object truth for {name}"),
+                "objects_unavailable_reason": None if has else (why or f"no object truth (no RAM rules for {name})"),
                 "per_object_class": {o: scores.summary(name, o) for o in scores.classes(name)} if has else {},
             }
     if originals:

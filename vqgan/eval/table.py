@@ -1,5 +1,10 @@
 """The results table: one row per dataset, every score next to the N it was computed on and its baselines.
 
+A multi-game Atari dataset also gets one row per game (`subset` = the game; each against its own training mean
+image, so a game that scores below its own constant image shows, `notes` says so), and one row per external
+evaluation set (`subset` = eval_set:<name>). Subset rows carry the reconstruction columns; FID, KID and training
+columns belong to the whole dataset and stay empty there.
+
     python -m vqgan.eval.table --fid results/fid/*.json --recon results/vqgan/*/recon.json \
         --vqgan-train results/vqgan/*/train.json --transformer-train results/transformer/*/train.json \
         --out results/fid_table.csv --markdown results/fid_table.md
@@ -25,7 +30,8 @@ from vqgan.io.files import prepare_output, write_text_atomic
 
 # column -> (source, key in that source's JSON). Sources: fid = results/fid/{ds}.json (vqgan.eval.fid),
 # recon = results/vqgan/{ds}/recon.json (vqgan.eval.recon), vqgan_train = results/vqgan/{ds}/train.json
-# (vqgan.train.vqgan), transformer_train = results/transformer/{ds}/train.json (vqgan.train.transformer).
+# (vqgan.train.vqgan), transformer_train = results/transformer/{ds}/train.json (vqgan.train.transformer), table =
+# made here from the recon record.
 COLUMNS: dict[str, tuple[str, str]] = {
     "kind": ("fid", "kind"),
     "resolution": ("fid", "resolution"),
@@ -47,9 +53,16 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "psnr": ("recon", "psnr"),
     "psnr_mean_baseline": ("recon", "psnr_baseline_mean"),      # the train split's mean image as the prediction
     "psnr_median_baseline": ("recon", "psnr_baseline_median"),  # ... its median image (the static background)
-    "fg_fraction": ("recon", "fg_fraction"),
-    "fg_error": ("recon", "fg_mae"),                            # MAE (0-255) on pixels that differ from the background
-    "fg_error_baseline": ("recon", "fg_mae_baseline_median"),   # the background itself as the reconstruction
+    "psnr_gain_over_mean_db": ("recon", "psnr_gain_over_mean_db"),  # < 0: worse than a constant image
+    "n_objects_scored": ("recon", "n_objects_scored"),          # object instances the recall is over
+    "object_recall": ("recon", "object_recall"),                # share of objects the reconstruction keeps
+    "object_recall_mean_baseline": ("recon", "object_recall_baseline_mean"),
+    "box_mae": ("recon", "box_mae"),                            # MAE (0-255) inside the scored objects' boxes
+    "box_mae_mean_baseline": ("recon", "box_mae_baseline_mean"),
+    "box_mae_median_baseline": ("recon", "box_mae_baseline_median"),  # the background itself in the boxes
+    "box_psnr": ("recon", "box_psnr"),
+    "box_psnr_mean_baseline": ("recon", "box_psnr_baseline_mean"),
+    "box_psnr_median_baseline": ("recon", "box_psnr_baseline_median"),
     "lpips": ("recon", "lpips"),
     "codebook_usage": ("recon", "usage"),
     "perplexity": ("recon", "perplexity"),
@@ -61,6 +74,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "uniform_bits_per_token": ("transformer_train", "uniform_bits_per_token"),
     "transformer_wall_s": ("transformer_train", "wall_time_s"),
     "inception_sha256": ("fid", "inception_sha256"),
+    "notes": ("table", "notes"),                                # written here: what a reader must not miss
 }
 SHA_PREFIX = 12
 SOURCES = ("fid", "recon", "vqgan_train", "transformer_train")
@@ -69,7 +83,9 @@ FORMATS = {
     "fid": "{:.2f}", "rfid": "{:.2f}", "fid_floor": "{:.2f}", "kid_floor": "{:.4f}", "copy_rate": "{:.2f}",
     "kid_mean": "{:.4f}", "kid_std": "{:.4f}", "rkid_mean": "{:.4f}",
     "rkid_std": "{:.4f}", "psnr": "{:.2f}", "psnr_mean_baseline": "{:.2f}", "psnr_median_baseline": "{:.2f}",
-    "fg_fraction": "{:.3f}", "fg_error": "{:.2f}", "fg_error_baseline": "{:.2f}", "lpips": "{:.3f}",
+    "psnr_gain_over_mean_db": "{:+.2f}", "object_recall": "{:.3f}", "object_recall_mean_baseline": "{:.3f}",
+    "box_mae": "{:.1f}", "box_mae_mean_baseline": "{:.1f}", "box_mae_median_baseline": "{:.1f}", "box_psnr": "{:.2f}",
+    "box_psnr_mean_baseline": "{:.2f}", "box_psnr_median_baseline": "{:.2f}", "lpips": "{:.3f}",
     "codebook_usage": "{:.3f}", "perplexity": "{:.1f}", "val_bits_per_token": "{:.3f}",
     "uniform_bits_per_token": "{:.3f}", "vqgan_wall_s": "{:.0f}", "transformer_wall_s": "{:.0f}",
 }
@@ -112,7 +128,8 @@ def build_table(
     vqgan_train: Sequence[str | os.PathLike] = (),
     transformer_train: Sequence[str | os.PathLike] = (),
 ) -> pd.DataFrame:
-    """One row per dataset seen in any input, columns `dataset` + `COLUMNS` in that order, sorted by dataset."""
+    """One row per dataset seen in any input (subset `all`), sorted by dataset, each followed by its games' and
+    external eval sets' rows; columns `dataset`, `subset` + `COLUMNS` in that order."""
     loaded = {
         "fid": load_source(fid, "fid"),
         "recon": load_source(recon, "recon"),
@@ -122,21 +139,47 @@ def build_table(
     names = sorted(set().union(*(records.keys() for records in loaded.values())))
     rows = []
     for name in names:
-        row: dict[str, Any] = {"dataset": name}
+        row: dict[str, Any] = {"dataset": name, "subset": "all"}
         for column, (source, key) in COLUMNS.items():
-            row[column] = _cell(loaded[source].get(name, {}).get(key))
+            row[column] = _cell(loaded.get(source, {}).get(name, {}).get(key))
         # The recon stage knows the resolution too, for a dataset whose FID has not run yet.
         if isinstance(row["resolution"], float) and math.isnan(row["resolution"]):
             row["resolution"] = _cell(loaded["recon"].get(name, {}).get("resolution"))
         if isinstance(row["inception_sha256"], str):
             row["inception_sha256"] = row["inception_sha256"][:SHA_PREFIX]
-        rows.append(row)
-    table = pd.DataFrame(rows, columns=["dataset", *COLUMNS])
+        rows.append(_with_notes(row, loaded["recon"].get(name, {})))
+        recon_record = loaded["recon"].get(name, {})
+        subsets = [(game, rec) for game, rec in (recon_record.get("per_class") or {}).items()]
+        subsets += [(f"eval_set:{s}", rec) for s, rec in (recon_record.get("eval_sets") or {}).items()]
+        for subset, rec in subsets:
+            sub = {"dataset": name, "subset": subset, "kind": row["kind"], "resolution": row["resolution"]}
+            for column, (source, key) in COLUMNS.items():
+                if source == "recon":
+                    sub[column] = _cell(rec.get(key))
+            rows.append(_with_notes(sub, rec))
+    table = pd.DataFrame(rows, columns=["dataset", "subset", *COLUMNS])
     integer_columns = ("resolution", "n_real", "n_gen", "kid_subset", "n_train_ref", "n_recon", "n_eval", "n_codes",
-                       "vqgan_steps", "transformer_steps")
+                       "vqgan_steps", "transformer_steps", "n_objects_scored")
     for column in integer_columns:
         table[column] = table[column].astype("Int64")  # integers stay integers next to empty cells
     return table
+
+
+def _with_notes(row: dict[str, Any], recon: dict[str, Any]) -> dict[str, Any]:
+    """`notes`: a reconstruction below its own mean image, and where object scores are missing, why."""
+    notes = []
+    gain = recon.get("psnr_gain_over_mean_db")
+    if gain is not None and gain < 0:
+        notes.append(f"below its mean image ({gain:+.2f} dB)")
+    why = recon.get("objects_unavailable_reason") or (recon.get("objects") or {}).get("unavailable_reason")
+    if recon and recon.get("object_recall") is None:
+        if why:
+            notes.append(f"object recall {why}" if why.startswith("not available") else
+                         f"object recall not available: {why}")
+        elif recon.get("n_objects") is not None:
+            notes.append("no object instance scored")
+    row["notes"] = "; ".join(notes)
+    return row
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -149,7 +192,7 @@ def to_markdown(table: pd.DataFrame) -> str:
         return str(value)
 
     header = "| " + " | ".join(table.columns) + " |"
-    left = ("dataset", "kind", "inception_sha256")
+    left = ("dataset", "subset", "kind", "inception_sha256", "notes")
     rule = "|" + "|".join("---" if c in left else "---:" for c in table.columns) + "|"
     body = ["| " + " | ".join(fmt(c, v) for c, v in zip(table.columns, row)) + " |"
             for row in table.itertuples(index=False)]
