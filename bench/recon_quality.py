@@ -11,11 +11,13 @@ GAN: the default experiment's budget is far below `disc_start`) through the pipe
   seed's beta placement), plain L1;
 - ours: `l2` (cosine lookup in a low dimension) + k-means init + dead-code restart, L1 with foreground weighting.
 
-The table prints, per variant, whole-image PSNR beside the per-pixel-mean baseline of the training split, the
-foreground MAE beside the same baseline's, codebook usage over the whole val split, and the training wall time.
-Because one mean image over *several* games is a weak baseline (it is none of the games), the table also has a row
-per game with that game's own train mean/median as baseline and foreground mask: the honest test of "does the
-model draw the sprites" (issue #8: 27.5 dB on Ms. Pac-Man was below its 28.5 dB constant image).
+The table prints, per variant, whole-image PSNR beside the per-pixel-mean baseline of the training split, object
+recall (the share of game objects the reconstruction keeps; vqgan/eval/object_scores.py) beside the mean image's,
+the MAE inside the objects' boxes beside the mean image's, codebook usage over the whole val split, and the
+training wall time. Because one mean image over *several* games is a weak baseline (it is none of the games), the
+table also has a row per game (each against its own train mean/median image) and per object class, taken from
+`recon.json`'s per-class breakdown: the honest test of "does the model draw the sprites" (issue #8: 27.5 dB on
+Ms. Pac-Man was below its 28.5 dB constant image; issue #12: a grid with every sprite gone).
 
 The budget is the only thing that differs from the default experiment; the wall time column is measured on this
 machine as it is (print the load next to it: on a shared machine the wall time is not the unloaded cost).
@@ -33,9 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from vqgan.eval.recon import ErrorSums, foreground_mask, train_baselines
 from vqgan.io.checkpoint import load_vqgan
 
 # The model both variants train: the recommended default-experiment VQGAN (f = 8: 64 px -> 8x8 = 64 tokens).
@@ -53,7 +52,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
              "loss": {"foreground_weight": 4.0}},
 }
 COLLECT = {"kind": "atari", "resolution": 64, "games": ["MsPacman", "Pong", "Breakout"], "frames_per_game": 3000}
-FG_THRESHOLD = 16  # 0-255, as vqgan.eval.fg_threshold
 
 
 def variant_config(name: str, steps: int, batch_size: int, lr: float, warmup: int) -> dict[str, Any]:
@@ -69,101 +67,71 @@ def variant_config(name: str, steps: int, batch_size: int, lr: float, warmup: in
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Per-group metrics (per game): each group against its own training baseline and background
+# Rows: the whole val split, then per game and per object class, all from recon.json (vqgan.eval.recon.evaluate)
+
+ROW_KEYS = ("n_images", "psnr", "psnr_baseline_mean", "psnr_baseline_median", "object_recall",
+            "object_recall_baseline_mean", "n_objects_scored", "box_mae", "box_mae_baseline_mean",
+            "box_mae_baseline_median", "usage", "perplexity", "codes_used")
 
 
-class Collect:
-    """Stands in for the PNG writer of `vqgan.eval.recon.evaluate`: keeps the reconstructions in memory, in order."""
-
-    def __init__(self):
-        self.parts: list[np.ndarray] = []
-
-    def add(self, images: np.ndarray) -> None:
-        self.parts.append(np.asarray(images))
-
-    def images(self) -> np.ndarray:
-        return np.concatenate(self.parts) if self.parts else np.zeros((0, 0, 0, 3), np.uint8)
-
-
-def per_group_metrics(recons: np.ndarray, val_images: np.ndarray, val_labels: np.ndarray,
-                      train_images: np.ndarray, train_labels: np.ndarray, names: list[str],
-                      threshold: float = FG_THRESHOLD) -> list[dict[str, Any]]:
-    """Per label: PSNR, foreground MAE and fraction, next to that label's own train mean/median baselines.
-
-    The baselines and the background (the median, which defines the foreground mask) come from the *training*
-    images of the same label only; a label without training images is skipped (no baseline to compare with).
-    """
-    if len(recons) != len(val_images):
-        raise ValueError(f"{len(recons)} reconstructions for {len(val_images)} val images: evaluate every image")
-    rows = []
-    for label in np.unique(val_labels):
-        tr = np.flatnonzero(train_labels == label)
-        if len(tr) == 0:
-            continue
-        va = np.flatnonzero(val_labels == label)
-        mean_img, median_img = train_baselines(np.asarray(train_images[tr]))
-        target = np.asarray(val_images[va])
-        mask = foreground_mask(target, median_img, threshold)
-        sums = {"model": ErrorSums(), "mean": ErrorSums(), "median": ErrorSums()}
-        sums["model"].add(recons[va], target, mask)
-        sums["mean"].add(mean_img, target, mask)
-        sums["median"].add(median_img, target, mask)
-        s = {k: v.summary() for k, v in sums.items()}
-        rows.append({
-            "group": names[label] if label < len(names) else str(label),
-            "n_images": int(len(va)),
-            "psnr": s["model"]["psnr"], "psnr_baseline_mean": s["mean"]["psnr"],
-            "psnr_baseline_median": s["median"]["psnr"],
-            "fg_fraction": float(mask.mean()),
-            "fg_mae": s["model"]["fg_mae"], "fg_mae_baseline_mean": s["mean"]["fg_mae"],
-            "fg_mae_baseline_median": s["median"]["fg_mae"],
-        })
+def rows_from_metrics(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The table's rows of one evaluation: `all`, each game, each game's object classes (N: images, objects)."""
+    rows = [{"group": "all", **{k: metrics.get(k) for k in ROW_KEYS}}]
+    for game, c in (metrics.get("per_class") or {}).items():
+        rows.append({"group": game, **{k: c.get(k) for k in ROW_KEYS}})
+        for cls, o in (c.get("per_object_class") or {}).items():
+            rows.append({"group": f"{game}/{cls}", "n_images": c["n_images"], "psnr": None,
+                         "psnr_baseline_mean": None, **{k: o.get(k) for k in ROW_KEYS if k in o}})
     return rows
 
 
 def targets_met(row: dict[str, Any]) -> dict[str, bool | None]:
-    """Issue #8's targets for one row: +5 dB over the mean image, foreground MAE at most half the mean image's,
-    and (for whole-dataset rows, which carry it) usage >= 80%."""
-    fg, fg_base = row.get("fg_mae"), row.get("fg_mae_baseline_mean")
+    """Issue #8's targets for one row: +5 dB over the mean image, the error on the objects (their boxes) at most
+    half the mean image's (issue #12: it replaced the fooled "foreground" error), and (for whole-dataset rows,
+    which carry it) usage >= 80%. None where the row has no such number."""
+    box, box_base = row.get("box_mae"), row.get("box_mae_baseline_mean")
+    psnr, psnr_base = row.get("psnr"), row.get("psnr_baseline_mean")
     return {
-        "psnr_+5dB": row["psnr"] >= row["psnr_baseline_mean"] + 5.0,
-        "fg_half": None if fg is None or fg_base is None else fg <= 0.5 * fg_base,
+        "psnr_+5dB": None if psnr is None or psnr_base is None else psnr >= psnr_base + 5.0,
+        "box_half": None if box is None or box_base is None else box <= 0.5 * box_base,
         "usage_80": None if row.get("usage") is None else row["usage"] >= 0.8,
     }
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """One table: a whole-dataset row per variant (with usage and wall time), then its per-game rows."""
+    """One table: a whole-dataset row per variant (with usage and wall time), then its per-game and per-object-class
+    rows (N: images for games, scored object instances for recall)."""
     def f(v, fmt):
-        return "n/a" if v is None else format(v, fmt)
+        return "-" if v is None else format(v, fmt)
 
     def ok(v):
         return "-" if v is None else ("yes" if v else "NO")
 
-    head = (f"{'variant':<10}{'rows':<10}{'N':>6}{'PSNR':>7}{'base':>7}{'gain':>7}{'fgMAE':>7}{'base':>7}"
-            f"{'ratio':>7}{'usage':>7}{'ppl':>7}{'train s':>9}{'img/s':>7}  +5dB fg/2 use80")
+    head = (f"{'variant':<10}{'rows':<18}{'N':>6}{'PSNR':>7}{'base':>7}{'gain':>7}{'recall':>8}{'base':>6}"
+            f"{'N obj':>7}{'boxMAE':>7}{'base':>7}{'usage':>7}{'ppl':>6}{'train s':>8}{'img/s':>6}  +5dB box/2 use80")
     lines = [head, "-" * len(head)]
     for r in rows:
-        ratio = (r["fg_mae"] / r["fg_mae_baseline_mean"]) if r.get("fg_mae") is not None and \
-            r.get("fg_mae_baseline_mean") else None
         t = targets_met(r)
+        gain = None if r.get("psnr") is None else r["psnr"] - r["psnr_baseline_mean"]
         lines.append(
-            f"{r['variant']:<10}{r['group']:<10}{r['n_images']:>6}{r['psnr']:>7.2f}{r['psnr_baseline_mean']:>7.2f}"
-            f"{r['psnr'] - r['psnr_baseline_mean']:>+7.2f}{f(r.get('fg_mae'), '.1f'):>7}"
-            f"{f(r.get('fg_mae_baseline_mean'), '.1f'):>7}{f(ratio, '.2f'):>7}"
-            f"{f(r.get('usage'), '.1%'):>7}{f(r.get('perplexity'), '.0f'):>7}"
-            f"{f(r.get('wall_time_s'), '.0f'):>9}{f(r.get('images_per_s'), '.1f'):>7}"
-            f"  {ok(t['psnr_+5dB']):>4} {ok(t['fg_half']):>4} {ok(t['usage_80']):>5}")
+            f"{r['variant']:<10}{r['group']:<18}{r['n_images']:>6}{f(r.get('psnr'), '.2f'):>7}"
+            f"{f(r.get('psnr_baseline_mean'), '.2f'):>7}{f(gain, '+.2f'):>7}{f(r.get('object_recall'), '.3f'):>8}"
+            f"{f(r.get('object_recall_baseline_mean'), '.2f'):>6}{f(r.get('n_objects_scored'), 'd'):>7}"
+            f"{f(r.get('box_mae'), '.1f'):>7}{f(r.get('box_mae_baseline_mean'), '.1f'):>7}"
+            f"{f(r.get('usage'), '.1%'):>7}{f(r.get('perplexity'), '.0f'):>6}"
+            f"{f(r.get('wall_time_s'), '.0f'):>8}{f(r.get('images_per_s'), '.1f'):>6}"
+            f"  {ok(t['psnr_+5dB']):>4} {ok(t['box_half']):>5} {ok(t['usage_80']):>5}")
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def collect(out: Path, threads: int) -> Path:
+def collect(out: Path, threads: int, frames_per_game: int = COLLECT["frames_per_game"]) -> Path:
     if (out / "train" / "manifest.json").exists() and (out / "val" / "manifest.json").exists():
         return out
-    cmd = [sys.executable, "-m", "atari_collect", "--config", json.dumps(COLLECT), "--out", str(out),
+    cfg = {**COLLECT, "frames_per_game": frames_per_game}
+    cmd = [sys.executable, "-m", "atari_collect", "--config", json.dumps(cfg), "--out", str(out),
            "--workers", str(threads), "--no-progress"]
     print("collecting:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
@@ -204,22 +172,20 @@ def evaluate_run(run: Run, data: Path, threads: int) -> list[dict[str, Any]]:
     torch.set_num_threads(threads)
     model = load_vqgan(run.out).eval()
     val, tr = read_split(data / "val"), read_split(data / "train")
-    sink = Collect()
-    metrics, picture = evaluate(model, val.images, tr.images, EvalConfig(fg_threshold=FG_THRESHOLD, grid_images=12),
-                                recon_writer=sink)
+    metrics, picture = evaluate(model, val.images, tr.images, EvalConfig(grid_images=12), val_labels=val.labels,
+                                train_labels=tr.labels, class_names=val.class_names, objects=val.objects,
+                                object_truth=val.manifest.get("object_truth"))
     save_png(run.out / "recon.png", picture)
     (run.out / "recon.json").write_text(json.dumps(metrics, indent=2))
-    overall = {"group": "all", **{k: metrics[k] for k in (
-        "n_images", "psnr", "psnr_baseline_mean", "psnr_baseline_median", "fg_fraction", "fg_mae",
-        "fg_mae_baseline_mean", "fg_mae_baseline_median", "usage", "perplexity", "codes_used")}}
-    groups = per_group_metrics(sink.images(), val.images, val.labels, tr.images, tr.labels, val.class_names)
-    return [overall] + (groups if len(groups) > 1 else [])
+    return rows_from_metrics(metrics)
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python bench/recon_quality.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=None, help="an Atari dataset folder (DATA/train, DATA/val); default: collect "
                    f"{COLLECT['games']} x {COLLECT['frames_per_game']} frames into --workdir")
+    p.add_argument("--frames-per-game", type=int, default=COLLECT["frames_per_game"],
+                   help="frames per game when collecting")
     p.add_argument("--workdir", default=None, help="runs (and the collection) go here; default a temp dir")
     p.add_argument("--steps", type=int, default=300, help="training steps per variant (the budget)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -240,7 +206,7 @@ def main(argv=None) -> int:
     if bad or not names:
         raise SystemExit(f"--variants: unknown {bad}; choose from {sorted(VARIANTS)}")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="recon_quality_"))
-    data = Path(args.data) if args.data else collect(work / "atari", args.threads)
+    data = Path(args.data) if args.data else collect(work / "atari", args.threads, args.frames_per_game)
     runs = [Run(name, work / f"{name}_{args.steps}", variant_config(name, args.steps, args.batch_size, args.lr,
                                                                      args.warmup)) for name in names]
     load0 = os.getloadavg()[0]
@@ -262,8 +228,9 @@ def main(argv=None) -> int:
     print(f"\nbudget: {args.steps} steps x batch {args.batch_size}, lr {args.lr}, bf16, {args.threads} thread(s)"
           f"{' per run, variants in parallel' if args.parallel else ''}; "
           f"data {data}; load average {os.getloadavg()[0]:.1f}")
-    print("PSNR/base: whole-image dB vs the train split's per-pixel mean; fgMAE/base: 0-255 MAE on pixels "
-          f"> {FG_THRESHOLD}/255 from the train median; usage/ppl over the whole val split")
+    print("PSNR/base: whole-image dB vs the train split's per-pixel mean (per game); recall/base: share of object "
+          "instances kept, model / mean image (vqgan/eval/object_scores.py); boxMAE/base: 0-255 MAE inside the "
+          "scored objects' boxes; usage/ppl over the whole val split")
     print(format_table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

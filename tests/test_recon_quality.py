@@ -1,6 +1,7 @@
-"""bench/recon_quality.py: per-game metrics against each game's own training baselines, the targets of issue #8,
-and variant configs the training CLI accepts. (Dead-code restart reviving a collapsed codebook is proved in
-tests/test_quantize.py; train-only baselines and the foreground mask of the whole split in tests/test_evaluate.py.)"""
+"""bench/recon_quality.py: its rows come from recon.json's per-game and per-object-class breakdown (each game against
+its own training baselines), the targets of issue #8, and variant configs the training CLI accepts. (Dead-code
+restart reviving a collapsed codebook is proved in tests/test_quantize.py; train-only baselines and object recall
+in tests/test_evaluate.py.)"""
 from __future__ import annotations
 
 import importlib.util
@@ -8,9 +9,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 
-from vqgan.eval.recon import PSNR_CAP_DB
+from vqgan.eval.recon import PSNR_CAP_DB, EvalConfig, evaluate, train_baselines
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,59 +41,85 @@ def two_games(n: int, res: int = 16, seed: int = 0):
     return frames, np.repeat([0, 1], n)
 
 
-def test_each_game_is_measured_against_its_own_background():
+def sprite_rows(frames: np.ndarray) -> pd.DataFrame:
+    """objects.csv rows: each frame's white 4x4 sprite."""
+    rows = []
+    for i, f in enumerate(frames):
+        ys, xs = np.nonzero((f == 255).all(-1))
+        rows.append((i, "sprite", 0, xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, 1))
+    return pd.DataFrame(rows, columns=["frame", "class", "id", "x0", "y0", "x1", "y1", "visible"])
+
+
+class Recon:
+    """A 'model' that returns fixed reconstructions, in order (batch by batch)."""
+
+    class cfg:
+        n_codes = 4
+
+    def __init__(self, images):
+        self.images, self.pos = images, 0
+
+    def encode_to_indices(self, x):
+        self.n = x.shape[0]
+        return torch.zeros(x.shape[0], 2, 2, dtype=torch.long)
+
+    def decode_indices(self, idx):
+        out = self.images[self.pos : self.pos + idx.shape[0]]
+        self.pos += idx.shape[0]
+        return torch.from_numpy(out.astype(np.float32) / 127.5 - 1).permute(0, 3, 1, 2)
+
+
+def bench_rows(recons, val, vl, train, tl):
+    m, _ = evaluate(Recon(recons), val, train, EvalConfig(grid_images=0), val_labels=vl, train_labels=tl,
+                    class_names=["green", "red"], objects=sprite_rows(val))
+    return {r["group"]: r for r in rq.rows_from_metrics(m)}
+
+
+def test_rows_are_recon_jsons_per_game_and_per_object_class_numbers():
     train, tl = two_games(40, seed=0)
     val, vl = two_games(10, seed=1)
-    rows = rq.per_group_metrics(val.copy(), val, vl, train, tl, ["green", "red"])
-    assert [r["group"] for r in rows] == ["green", "red"]
-    for r in rows:
-        # foreground = the sprite only (16 of 256 pixels), not the other game's background
-        assert r["fg_fraction"] == pytest.approx(16 / 256)
-        assert r["psnr"] == PSNR_CAP_DB
-        assert r["fg_mae"] == 0.0
+    rows = bench_rows(val.copy(), val, vl, train, tl)
+    assert list(rows) == ["all", "green", "green/sprite", "red", "red/sprite"]
+    for game in ("green", "red"):
+        r = rows[game]
+        assert r["n_images"] == 10 and r["psnr"] == PSNR_CAP_DB
+        assert r["object_recall"] == 1.0 and r["n_objects_scored"] == 10 and r["box_mae"] == 0.0
+        assert rows[f"{game}/sprite"]["object_recall"] == 1.0
         # the background image (median) misses the sprite entirely
-        assert r["fg_mae_baseline_median"] > 150 and r["psnr_baseline_median"] < 20
+        assert r["box_mae_baseline_median"] > 150 and r["psnr_baseline_median"] < 20
+    assert rows["all"]["n_objects_scored"] == 20
 
 
-def test_baselines_come_from_the_training_split_only():
+def test_each_game_is_scored_against_its_own_training_baselines():
     train, tl = two_games(40, seed=0)
     val, vl = two_games(10, seed=1)
-    recon = np.clip(val.astype(int) + 8, 0, 255).astype(np.uint8)
-    base = rq.per_group_metrics(recon, val, vl, train, tl, ["a", "b"])
-    # changing the val images' content does not move the baselines' *definition*: reconstruct with the train mean
-    # of game 0 and the model must score exactly that game's mean baseline
-    mean0, _ = rq.train_baselines(train[tl == 0])
-    as_mean = recon.copy()
-    as_mean[vl == 0] = np.clip(mean0.round(), 0, 255).astype(np.uint8)
-    rows = rq.per_group_metrics(as_mean, val, vl, train, tl, ["a", "b"])
-    assert rows[0]["psnr"] == pytest.approx(rows[0]["psnr_baseline_mean"], abs=0.05)
-    # ... and a different training split changes the baselines while the same val/recon do not change the model's
+    # reconstruct game 0 with its own train mean image: its row must score exactly that baseline, and no object
+    mean0, _ = train_baselines(train[tl == 0])
+    recons = val.copy()
+    recons[vl == 0] = np.clip(mean0.round(), 0, 255).astype(np.uint8)
+    rows = bench_rows(recons, val, vl, train, tl)
+    assert rows["green"]["psnr"] == pytest.approx(rows["green"]["psnr_baseline_mean"], abs=0.05)
+    assert rows["green"]["object_recall"] == 0.0 and rows["red"]["object_recall"] == 1.0
+    # a different training split moves game 0's baselines, not game 1's row nor the model's numbers
     train2 = train.copy()
     train2[tl == 0, ..., 2] = 120
-    moved = rq.per_group_metrics(recon, val, vl, train2, tl, ["a", "b"])
-    assert moved[0]["psnr"] == base[0]["psnr"]
-    assert moved[0]["psnr_baseline_mean"] < base[0]["psnr_baseline_mean"] - 3
-    assert moved[1] == base[1]
-
-
-def test_a_game_without_training_frames_is_skipped_and_lengths_must_match():
-    train, tl = two_games(5)
-    val, vl = two_games(3)
-    rows = rq.per_group_metrics(val, val, vl, train[tl == 0], tl[tl == 0], ["a", "b"])
-    assert [r["group"] for r in rows] == ["a"]
-    with pytest.raises(ValueError, match="reconstructions"):
-        rq.per_group_metrics(val[:-1], val, vl, train, tl, ["a", "b"])
+    moved = bench_rows(recons, val, vl, train2, tl)
+    assert moved["green"]["psnr"] == rows["green"]["psnr"]
+    assert moved["green"]["psnr_baseline_mean"] < rows["green"]["psnr_baseline_mean"] - 3
+    assert moved["red"] == rows["red"]
 
 
 def test_targets_of_issue_8():
-    row = {"psnr": 30.0, "psnr_baseline_mean": 25.0, "fg_mae": 10.0, "fg_mae_baseline_mean": 20.0, "usage": 0.8}
-    assert rq.targets_met(row) == {"psnr_+5dB": True, "fg_half": True, "usage_80": True}
-    worse = {**row, "psnr": 29.9, "fg_mae": 10.1, "usage": 0.79}
-    assert rq.targets_met(worse) == {"psnr_+5dB": False, "fg_half": False, "usage_80": False}
+    row = {"psnr": 30.0, "psnr_baseline_mean": 25.0, "box_mae": 10.0, "box_mae_baseline_mean": 20.0, "usage": 0.8}
+    assert rq.targets_met(row) == {"psnr_+5dB": True, "box_half": True, "usage_80": True}
+    worse = {**row, "psnr": 29.9, "box_mae": 10.1, "usage": 0.79}
+    assert rq.targets_met(worse) == {"psnr_+5dB": False, "box_half": False, "usage_80": False}
     per_game = {k: v for k, v in row.items() if k != "usage"}
     assert rq.targets_met(per_game)["usage_80"] is None
-    table = rq.format_table([{"variant": "ours", "group": "all", "n_images": 3, **row}])
-    assert "ours" in table and "yes" in table
+    table = rq.format_table([{"variant": "ours", "group": "all", "n_images": 3, **row},
+                             {"variant": "ours", "group": "g/ball", "n_images": 3, "psnr": None,
+                              "psnr_baseline_mean": None, "object_recall": 0.25, "n_objects_scored": 4}])
+    assert "ours" in table and "yes" in table and "0.250" in table
 
 
 def test_variants_differ_only_in_quantizer_and_loss_and_parse_as_training_configs():
