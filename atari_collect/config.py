@@ -12,8 +12,9 @@ from typing import Any
 
 from .games import UnknownGame, resolve_game
 
-# Keys of a dataset entry that belong to later stages (per-dataset overrides); the collector ignores them.
-OTHER_STAGE_KEYS = {"vqgan", "transformer", "sample", "fid"}
+# Keys of a dataset entry that belong to later stages (per-dataset overrides, eval_vqgan's external frame sets);
+# the collector ignores them.
+OTHER_STAGE_KEYS = {"vqgan", "transformer", "sample", "fid", "eval_sets"}
 
 POLICIES = ("random", "sticky_random", "go_explore")
 

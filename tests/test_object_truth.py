@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from atari_collect import objects as ob
 from atari_collect.__main__ import main
@@ -120,10 +121,15 @@ def test_bricks_are_filled_with_their_rows_colour(native):
             assert (patch == ob.BREAKOUT_ROW_RGB[int(r.id) // 18]).all(), r.to_dict()
 
 
-def test_resized_boxes_are_the_native_ones_scaled_and_deterministic_for_any_worker_count(native, tmp_path):
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return collect(tmp_path_factory.mktemp("small"), "w1", SMALL, 1)
+
+
+def test_resized_boxes_are_the_native_ones_scaled_and_deterministic_for_any_worker_count(native, small, tmp_path):
     """The same collection at 64 px: the same trajectories, so the same objects with boxes scaled by 64/160
     (resize maps the half-open box as is); byte-identical images.npy and objects.csv for 1 and 2 workers."""
-    one, two = collect(tmp_path, "w1", SMALL, 1), collect(tmp_path, "w2", SMALL, 2)
+    one, two = small, collect(tmp_path, "w2", SMALL, 2)
     for s in ("train", "val"):
         for name in ("images.npy", OBJECTS):
             assert (one / s / name).read_bytes() == (two / s / name).read_bytes(), (s, name)
@@ -151,3 +157,48 @@ def test_objects_csv_is_checked_on_read(tmp_path):
     (tmp_path / "ok" / OBJECTS).write_text("frame,class,id,x0,y0,x1\n0,ball,0,1,1,2\n")
     with pytest.raises(DatasetError, match=r"ok/objects.csv: missing column\(s\) \['y1'\]"):
         read_split(tmp_path / "ok")
+
+
+class Replay:
+    """A 'model' whose reconstructions are given images, in evaluation order (identity: the inputs themselves)."""
+
+    class cfg:
+        n_codes = 4
+
+    def __init__(self, images=None):
+        self.images, self.pos = images, 0
+
+    def encode_to_indices(self, x):
+        self.x = x
+        return torch.zeros(x.shape[0], 2, 2, dtype=torch.long)
+
+    def decode_indices(self, idx):
+        if self.images is None:
+            return self.x
+        out = self.images[self.pos : self.pos + idx.shape[0]]
+        self.pos += idx.shape[0]
+        return torch.from_numpy(out.astype(np.float32) / 127.5 - 1).permute(0, 3, 1, 2)
+
+
+def test_object_recall_on_real_frames_is_one_for_the_originals_and_zero_for_the_background(small):
+    """eval_vqgan's object scores on the 64 px collection: reconstructing every val frame exactly keeps every
+    object of every game and class; the game's train median image (its background) keeps none."""
+    from vqgan.eval.recon import EvalConfig, class_baselines, evaluate
+
+    train, val = read_split(small / "train"), read_split(small / "val")
+    truth = val.manifest["object_truth"]
+    kw = dict(val_labels=val.labels, train_labels=train.labels, class_names=val.class_names, objects=val.objects,
+              object_truth=truth)
+    cfg = EvalConfig(grid_images=0, max_images=None)
+    m, _ = evaluate(Replay(), val.images, train.images, cfg, **kw)
+    _, median = class_baselines(train.images, train.labels, len(train.class_names))
+    bg, _ = evaluate(Replay(median[val.labels].round().astype(np.uint8)), val.images, train.images, cfg, **kw)
+    assert m["object_recall"] == 1.0 and bg["object_recall"] <= 0.1
+    assert m["n_objects_scored"] > 100 and m["n_objects_hidden"] > 0  # flickered ghosts
+    for game in truth["games"]:
+        c = m["per_class"][game]
+        assert c["object_recall"] == 1.0 and bg["per_class"][game]["object_recall"] <= 0.1, game
+        assert set(c["per_object_class"]) <= set(truth["classes"][game])
+        assert all(o["object_recall"] in (1.0, None) for o in c["per_object_class"].values())
+    seaquest = m["per_class"]["Seaquest"]
+    assert seaquest["object_recall"] is None and "no RAM rules for Seaquest" in seaquest["objects_unavailable_reason"]

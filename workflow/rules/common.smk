@@ -227,6 +227,19 @@ def _deep_merge(base, override):
 
 
 OVERRIDABLE = ("vqgan", "transformer", "sample")
+# dataset keys of later stages: changing them never recollects
+NOT_FOR_COLLECTION = ("eval_sets",)
+
+
+def _check_eval_sets(ds, entry):
+    # folders exist, hold 210x160 RGB PNGs, and name one of the dataset's games: before any job, not in eval_vqgan
+    from vqgan.eval.eval_sets import EvalSetError, check_eval_sets
+
+    try:
+        where = f"datasets.{ds}.eval_sets"
+        check_eval_sets(entry.get("eval_sets"), entry["games"], where)
+    except EvalSetError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_atari(ds, entry):
@@ -368,6 +381,7 @@ def _check_config(cfg):
             )
         if entry["kind"] == "atari":
             _check_atari(ds, entry)
+            _check_eval_sets(ds, entry)
         gpt = entry["_transformer"]["model"]
         if gpt["n_embd"] % gpt["n_head"]:
             raise ConfigError(
@@ -404,9 +418,18 @@ def dataset_json(ds):
     entry = {
         k: v
         for k, v in DATASETS[ds].items()
-        if not k.startswith("_") and k not in OVERRIDABLE
+        if not k.startswith("_") and k not in OVERRIDABLE + NOT_FOR_COLLECTION
     }
     return json.dumps(entry, sort_keys=True)
+
+
+def eval_sets_json(ds):
+    """The dataset's external evaluation sets as JSON (a tracked param of eval_vqgan; `{}` for none)."""
+    return json.dumps(DATASETS[ds].get("eval_sets") or {}, sort_keys=True)
+
+
+def eval_set_folders(wildcards):
+    return [s["path"] for s in (DATASETS[wildcards.ds].get("eval_sets") or {}).values()]
 
 
 def section_json(ds, section, keys=None):

@@ -1,5 +1,6 @@
 # VQGAN stage: train with Accelerate (resumable state outside the declared outputs), then evaluate
-# reconstructions on the val split against trivial baselines computed from the train split.
+# reconstructions on the val split (and on the dataset's external eval sets) against trivial baselines computed
+# from the train split, with object recall where the data has object truth.
 
 
 rule train_vqgan:
@@ -39,6 +40,7 @@ rule eval_vqgan:
         model=rules.train_vqgan.output.model,
         val="results/data/{ds}/val",
         train="results/data/{ds}/train",
+        eval_sets=eval_set_folders,  # folders of raw ALE screens (datasets.{ds}.eval_sets)
     output:
         json="results/vqgan/{ds}/recon.json",
         grid=report(
@@ -53,9 +55,10 @@ rule eval_vqgan:
         "benchmarks/eval_vqgan/{ds}.tsv"
     params:
         cfg=lambda w: section_json(w.ds, "vqgan", keys=("eval",)),
+        eval_sets=lambda w: eval_sets_json(w.ds),
         model=lambda w: f"results/vqgan/{w.ds}",
         weights=config["weights_dir"],
     shell:
         "python -m vqgan.eval.recon --config {params.cfg:q} --model {params.model:q} --data {input.val:q}"
         " --train-data {input.train:q} --weights-dir {params.weights:q} --out-json {output.json:q}"
-        " --out-png {output.grid:q} --recon-dir {output.recon:q} > {log:q} 2>&1"
+        " --out-png {output.grid:q} --recon-dir {output.recon:q} --eval-sets {params.eval_sets:q} > {log:q} 2>&1"
