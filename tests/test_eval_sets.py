@@ -20,7 +20,8 @@ from atari_collect.frames import crop_resize
 from vqgan.data.dataset import read_split
 from vqgan.eval import table as T
 from vqgan.eval.eval_sets import EvalSetError, check_eval_sets, pixel_objects, preprocess
-from vqgan.eval.recon import EvalConfig, evaluate, main as recon_main
+from vqgan.eval.recon import EvalConfig, evaluate
+from vqgan.eval.recon import main as recon_main
 
 
 def render(folder: Path, game: str, n: int, seed: int = 0, every: int = 10) -> list[np.ndarray]:
