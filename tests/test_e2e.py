@@ -31,7 +31,21 @@ def _write_config(path: Path, cfg: dict) -> Path:
 def _base_config() -> dict:
     cfg = yaml.safe_load(TEST_CONFIG.read_text())
     cfg["coco"]["root"] = str(TINY_COCO)  # the run happens in a temporary folder
+    # an external eval set: raw Ms. Pac-Man screens the `run` fixture renders into the work folder
+    cfg["datasets"]["atari_tiny"]["eval_sets"] = {"pacman": {"path": "eval_frames/pacman", "game": "MsPacman"}}
     return cfg
+
+
+def _render_eval_frames(workdir: Path, n: int = 12) -> None:
+    from PIL import Image
+
+    from atari_collect.objects import frames_with_ram
+
+    folder = workdir / "eval_frames" / "pacman"
+    folder.mkdir(parents=True)
+    for i, (screen, _) in enumerate(frames_with_ram("ms_pacman", n * 20, seed=5)):
+        if i % 20 == 19:
+            Image.fromarray(screen).save(folder / f"{i:05d}.png")
 
 
 def _snakemake(workdir: Path, config: Path, *args: str, check: bool = True):
@@ -53,6 +67,7 @@ def _planned_jobs(workdir: Path, config: Path, *targets: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_coco):
     workdir = tmp_path_factory.mktemp("e2e")
+    _render_eval_frames(workdir)
     config = _write_config(workdir / "config.yaml", _base_config())
     _snakemake(workdir, config)
     return workdir, config
@@ -60,11 +75,12 @@ def run(tmp_path_factory, tiny_coco):
 
 def test_tiny_dag_writes_the_fid_table_with_sane_values(run):
     workdir, _ = run
-    table = pd.read_csv(workdir / "results" / "fid_table.csv")
+    everything = pd.read_csv(workdir / "results" / "fid_table.csv", keep_default_na=False, na_values=[""])
     cfg = _base_config()
+    table = everything[everything["subset"] == "all"]
     assert sorted(table["dataset"]) == sorted(cfg["datasets"])
     for column in ["dataset", "kind", "resolution", "n_real", "n_gen", "fid", "kid_mean", "kid_std", "rfid", "psnr",
-                   "psnr_mean_baseline", "psnr_median_baseline", "fg_error", "fg_error_baseline", "codebook_usage",
+                   "psnr_mean_baseline", "psnr_median_baseline", "psnr_gain_over_mean_db", "codebook_usage",
                    "perplexity", "vqgan_steps", "transformer_steps", "val_bits_per_token", "inception_sha256"]:
         assert column in table.columns, f"fid_table.csv lacks {column}: {list(table.columns)}"
         assert table[column].notna().all(), f"fid_table.csv has empty {column}:\n{table}"
@@ -80,6 +96,15 @@ def test_tiny_dag_writes_the_fid_table_with_sane_values(run):
         samples = sorted((workdir / "results" / "samples" / ds).glob("*_*.png"))
         assert len(samples) == cfg["sample"]["n_samples"], f"{ds}: {len(samples)} sample PNGs"
     assert (workdir / "results" / "fid_table.md").read_text().count("\n|") >= 3
+    # the multi-game dataset: a row per game and one for the external eval set, with object scores
+    atari = everything[everything["dataset"] == "atari_tiny"].set_index("subset")
+    assert set(atari.index) == {"all", "Pong", "MsPacman", "eval_set:pacman"}, atari.index
+    assert atari["psnr"].notna().all() and atari["psnr_gain_over_mean_db"].notna().all()
+    assert atari.loc["eval_set:pacman", "n_eval"] == 12
+    for subset in ("all", "Pong", "MsPacman", "eval_set:pacman"):
+        assert atari.loc[subset, "object_recall"] >= 0 and atari.loc[subset, "n_objects_scored"] > 0, subset
+    coco = everything[everything["dataset"] == "coco_tiny"]
+    assert list(coco["subset"]) == ["all"] and "object recall not available" in coco["notes"].iloc[0]
 
 
 def test_atari_samples_are_further_from_coco_than_from_atari(run):
@@ -127,6 +152,15 @@ def test_changing_one_datasets_resolution_reruns_only_that_datasets_chain(run, t
             "fid_table"} == set(jobs), jobs
     assert all(n == 1 for n in jobs.values()), jobs
     assert "ds=coco_tiny" not in out, "a coco_tiny job was planned"
+
+
+def test_changing_an_eval_set_reruns_the_evaluation_not_the_collection(run, tmp_path):
+    workdir, _ = run
+    cfg = _base_config()
+    cfg["datasets"]["atari_tiny"]["eval_sets"]["again"] = {"path": "eval_frames/pacman", "game": "MsPacman"}
+    jobs = _planned_jobs(workdir, _write_config(tmp_path / "c.yaml", cfg), "results/fid_table.csv")
+    assert "collect_atari" not in jobs and "train_vqgan" not in jobs, jobs
+    assert jobs.get("eval_vqgan") == 1 and "fid_table" in jobs, jobs
 
 
 def readme_report_commands() -> list[list[str]]:

@@ -181,10 +181,13 @@ class ObjectIndex:
         return r[np.isin(self.frame[r], images)]
 
 
+GRID_UNBOXED = {"brick"}  # Breakout's wall: 108 outlines would hide it, and it is rarely what a model loses
+
+
 def boxed_originals(originals: np.ndarray, frames: list[int], index: ObjectIndex | None,
                     classes: dict[str, list[str]], scale: int) -> np.ndarray:
     """The originals upscaled by `scale` (nearest) with their object boxes outlined (atari_collect.objects.draw_boxes:
-    one colour per object class, dotted where the object is not drawn on that frame)."""
+    one colour per object class, dotted where the object is not drawn on that frame), except GRID_UNBOXED."""
     big = originals.repeat(scale, axis=1).repeat(scale, axis=2)
     if index is None:
         return big
@@ -193,6 +196,7 @@ def boxed_originals(originals: np.ndarray, frames: list[int], index: ObjectIndex
     out = []
     for img, f in zip(big, frames):
         r = index.rows(np.array([f]))
+        r = r[~np.isin(index.cls[r], list(GRID_UNBOXED))]
         objs = [GameObject(index.cls[i], int(index.id[i]), tuple(index.float_boxes[i] * scale), bool(index.visible[i]))
                 for i in r]
         game = index.group[r[0]] if len(r) else None
