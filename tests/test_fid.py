@@ -188,6 +188,22 @@ def test_floor_and_copy_rate_flag_a_sampler_that_returns_training_images(coco_se
     assert copier["n_train"] == N
 
 
+def test_several_seed_folders_give_mean_and_spread(coco_sets, scores):
+    cfg = F.FIDConfig(n=N, batch_size=N)
+    cache = coco_sets["root"] / "cache"
+    seeds = [coco_sets["same"], coco_sets["blurred"], coco_sets["noised"]]
+    result = F.compute_scores(coco_sets["split"], cfg, cache, gen_dir=seeds, train_dir=coco_sets["train"])
+    fids = [s["fid"] for s in result["per_seed"]]
+    assert result["n_seeds"] == 3 and result["n_gen"] == N and len(result["gen"]) == 3
+    assert fids[0] == pytest.approx(scores[0]["fid"]) and fids[1] == pytest.approx(scores[1]["fid"])
+    assert result["fid"] == pytest.approx(np.mean(fids))
+    assert result["fid_seed_std"] == pytest.approx(np.std(fids, ddof=1)) and result["fid_seed_std"] > 0
+    assert result["kid_seed_std"] > 0
+    assert result["copy_rate"] == pytest.approx(np.mean([s["copy_rate"] for s in result["per_seed"]]))
+    # one folder: no spread to report, rather than a std of 0
+    assert scores[0]["n_seeds"] == 1 and scores[0]["fid_seed_std"] is None
+
+
 def test_fid_separates_a_different_set_from_a_near_copy(scores):
     first, second = scores
     near, far = first["rfid"], second["fid"]

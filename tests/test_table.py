@@ -1,5 +1,6 @@
-"""The results table: schema, values carried from each stage's JSON, per-game and eval-set rows, NaN for what is
-missing, clear errors."""
+"""The results table: schema, values carried from each stage's JSON, one row per dataset and variant, spread over
+sampling seeds, comparable groups, per-game and eval-set rows, notes (data smaller than configured, FID at a biased
+N, below the constant-image baseline), NaN for what is missing, clear errors."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,8 @@ import pytest
 from vqgan.eval import table as T
 
 REQUIRED = [
-    "dataset", "subset", "kind", "resolution", "n_real", "n_gen", "fid", "kid_mean", "kid_std", "rfid", "psnr",
+    "dataset", "variant", "subset", "comparable_group", "n_seeds", "fid_seed_std", "kid_seed_std", "fid_floor",
+    "copy_rate", "kind", "resolution", "n_real", "n_gen", "fid", "kid_mean", "kid_std", "rfid", "psnr",
     "psnr_mean_baseline", "psnr_median_baseline", "psnr_gain_over_mean_db", "object_recall",
     "object_recall_mean_baseline", "n_objects_scored", "box_psnr", "box_psnr_mean_baseline",
     "box_psnr_median_baseline", "box_mae", "box_mae_median_baseline", "notes", "codebook_usage", "perplexity",
@@ -25,23 +27,34 @@ def _write(path, data):
     return path
 
 
+def _split(folder, requested, count):
+    folder.mkdir(parents=True)
+    _write(folder / "manifest.json", {"source": "coco", "requested": requested, "count": count})
+    return folder
+
+
 @pytest.fixture
 def results(tmp_path):
-    """Synthetic stage outputs laid out as the workflow writes them: coco64 complete, atari64 without FID yet."""
+    """Synthetic stage outputs laid out as the workflow writes them: coco64 complete in two variants (its val split
+    short of its config), atari64 without FID yet."""
     r = tmp_path / "results"
     sha = "ab" * 32
+    fid = {"dataset": "coco64", "kind": "coco", "resolution": 64, "n_real": 500, "n_gen": 480, "n_seeds": 3,
+           "fid": 81.25, "fid_seed_std": 1.5, "kid_mean": 0.0512, "kid_seed_std": 0.0004, "kid_std": 0.0021,
+           "n_recon": 500, "rfid": 33.5, "rkid_mean": 0.011, "rkid_std": 0.001, "inception_sha256": sha,
+           "real_data_sha256": "cd" * 32, "fid_floor": 20.0, "copy_rate": 0.04}
     files = {
-        "fid": [_write(r / "fid" / "coco64.json", {
-            "dataset": "coco64", "kind": "coco", "resolution": 64, "n_real": 500, "n_gen": 480, "fid": 81.25,
-            "kid_mean": 0.0512, "kid_std": 0.0021, "n_recon": 500, "rfid": 33.5, "rkid_mean": 0.011,
-            "rkid_std": 0.001, "inception_sha256": sha})],
+        "fid": [_write(r / "fid" / "coco64" / "ours.json", fid),
+                _write(r / "fid" / "coco64" / "paper.json", {**fid, "fid": 95.0, "n_gen": 240})],
+        "data": [_split(r / "data" / "coco64" / "train", 2000, 2000), _split(r / "data" / "coco64" / "val", 500, 480)],
         "recon": [
-            _write(r / "vqgan" / "coco64" / "recon.json", {
+            _write(r / "vqgan" / "coco64" / "paper" / "recon.json", {"n_images": 500, "psnr_gain_over_mean_db": -1.25}),
+            _write(r / "vqgan" / "coco64" / "ours" / "recon.json", {
                 "n_images": 500, "resolution": 64, "psnr": 22.4, "psnr_baseline_mean": 12.1,
                 "psnr_baseline_median": 11.8, "psnr_gain_over_mean_db": 10.3, "object_recall": None,
                 "objects": {"unavailable_reason": "no object truth (no objects.csv)"},
                 "usage": 0.71, "perplexity": 301.2, "n_codes": 512, "lpips": None}),
-            _write(r / "vqgan" / "atari64" / "recon.json", {
+            _write(r / "vqgan" / "atari64" / "ours" / "recon.json", {
                 "n_images": 300, "resolution": 64, "psnr": 31.0, "psnr_baseline_mean": 24.0,
                 "psnr_baseline_median": 28.0, "psnr_gain_over_mean_db": 7.0, "object_recall": 0.05,
                 "object_recall_baseline_mean": 0.01, "n_objects_scored": 900, "box_psnr": 12.0,
@@ -56,26 +69,53 @@ def results(tmp_path):
                                          "psnr_gain_over_mean_db": 3.0, "object_recall": 0.4, "n_objects_scored": 120,
                                          "lpips": 0.2}}}),
         ],
-        "vqgan_train": [_write(r / "vqgan" / "coco64" / "train.json", {"steps": 1500, "wall_time_s": 900.0}),
-                        _write(r / "vqgan" / "atari64" / "train.json", {"steps": 1500})],
-        "transformer_train": [_write(r / "transformer" / "coco64" / "train.json", {
+        "vqgan_train": [_write(r / "vqgan" / "coco64" / "ours" / "train.json", {"steps": 1500, "wall_time_s": 900.0}),
+                        _write(r / "vqgan" / "atari64" / "ours" / "train.json", {"steps": 1500})],
+        "transformer_train": [_write(r / "transformer" / "coco64" / "ours" / "train.json", {
             "steps": 2000, "val_bits_per_token": 7.9, "uniform_bits_per_token": 9.0})],
     }
     return files
 
 
-def test_table_has_the_schema_and_one_row_per_dataset(results):
+def test_table_has_the_schema_and_one_row_per_dataset_and_variant(results):
     table = T.build_table(**results)
     assert table.columns[0] == "dataset"
     missing = [c for c in REQUIRED if c not in table.columns]
     assert not missing, f"table lacks columns {missing}"
-    assert list(zip(table["dataset"], table["subset"])) == [
-        ("atari64", "all"), ("atari64", "Pong"), ("atari64", "Seaquest"), ("atari64", "eval_set:expert"),
-        ("coco64", "all")]
+    assert list(zip(table["dataset"], table["variant"], table["subset"])) == [
+        ("atari64", "ours", "all"), ("atari64", "ours", "Pong"), ("atari64", "ours", "Seaquest"),
+        ("atari64", "ours", "eval_set:expert"), ("coco64", "ours", "all"), ("coco64", "paper", "all")]
+
+
+def test_spread_n_and_comparable_groups(results, tmp_path):
+    table = T.build_table(**results).set_index(["dataset", "variant", "subset"])
+    ours, paper = table.loc[("coco64", "ours", "all")], table.loc[("coco64", "paper", "all")]
+    assert (ours["n_seeds"], ours["fid_seed_std"], ours["kid_seed_std"]) == (3, 1.5, 0.0004)
+    assert (ours["fid_floor"], ours["copy_rate"]) == (20.0, 0.04)
+    # paper scored 240 samples per seed, ours 480: not comparable; the same N and real set would be
+    assert isinstance(ours["comparable_group"], str) and ours["comparable_group"] != paper["comparable_group"]
+    same = _write(tmp_path / "again" / "fid" / "coco64" / "other.json",
+                  json.loads(results["fid"][0].read_text()) | {"fid": 70.0})
+    again = T.build_table(fid=[results["fid"][0], same]).set_index("variant")
+    assert again.loc["ours", "comparable_group"] == again.loc["other", "comparable_group"]
+    assert pd.isna(table.loc[("atari64", "ours", "all"), "comparable_group"])  # no FID yet: no group
+
+
+def test_notes_warn_of_small_data_biased_fid_and_a_dataset_below_its_mean_image(results):
+    table = T.build_table(**results).set_index(["dataset", "variant", "subset"])
+    paper = table.loc[("coco64", "paper", "all"), "notes"]
+    assert "val split has 480 images, fewer than the 500 configured (val_images)" in paper
+    assert "FID biased at N=240 (< 2048); compare KID" in paper
+    assert "below its mean image (-1.25 dB)" in paper  # a dataset row, not only a game's
+    ours = table.loc[("coco64", "ours", "all"), "notes"]
+    assert "fewer than the 500 configured" in ours and "FID biased at N=480" in ours
+    assert "below its mean image" not in ours and "train split" not in ours
+    atari = table.loc[("atari64", "ours", "all"), "notes"]
+    assert "configured" not in atari and "FID biased" not in atari  # no manifests given, no FID yet
 
 
 def test_a_game_below_its_own_mean_image_gets_a_row_that_says_so(results):
-    table = T.build_table(**results).set_index(["dataset", "subset"])
+    table = T.build_table(**results).query("variant == 'ours'").set_index(["dataset", "subset"])
     pong = table.loc[("atari64", "Pong")]
     assert (pong["n_eval"], pong["psnr"], pong["psnr_mean_baseline"]) == (100, 28.5, 29.1)
     assert pong["psnr_gain_over_mean_db"] == -0.6 and "below its mean image (-0.60 dB)" in pong["notes"]
@@ -89,7 +129,7 @@ def test_a_game_below_its_own_mean_image_gets_a_row_that_says_so(results):
 
 
 def test_table_values_come_from_the_right_files(results):
-    row = T.build_table(**results).set_index(["dataset", "subset"]).loc[("coco64", "all")]
+    row = T.build_table(**results).set_index(["dataset", "variant", "subset"]).loc[("coco64", "ours", "all")]
     assert (row["kind"], row["resolution"], row["n_real"], row["n_gen"]) == ("coco", 64, 500, 480)
     assert (row["fid"], row["rfid"], row["kid_mean"]) == (81.25, 33.5, 0.0512)
     assert (row["psnr"], row["psnr_mean_baseline"], row["psnr_median_baseline"]) == (22.4, 12.1, 11.8)
@@ -102,7 +142,7 @@ def test_table_values_come_from_the_right_files(results):
 
 def test_missing_stages_and_keys_are_empty_cells_not_errors(results, tmp_path):
     table = T.build_table(**results)
-    atari = table.set_index(["dataset", "subset"]).loc[("atari64", "all")]
+    atari = table.set_index(["dataset", "variant", "subset"]).loc[("atari64", "ours", "all")]
     assert pd.isna(atari["fid"]) and pd.isna(atari["n_real"]) and pd.isna(atari["transformer_steps"])
     assert pd.isna(atari["box_mae"]) and pd.isna(atari["vqgan_wall_s"])  # keys this file lacks
     assert atari["resolution"] == 64  # taken from recon.json when there is no FID yet
@@ -114,16 +154,22 @@ def test_cli_writes_csv_and_markdown(results, tmp_path, capsys):
     out, md = tmp_path / "fid_table.csv", tmp_path / "fid_table.md"
     T.main(["--fid", *map(str, results["fid"]), "--recon", *map(str, results["recon"]),
             "--vqgan-train", *map(str, results["vqgan_train"]),
-            "--transformer-train", *map(str, results["transformer_train"]),
+            "--transformer-train", *map(str, results["transformer_train"]), "--data", *map(str, results["data"]),
             "--out", str(out), "--markdown", str(md)])
     csv = pd.read_csv(out)
-    assert list(csv.columns) == ["dataset", "subset", *T.COLUMNS]
-    assert csv.set_index(["dataset", "subset"]).loc[("coco64", "all"), "fid"] == 81.25
-    lines = md.read_text().splitlines()
-    assert len(lines) == 2 + 5  # header, rule, two datasets, two games and one eval set of atari64
-    assert lines[0].startswith("| dataset | subset | kind |")
-    assert "| coco64 | all | coco | 64 | 500 | 480 | 81.25 |" in md.read_text()
-    assert "| atari64 | Pong |  | 64 |" in md.read_text() and "below its mean image" in md.read_text()
+    assert list(csv.columns) == ["dataset", "variant", "subset", *T.COLUMNS]
+    assert csv.set_index(["dataset", "variant", "subset"]).loc[("coco64", "ours", "all"), "fid"] == 81.25
+    table, notes = md.read_text().split("\n\nNotes:\n")
+    lines = table.splitlines()
+    assert len(lines) == 2 + 6  # header, rule, three dataset rows, two games and one eval set of atari64
+    assert lines[0].startswith("| dataset | variant | subset | kind | resolution | comparable_group |")
+    group = csv.set_index("variant")["comparable_group"]["paper"]
+    # mean ± std over the seeds in one cell, N beside it
+    assert f"| coco64 | paper | all | coco | 64 | {group} | 500 | 240 | 3 | 95.00 ± 1.50 | 0.0512 ± 0.0004 |" in table
+    assert "| atari64 | ours | Pong |  | 64 |" in table
+    # every note again under the table, where the end of a run prints it
+    assert "- atari64/ours/Pong: below its mean image (-0.60 dB)" in notes
+    assert "- coco64/paper/all: val split has 480 images" in notes and "FID biased at N=240" in notes
     assert "81.25" in capsys.readouterr().out
 
 
@@ -135,10 +181,12 @@ def test_bad_inputs_name_the_file(tmp_path):
         T.build_table(fid=[broken])
     with pytest.raises(T.TableError, match="no such file"):
         T.build_table(recon=[tmp_path / "vqgan" / "y" / "recon.json"])
-    a = _write(tmp_path / "a" / "coco" / "recon.json", {})
-    b = _write(tmp_path / "b" / "coco" / "recon.json", {})
-    with pytest.raises(T.TableError, match="second recon file for dataset 'coco'"):
+    a = _write(tmp_path / "a" / "coco" / "ours" / "recon.json", {})
+    b = _write(tmp_path / "b" / "coco" / "ours" / "recon.json", {})
+    with pytest.raises(T.TableError, match="second recon file for dataset 'coco', variant 'ours'"):
         T.build_table(recon=[a, b])
+    with pytest.raises(T.TableError, match="no manifest.json"):
+        T.build_table(data=[tmp_path / "a"])
     with pytest.raises(SystemExit, match="no input files"):
         T.main(["--out", str(tmp_path / "t.csv")])
 

@@ -475,7 +475,7 @@ def compute_scores(
     real_dir: str | os.PathLike,
     cfg: FIDConfig,
     cache_dir: str | os.PathLike,
-    gen_dir: str | os.PathLike | None = None,
+    gen_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     recon_dir: str | os.PathLike | None = None,
     train_dir: str | os.PathLike | None = None,
     weights_dir: str | os.PathLike | None = None,
@@ -484,7 +484,12 @@ def compute_scores(
     download: bool = False,
     workers: int = 0,
 ) -> dict[str, Any]:
-    """Everything `results/fid/{ds}.json` holds; `fid`/`kid_*` need `gen_dir`, `rfid`/`rkid_*` need `recon_dir`.
+    """Everything `results/fid/{ds}/{variant}.json` holds; `fid`/`kid_*` need `gen_dir`, `rfid`/`rkid_*` need
+    `recon_dir`.
+
+    `gen_dir` may be several folders, one per sampling seed: each is scored (`per_seed`), and `fid`, `kid_mean`,
+    `copy_rate` are their mean, `fid_seed_std`/`kid_seed_std` the standard deviation across seeds (ddof 1; None for
+    one folder). `kid_std` stays the spread over KID subsets, averaged over the seeds.
 
     With `train_dir` also the references every score needs beside it: the floor (N train images scored as if they
     were samples, against the same val features: what a perfect generator of this data would get at this N) and
@@ -498,7 +503,8 @@ def compute_scores(
                 read_split(split_dir)
         except DatasetError as e:
             raise FIDError(f"{what}: {e}") from None
-    for folder in (gen_dir, recon_dir):
+    gen_dirs = [] if gen_dir is None else [gen_dir] if isinstance(gen_dir, (str, os.PathLike)) else list(gen_dir)
+    for folder in (*gen_dirs, recon_dir):
         if folder is not None:
             list_images(folder)
     t_start = time.perf_counter()
@@ -517,12 +523,13 @@ def compute_scores(
         "n_real": len(real.feats),
         "n_real_available": real.n_available,
         "n_gen": None, "fid": None, "kid_mean": None, "kid_std": None,
+        "n_seeds": len(gen_dirs) or None, "fid_seed_std": None, "kid_seed_std": None, "per_seed": [],
         "n_recon": None, "rfid": None, "rkid_mean": None, "rkid_std": None,
         "n_train": None, "fid_floor": None, "kid_floor_mean": None, "kid_floor_std": None,
         "copy_rate": None, "copy_threshold": None, "copy_quantile": None, "copy_n_train": None,
         "kid_subsets": cfg.kid_subsets,
         "kid_subset_size": None,
-        "real": str(real_dir), "gen": None if gen_dir is None else str(gen_dir),
+        "real": str(real_dir), "gen": [str(g) for g in gen_dirs] or None,
         "recon": None if recon_dir is None else str(recon_dir),
         "real_data_sha256": real.data_sha256,
         "real_features_cache": str(real.cache_file),
@@ -534,12 +541,23 @@ def compute_scores(
         "device": str(extractor.device),
         "timing_s": {"weights": t_weights - t_start, "real_features": t_real - t_weights},
     }
-    gen = None
-    if gen_dir is not None:
-        gen = score_folder(gen_dir, real, cfg, extractor, f"gen {name}", workers)
-        result.update(n_gen=gen["n"], fid=gen["fid"], kid_mean=gen["kid_mean"], kid_std=gen["kid_std"],
-                      kid_subset_size=gen["kid_subset_size"])
-        result["timing_s"].update({f"gen_{k}": v for k, v in gen["timing_s"].items()})
+    gens = []
+    for folder in gen_dirs:
+        gen = score_folder(folder, real, cfg, extractor, f"gen {name} ({folder})", workers)
+        gens.append(gen)
+        result["per_seed"].append({k: gen[k] for k in ("fid", "kid_mean", "kid_std", "n")} | {"gen": str(folder)})
+        for k, v in gen["timing_s"].items():  # summed over the seeds
+            result["timing_s"][f"gen_{k}"] = result["timing_s"].get(f"gen_{k}", 0.0) + v
+    if gens:
+        if len({g["n"] for g in gens}) > 1:
+            raise FIDError(f"gen {name}: the seeds' folders hold different numbers of images "
+                           f"({[g['n'] for g in gens]}); their scores would not be comparable")
+        fids, kids = np.array([g["fid"] for g in gens]), np.array([g["kid_mean"] for g in gens])
+        result.update(n_gen=gens[0]["n"], fid=float(fids.mean()), kid_mean=float(kids.mean()),
+                      kid_std=float(np.mean([g["kid_std"] for g in gens])),
+                      kid_subset_size=gens[0]["kid_subset_size"],
+                      fid_seed_std=float(fids.std(ddof=1)) if len(gens) > 1 else None,
+                      kid_seed_std=float(kids.std(ddof=1)) if len(gens) > 1 else None)
     if train_dir is not None:
         t0 = time.perf_counter()
         train = real_features(train_dir, name, cfg, extractor, cache_dir, workers)
@@ -547,8 +565,11 @@ def compute_scores(
         kid_floor = kid_from_features(real.feats, train.feats, cfg.kid_subsets, m, cfg.seed)
         result.update(n_train=len(train.feats), fid_floor=fid_from_features(real.feats, train.feats),
                       kid_floor_mean=kid_floor[0], kid_floor_std=kid_floor[1])
-        if gen is not None:
-            result.update(copy_rate(gen["feats"], train.feats, real.feats))
+        if gens:
+            copies = [copy_rate(g["feats"], train.feats, real.feats) for g in gens]
+            for entry, c in zip(result["per_seed"], copies):
+                entry["copy_rate"] = c["copy_rate"]
+            result.update(copies[0], copy_rate=float(np.mean([c["copy_rate"] for c in copies])))
         result["timing_s"]["floor_and_copy"] = time.perf_counter() - t0
     if recon_dir is not None:
         s = score_folder(recon_dir, real, cfg, extractor, f"recon {name}", workers)
@@ -568,11 +589,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", default="{}", help="the fid config section: inline JSON or a YAML/JSON file "
                    f"(keys: {', '.join(f.name for f in fields(FIDConfig))})")
     p.add_argument("--real", required=True, help="real val split folder (results/data/{ds}/val)")
-    p.add_argument("--gen", help="folder of generated PNGs (results/samples/{ds}); grid.png is skipped")
+    p.add_argument("--gen", nargs="+", help="folder(s) of generated PNGs, one per sampling seed "
+                   "(results/samples/{ds}/{variant}/seed*); grid.png is skipped")
     p.add_argument("--recon", help="folder of val reconstruction PNGs (results/vqgan/{ds}/recon) for rFID")
     p.add_argument("--train", help="train split folder (results/data/{ds}/train): the real-vs-real floor and the "
                    "samples' copy rate")
-    p.add_argument("--out", required=True, help="result JSON (results/fid/{ds}.json)")
+    p.add_argument("--out", required=True, help="result JSON (results/fid/{ds}/{variant}.json)")
     p.add_argument("--cache-dir", default="results/fid/cache", help="real-set PNGs and features, reused across runs")
     p.add_argument("--weights-dir", default="resources/weights", help="looked in first for the Inception file")
     p.add_argument("--name", help="dataset name (default: the parent folder of --real)")
@@ -590,7 +612,8 @@ def main(argv: list[str] | None = None) -> None:
         name=args.name, device=device, download=not args.no_download, workers=args.workers,
     )
     write_json_atomic(args.out, result)
-    summary = {k: result[k] for k in ("dataset", "n_real", "n_gen", "fid", "kid_mean", "n_recon", "rfid",
+    summary = {k: result[k] for k in ("dataset", "n_real", "n_gen", "n_seeds", "fid", "fid_seed_std", "kid_mean",
+                                      "n_recon", "rfid",
                                       "fid_floor", "copy_rate")}
     print(json.dumps(summary))
 

@@ -1,18 +1,23 @@
-"""The results table: one row per dataset, every score next to the N it was computed on and its baselines.
+"""The results table: one row per dataset and variant, every score next to the N it was computed on, its spread
+over sampling seeds, and its baselines.
 
 A multi-game Atari dataset also gets one row per game (`subset` = the game; each against its own training mean
 image, so a game that scores below its own constant image shows, `notes` says so), and one row per external
 evaluation set (`subset` = eval_set:<name>). Subset rows carry the reconstruction columns; FID, KID and training
 columns belong to the whole dataset and stay empty there.
 
-    python -m vqgan.eval.table --fid results/fid/*.json --recon results/vqgan/*/recon.json \
-        --vqgan-train results/vqgan/*/train.json --transformer-train results/transformer/*/train.json \
-        --out results/fid_table.csv --markdown results/fid_table.md
+    python -m vqgan.eval.table --fid results/fid/*/*.json --recon results/vqgan/*/*/recon.json \
+        --vqgan-train results/vqgan/*/*/train.json --transformer-train results/transformer/*/*/train.json \
+        --data results/data/*/train results/data/*/val --out results/fid_table.csv --markdown results/fid_table.md
 
-Each input is a JSON file written by one stage; the dataset name is the file's stem for `results/fid/{ds}.json`
-and its parent folder for the others (`results/vqgan/{ds}/recon.json`). A dataset missing from one stage, or a key
-an older file lacks, gives an empty (NaN) cell rather than an error: the table is a summary, and a half-finished run
-should still show what it has. `COLUMNS` says where every column comes from.
+Each input is a JSON file written by one stage for one dataset and variant: `results/fid/{ds}/{variant}.json`,
+`results/vqgan/{ds}/{variant}/recon.json` and so on (the names come from the path). A run missing from one stage,
+or a key an older file lacks, gives an empty (NaN) cell rather than an error: the table is a summary, and a
+half-finished run should still show what it has. `COLUMNS` says where every column comes from.
+
+`notes` says what a reader must not miss (a split smaller than configured, FID at an N where it is strongly
+biased, a reconstruction below its constant-image baseline, why object scores are missing); the Markdown rendering
+lists the notes again under the table, where a wide table's last column would be missed.
 """
 from __future__ import annotations
 
@@ -27,19 +32,24 @@ import pandas as pd
 
 from vqgan.io.cli import command
 from vqgan.io.files import prepare_output, write_text_atomic
+from vqgan.io.hashing import config_hash
 
-# column -> (source, key in that source's JSON). Sources: fid = results/fid/{ds}.json (vqgan.eval.fid),
-# recon = results/vqgan/{ds}/recon.json (vqgan.eval.recon), vqgan_train = results/vqgan/{ds}/train.json
-# (vqgan.train.vqgan), transformer_train = results/transformer/{ds}/train.json (vqgan.train.transformer), table =
-# made here from the recon record.
+# column -> (source, key in that source's JSON). Sources: fid = results/fid/{ds}/{variant}.json (vqgan.eval.fid),
+# recon = results/vqgan/{ds}/{variant}/recon.json (vqgan.eval.recon), vqgan_train = .../train.json beside it
+# (vqgan.train.vqgan), transformer_train = results/transformer/{ds}/{variant}/train.json (vqgan.train.transformer),
+# table = made here.
 COLUMNS: dict[str, tuple[str, str]] = {
     "kind": ("fid", "kind"),
     "resolution": ("fid", "resolution"),
+    "comparable_group": ("table", "comparable_group"),          # same group = same N and real set: comparable
     "n_real": ("fid", "n_real"),
-    "n_gen": ("fid", "n_gen"),
+    "n_gen": ("fid", "n_gen"),                                  # per seed
+    "n_seeds": ("fid", "n_seeds"),                              # fid and kid_mean are means over these seeds
     "fid": ("fid", "fid"),
+    "fid_seed_std": ("fid", "fid_seed_std"),                    # std across sampling seeds (ddof 1)
     "kid_mean": ("fid", "kid_mean"),
-    "kid_std": ("fid", "kid_std"),
+    "kid_seed_std": ("fid", "kid_seed_std"),
+    "kid_std": ("fid", "kid_std"),                              # spread over KID subsets (mean over seeds)
     "kid_subset": ("fid", "kid_subset_size"),                   # proper subsets (< N): kid_std is a real spread
     "n_train_ref": ("fid", "n_train"),
     "fid_floor": ("fid", "fid_floor"),                          # train images scored as samples: the best at this N
@@ -78,9 +88,13 @@ COLUMNS: dict[str, tuple[str, str]] = {
 }
 SHA_PREFIX = 12
 SOURCES = ("fid", "recon", "vqgan_train", "transformer_train")
+# FID's bias falls like 1/N; below the 2048 feature dimensions the covariance is rank-deficient and the bias large
+# (Chong & Forsyth 2020): such a score is only comparable at equal N, and KID (unbiased) should be read beside it
+FID_UNBIASED_N = 2048
 # Markdown formats; the CSV keeps full precision.
 FORMATS = {
-    "fid": "{:.2f}", "rfid": "{:.2f}", "fid_floor": "{:.2f}", "kid_floor": "{:.4f}", "copy_rate": "{:.2f}",
+    "fid": "{:.2f}", "fid_seed_std": "{:.2f}", "kid_seed_std": "{:.4f}",
+    "rfid": "{:.2f}", "fid_floor": "{:.2f}", "kid_floor": "{:.4f}", "copy_rate": "{:.2f}",
     "kid_mean": "{:.4f}", "kid_std": "{:.4f}", "rkid_mean": "{:.4f}",
     "rkid_std": "{:.4f}", "psnr": "{:.2f}", "psnr_mean_baseline": "{:.2f}", "psnr_median_baseline": "{:.2f}",
     "psnr_gain_over_mean_db": "{:+.2f}", "object_recall": "{:.3f}", "object_recall_mean_baseline": "{:.3f}",
@@ -95,13 +109,15 @@ class TableError(ValueError):
     """Unreadable or ambiguous input; the message names the file."""
 
 
-def dataset_name(path: Path, source: str) -> str:
-    """results/fid/{ds}.json -> ds; results/vqgan/{ds}/recon.json -> ds."""
-    return path.stem if source == "fid" else path.parent.name
+def run_name(path: Path, source: str) -> tuple[str, str]:
+    """(dataset, variant): results/fid/{ds}/{variant}.json, results/vqgan/{ds}/{variant}/recon.json."""
+    if source == "fid":
+        return path.parent.name, path.stem
+    return path.parent.parent.name, path.parent.name
 
 
-def load_source(paths: Sequence[str | os.PathLike], source: str) -> dict[str, dict[str, Any]]:
-    records: dict[str, dict[str, Any]] = {}
+def load_source(paths: Sequence[str | os.PathLike], source: str) -> dict[tuple[str, str], dict[str, Any]]:
+    records: dict[tuple[str, str], dict[str, Any]] = {}
     for p in map(Path, paths):
         try:
             data = json.loads(p.read_text())
@@ -111,15 +127,54 @@ def load_source(paths: Sequence[str | os.PathLike], source: str) -> dict[str, di
             raise TableError(f"{p}: not valid JSON ({e}); rerun the stage that writes it") from None
         if not isinstance(data, dict):
             raise TableError(f"{p}: expected a JSON object, got {type(data).__name__}")
-        name = dataset_name(p, source)
+        name = run_name(p, source)
         if name in records:
-            raise TableError(f"{p}: a second {source} file for dataset {name!r}; pass one file per dataset")
+            raise TableError(f"{p}: a second {source} file for dataset {name[0]!r}, variant {name[1]!r}; pass one "
+                             "file per dataset and variant")
         records[name] = data
     return records
 
 
+def load_data(folders: Sequence[str | os.PathLike]) -> dict[str, list[str]]:
+    """Notes on the data splits (results/data/{ds}/{train,val}): a split smaller than its config asked for."""
+    notes: dict[str, list[str]] = {}
+    for folder in map(Path, folders):
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text())
+        except FileNotFoundError:
+            raise TableError(f"{folder}: no manifest.json (is it a data split folder, results/data/<ds>/train?)")\
+                from None
+        except ValueError as e:
+            raise TableError(f"{folder}/manifest.json: not valid JSON ({e}); rerun the data stage") from None
+        # COCO records what the config asked for (`requested`); the Atari collection's size is its own budget
+        requested, count = manifest.get("requested"), manifest.get("count")
+        if isinstance(requested, int) and isinstance(count, int) and count < requested:
+            notes.setdefault(folder.parent.name, []).append(
+                f"{folder.name} split has {count} images, fewer than the {requested} configured "
+                f"({folder.name}_images)")
+    return notes
+
+
 def _cell(value: Any) -> Any:
     return math.nan if value is None else value
+
+
+def comparable_group(fid: dict[str, Any]) -> str | None:
+    """A short hash of what makes two FIDs comparable: N on each side, the real images, the network."""
+    if fid.get("n_gen") is None and fid.get("n_recon") is None:
+        return None
+    return config_hash(fid.get("n_real"), fid.get("n_gen"), fid.get("real_data_sha256"),
+                       fid.get("inception_sha256"), length=8)
+
+
+def _biased_n_note(fid: dict[str, Any]) -> str | None:
+    sizes = [fid.get(k) for k in ("n_real", "n_gen") if fid.get(k) is not None]
+    if fid.get("n_gen") is None and fid.get("n_recon") is not None:
+        sizes.append(fid["n_recon"])  # only rFID was computed
+    n = min(sizes) if sizes else None
+    if n is not None and n < FID_UNBIASED_N:
+        return f"FID biased at N={n} (< {FID_UNBIASED_N}); compare KID"
+    return None
 
 
 def build_table(
@@ -127,47 +182,55 @@ def build_table(
     recon: Sequence[str | os.PathLike] = (),
     vqgan_train: Sequence[str | os.PathLike] = (),
     transformer_train: Sequence[str | os.PathLike] = (),
+    data: Sequence[str | os.PathLike] = (),
 ) -> pd.DataFrame:
-    """One row per dataset seen in any input (subset `all`), sorted by dataset, each followed by its games' and
-    external eval sets' rows; columns `dataset`, `subset` + `COLUMNS` in that order."""
+    """One row per (dataset, variant) seen in any input (subset `all`), sorted, each followed by its games' and
+    external eval sets' rows; columns `dataset`, `variant`, `subset` + `COLUMNS` in that order. `data` folders
+    (results/data/{ds}/{split}) add their notes to every row of their dataset."""
     loaded = {
         "fid": load_source(fid, "fid"),
         "recon": load_source(recon, "recon"),
         "vqgan_train": load_source(vqgan_train, "vqgan_train"),
         "transformer_train": load_source(transformer_train, "transformer_train"),
     }
+    data_notes = load_data(data)
     names = sorted(set().union(*(records.keys() for records in loaded.values())))
     rows = []
     for name in names:
-        row: dict[str, Any] = {"dataset": name, "subset": "all"}
+        ds, variant = name
+        row: dict[str, Any] = {"dataset": ds, "variant": variant, "subset": "all"}
+        fid_record = loaded["fid"].get(name, {})
         for column, (source, key) in COLUMNS.items():
             row[column] = _cell(loaded.get(source, {}).get(name, {}).get(key))
+        row["comparable_group"] = _cell(comparable_group(fid_record))
         # The recon stage knows the resolution too, for a dataset whose FID has not run yet.
         if isinstance(row["resolution"], float) and math.isnan(row["resolution"]):
             row["resolution"] = _cell(loaded["recon"].get(name, {}).get("resolution"))
         if isinstance(row["inception_sha256"], str):
             row["inception_sha256"] = row["inception_sha256"][:SHA_PREFIX]
-        rows.append(_with_notes(row, loaded["recon"].get(name, {})))
         recon_record = loaded["recon"].get(name, {})
+        rows.append(_with_notes(row, recon_record, [*data_notes.get(ds, []), _biased_n_note(fid_record)]))
         subsets = [(game, rec) for game, rec in (recon_record.get("per_class") or {}).items()]
         subsets += [(f"eval_set:{s}", rec) for s, rec in (recon_record.get("eval_sets") or {}).items()]
         for subset, rec in subsets:
-            sub = {"dataset": name, "subset": subset, "kind": row["kind"], "resolution": row["resolution"]}
+            sub = {"dataset": ds, "variant": variant, "subset": subset, "kind": row["kind"],
+                   "resolution": row["resolution"]}
             for column, (source, key) in COLUMNS.items():
                 if source == "recon":
                     sub[column] = _cell(rec.get(key))
             rows.append(_with_notes(sub, rec))
-    table = pd.DataFrame(rows, columns=["dataset", "subset", *COLUMNS])
-    integer_columns = ("resolution", "n_real", "n_gen", "kid_subset", "n_train_ref", "n_recon", "n_eval", "n_codes",
-                       "vqgan_steps", "transformer_steps", "n_objects_scored")
+    table = pd.DataFrame(rows, columns=["dataset", "variant", "subset", *COLUMNS])
+    integer_columns = ("resolution", "n_real", "n_gen", "n_seeds", "kid_subset", "n_train_ref", "n_recon", "n_eval",
+                       "n_codes", "vqgan_steps", "transformer_steps", "n_objects_scored")
     for column in integer_columns:
         table[column] = table[column].astype("Int64")  # integers stay integers next to empty cells
     return table
 
 
-def _with_notes(row: dict[str, Any], recon: dict[str, Any]) -> dict[str, Any]:
-    """`notes`: a reconstruction below its own mean image, and where object scores are missing, why."""
-    notes = []
+def _with_notes(row: dict[str, Any], recon: dict[str, Any], first: Sequence[str | None] = ()) -> dict[str, Any]:
+    """`notes`: `first` (the data's and the FID's), a reconstruction below its own mean image, and where object
+    scores are missing, why."""
+    notes = [n for n in first if n]
     gain = recon.get("psnr_gain_over_mean_db")
     if gain is not None and gain < 0:
         notes.append(f"below its mean image ({gain:+.2f} dB)")
@@ -182,38 +245,64 @@ def _with_notes(row: dict[str, Any], recon: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+# Markdown cells that show mean ± std across seeds (the CSV keeps the two numbers in their own columns)
+WITH_SPREAD = {"fid": "fid_seed_std", "kid_mean": "kid_seed_std"}
+
+
 def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub-style Markdown table (no extra dependency); empty cells for missing values."""
+    """A GitHub-style Markdown table (no extra dependency); empty cells for missing values; FID and KID as mean ± std
+    over the seeds; then every row's notes as a list, where they are read."""
     def fmt(column: str, value: Any) -> str:
-        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        if _missing(value):
             return ""
         if column in FORMATS and isinstance(value, (int, float)):
             return FORMATS[column].format(value)
         return str(value)
 
-    header = "| " + " | ".join(table.columns) + " |"
-    left = ("dataset", "subset", "kind", "inception_sha256", "notes")
-    rule = "|" + "|".join("---" if c in left else "---:" for c in table.columns) + "|"
-    body = ["| " + " | ".join(fmt(c, v) for c, v in zip(table.columns, row)) + " |"
-            for row in table.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"
+    columns = [c for c in table.columns if c not in WITH_SPREAD.values()]
+    header = "| " + " | ".join(columns) + " |"
+    left = ("dataset", "variant", "subset", "kind", "comparable_group", "inception_sha256", "notes")
+    rule = "|" + "|".join("---" if c in left else "---:" for c in columns) + "|"
+    body = []
+    for row in table.to_dict("records"):
+        cells = []
+        for c in columns:
+            cell = fmt(c, row[c])
+            if c in WITH_SPREAD and cell and not _missing(row[WITH_SPREAD[c]]):
+                cell += " ± " + fmt(WITH_SPREAD[c], row[WITH_SPREAD[c]])
+            cells.append(cell)
+        body.append("| " + " | ".join(cells) + " |")
+    lines = [header, rule, *body]
+    notes = [f"- {r['dataset']}/{r['variant']}/{r['subset']}: {r['notes']}"
+             for r in table.to_dict("records") if isinstance(r["notes"], str) and r["notes"]]
+    if notes:
+        lines += ["", "Notes:", *notes]
+    return "\n".join(lines) + "\n"
 
 
 @command
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="vqgan-table",
                                 description="Collect every stage's JSON into results/fid_table.csv.")
-    p.add_argument("--fid", nargs="*", default=[], help="results/fid/{ds}.json files")
-    p.add_argument("--recon", nargs="*", default=[], help="results/vqgan/{ds}/recon.json files")
-    p.add_argument("--vqgan-train", nargs="*", default=[], help="results/vqgan/{ds}/train.json files")
-    p.add_argument("--transformer-train", nargs="*", default=[], help="results/transformer/{ds}/train.json files")
+    p.add_argument("--fid", nargs="*", default=[], help="results/fid/{ds}/{variant}.json files")
+    p.add_argument("--recon", nargs="*", default=[], help="results/vqgan/{ds}/{variant}/recon.json files")
+    p.add_argument("--vqgan-train", nargs="*", default=[], help="results/vqgan/{ds}/{variant}/train.json files")
+    p.add_argument("--transformer-train", nargs="*", default=[],
+                   help="results/transformer/{ds}/{variant}/train.json files")
+    p.add_argument("--data", nargs="*", default=[],
+                   help="data split folders (results/data/{ds}/train, .../val): a note where a split is smaller "
+                   "than configured")
     p.add_argument("--out", required=True, help="CSV path (results/fid_table.csv)")
     p.add_argument("--markdown", help="also write a Markdown rendering here")
     args = p.parse_args(argv)
     for out in (args.out, args.markdown):
         if out:
             prepare_output(out)  # an unwritable output fails now
-    table = build_table(args.fid, args.recon, args.vqgan_train, args.transformer_train)
+    table = build_table(args.fid, args.recon, args.vqgan_train, args.transformer_train, args.data)
     if table.empty:
         raise TableError("no input files given; pass at least one of --fid/--recon/--vqgan-train/...")
     write_text_atomic((args.out), table.to_csv(index=False))

@@ -200,8 +200,9 @@ def _hint(e):
     return ""
 
 
-def _validate(data, schema, where):
-    """Validate and fill defaults in place; a ConfigError naming the first bad key by its full path."""
+def _validate(data, schema, where, context=""):
+    """Validate and fill defaults in place; a ConfigError naming the first bad key by its full path (and `context`,
+    e.g. the dataset a variant's override was merged for)."""
     from jsonschema.exceptions import best_match
 
     error = best_match(_validator_class()(schema).iter_errors(data))
@@ -212,7 +213,7 @@ def _validate(data, schema, where):
             else map(str, error.absolute_path)
         )
         raise ConfigError(
-            f"config key {path or '(top level)'}: {error.message}{_hint(error)}"
+            f"config key {path or '(top level)'}{context}: {error.message}{_hint(error)}"
         )
 
 
@@ -269,31 +270,32 @@ def _split_bounds(entry):
     return {s: (most, "games x (frames_per_game - 1)") for s in ("train", "val")}
 
 
-def _check_sizes(cfg, ds, entry):
+def _check_sizes(cfg, ds, entry, variant):
     """Batch and sample counts against what the splits can hold: each of these would fail inside a job."""
     bounds = _split_bounds(entry)
     (n_train, why_train), (n_val, why_val) = bounds["train"], bounds["val"]
+    sections = entry["_variants"][variant]
     for section in ("vqgan", "transformer"):
-        tc = entry[f"_{section}"]["train"]
-        key = f"datasets.{ds}.{section}.train"
+        tc = sections[section]["train"]
+        key = f"{_where(ds, variant, section)}.train"
         bs, ga = tc["batch_size"], tc["grad_accum"]
         if bs % ga:
             raise ConfigError(
-                f"config key {key}.grad_accum: {ga} does not divide {section}.train.batch_size = {bs} (the "
+                f"config key {key}.grad_accum{_for(ds, variant, section)}: {ga} does not divide {section}.train.batch_size = {bs} (the "
                 "global batch is split into grad_accum micro-batches)"
             )
         if bs // ga > n_train:
             raise ConfigError(
-                f"config key {key}.batch_size: a micro-batch of {bs // ga} (batch_size {bs} / grad_accum {ga}) "
+                f"config key {key}.batch_size{_for(ds, variant, section)}: a micro-batch of {bs // ga} (batch_size {bs} / grad_accum {ga}) "
                 f"is more than the {n_train} images the train split can hold ({why_train}); lower the batch size or "
                 "add data"
             )
-    fid, sample = cfg["fid"], entry["_sample"]
+    fid, sample = cfg["fid"], sections["sample"]
     classes = len(entry["games"]) if entry["kind"] == "atari" else 1
     total = sample["n_samples"] or (sample["n_per_class"] or 16) * classes
     if total < fid["min_images"]:
         raise ConfigError(
-            f"config key datasets.{ds}.sample: {total} samples in all, fewer than fid.min_images = "
+            f"config key {_where(ds, variant, 'sample')}{_for(ds, variant, 'sample')}: {total} samples in all, fewer than fid.min_images = "
             f"{fid['min_images']}, so FID would fail; raise sample.n_samples (or n_per_class)"
         )
     if n_val < fid["min_images"]:
@@ -352,6 +354,53 @@ def _check_coco(cfg, coco_datasets):
                 )
 
 
+DEFAULT_VARIANT = "default"
+
+
+def variants(cfg):
+    """{name: overrides}; a config without `variants` runs one variant, `default`, with no overrides."""
+    return cfg.get("variants") or {DEFAULT_VARIANT: {}}
+
+
+def _from_variant(variant, section):
+    return section in variants(config).get(variant, {})
+
+
+def _where(ds, variant, section):
+    # the key an error names: the variant's override where it sets the section, the dataset's otherwise
+    if _from_variant(variant, section):
+        return f"variants.{variant}.{section}"
+    return f"datasets.{ds}.{section}"
+
+
+def _for(ds, variant, section):
+    return f" (for dataset {ds})" if _from_variant(variant, section) else ""
+
+
+def _check_variant(cfg, ds, entry, variant):
+    """The cross-key checks of one dataset's merged sections under one variant."""
+    sections = entry["_variants"][variant]
+    vq = sections["vqgan"]
+    f = 2 ** (len(vq["model"]["ch_mult"]) - 1)
+    if entry["resolution"] % f:
+        raise ConfigError(
+            f"config key datasets.{ds}.resolution: {entry['resolution']} is not a multiple of the VQGAN's "
+            f"downsampling factor f = 2**(len({_where(ds, variant, 'vqgan')}.model.ch_mult)-1) = {f}"
+        )
+    gpt = sections["transformer"]["model"]
+    if gpt["n_embd"] % gpt["n_head"]:
+        raise ConfigError(
+            f"config key {_where(ds, variant, 'transformer')}.model.n_embd{_for(ds, variant, 'transformer')}: {gpt['n_embd']} is not divisible by "
+            f"transformer.model.n_head = {gpt['n_head']}"
+        )
+    sample = sections["sample"]
+    if sample["n_per_class"] is not None and sample["n_samples"] is not None:
+        raise ConfigError(
+            f"config keys {_where(ds, variant, 'sample')}.n_per_class and n_samples{_for(ds, variant, 'sample')}: set one of them, not both"
+        )
+    _check_sizes(cfg, ds, entry, variant)
+
+
 def _check_config(cfg):
     """Every check that the config and the file system allow, before any job runs."""
     _validate(cfg, _schema("config"), "")
@@ -368,32 +417,29 @@ def _check_config(cfg):
         )
     for ds, entry in cfg["datasets"].items():
         _validate(entry, _schema(f"dataset_{entry['kind']}"), f"datasets.{ds}")
-        for section in OVERRIDABLE:
-            merged = _deep_merge(cfg[section], entry.get(section, {}))
-            _validate(merged, _section_schema(section), f"datasets.{ds}.{section}")
-            entry[f"_{section}"] = merged
-        vq = entry["_vqgan"]
-        f = 2 ** (len(vq["model"]["ch_mult"]) - 1)
-        if entry["resolution"] % f:
-            raise ConfigError(
-                f"config key datasets.{ds}.resolution: {entry['resolution']} is not a multiple of the VQGAN's "
-                f"downsampling factor f = 2**(len(vqgan.model.ch_mult)-1) = {f}"
-            )
         if entry["kind"] == "atari":
             _check_atari(ds, entry)
             _check_eval_sets(ds, entry)
-        gpt = entry["_transformer"]["model"]
-        if gpt["n_embd"] % gpt["n_head"]:
-            raise ConfigError(
-                f"config key datasets.{ds}.transformer.model.n_embd: {gpt['n_embd']} is not divisible by "
-                f"transformer.model.n_head = {gpt['n_head']}"
-            )
-        sample = entry["_sample"]
-        if sample["n_per_class"] is not None and sample["n_samples"] is not None:
-            raise ConfigError(
-                f"config keys datasets.{ds}.sample.n_per_class and n_samples: set one of them, not both"
-            )
-        _check_sizes(cfg, ds, entry)
+        # global section -> dataset override -> variant override, each step validated so that an error names the
+        # override it came from
+        entry["_variants"] = {}
+        for variant, overrides in variants(cfg).items():
+            sections = {}
+            for section in OVERRIDABLE:
+                merged = _deep_merge(cfg[section], entry.get(section, {}))
+                _validate(merged, _section_schema(section), f"datasets.{ds}.{section}")
+                if section in overrides:
+                    merged = _deep_merge(merged, overrides[section])
+                    where = _where(ds, variant, section)
+                    _validate(
+                        merged,
+                        _section_schema(section),
+                        where,
+                        _for(ds, variant, section),
+                    )
+                sections[section] = merged
+            entry["_variants"][variant] = sections
+            _check_variant(cfg, ds, entry, variant)
     coco = {ds: e for ds, e in cfg["datasets"].items() if e["kind"] == "coco"}
     if coco:
         _check_coco(cfg, coco)
@@ -432,15 +478,46 @@ def eval_set_folders(wildcards):
     return [s["path"] for s in (DATASETS[wildcards.ds].get("eval_sets") or {}).values()]
 
 
-def section_json(ds, section, keys=None):
-    """A config section with the dataset's overrides applied, as JSON (a tracked param: changes rerun the rule).
+def section_json(ds, variant, section, keys=None, **replace):
+    """A config section with the dataset's and the variant's overrides applied, as JSON (a tracked param: changes
+    rerun the rule).
 
-    `keys` limits it to the sub-sections a rule reads, so that e.g. an evaluation setting never retrains.
+    `keys` limits it to the sub-sections a rule reads, so that e.g. an evaluation setting never retrains;
+    `replace` sets keys (the sample rule's one seed in place of the list).
     """
-    data = DATASETS[ds][f"_{section}"]
+    data = DATASETS[ds]["_variants"][variant][section]
     if keys is not None:
         data = {k: data[k] for k in keys}
-    return json.dumps(data, sort_keys=True)
+    return json.dumps({**data, **replace}, sort_keys=True)
+
+
+def sample_seeds(ds, variant):
+    return DATASETS[ds]["_variants"][variant]["sample"]["seeds"]
+
+
+def sample_json(wildcards):
+    # one seed per job: the CLI takes `seed`, the config lists `seeds`
+    data = DATASETS[wildcards.ds]["_variants"][wildcards.variant]["sample"]
+    keep = {k: v for k, v in data.items() if k != "seeds"}
+    return json.dumps({**keep, "seed": int(wildcards.seed)}, sort_keys=True)
+
+
+def sample_folders(wildcards):
+    """The variant's sample folders, one per seed (the fid job scores each and reports mean and std)."""
+    return [
+        f"results/samples/{wildcards.ds}/{wildcards.variant}/seed{s}"
+        for s in sample_seeds(wildcards.ds, wildcards.variant)
+    ]
+
+
+def runs():
+    """Every (dataset, variant) pair: the unit each stage after the data runs for."""
+    return [(ds, v) for ds in DATASETS for v in VARIANTS]
+
+
+def per_run(pattern):
+    """`pattern` with {ds} and {variant} filled for every run."""
+    return [pattern.format(ds=ds, variant=v) for ds, v in runs()]
 
 
 # -- COCO source --------------------------------------------------------------------------------------------
@@ -459,7 +536,8 @@ def coco_source(wildcards):
 
 def perceptual_weights(wildcards):
     # LPIPS needs its weights only when the perceptual loss is on
-    if DATASETS[wildcards.ds]["_vqgan"]["loss"]["perceptual_weight"] > 0:
+    vq = DATASETS[wildcards.ds]["_variants"][wildcards.variant]["vqgan"]
+    if vq["loss"]["perceptual_weight"] > 0:
         return list(rules.fetch_weights.output)
     return []
 
@@ -473,11 +551,7 @@ def all_targets():
         "results/fid_table.csv",
         "results/plots/benchmarks.png",
         *expand("results/plots/data_{ds}.png", ds=DATASETS),
-        *expand(
-            "results/plots/{stage}_{ds}_curves.png",
-            stage=["vqgan", "transformer"],
-            ds=DATASETS,
-        ),
-        *expand("results/vqgan/{ds}/recon.png", ds=DATASETS),
-        *expand("results/samples/{ds}", ds=DATASETS),
+        *per_run("results/plots/vqgan_{ds}_{variant}_curves.png"),
+        *per_run("results/plots/transformer_{ds}_{variant}_curves.png"),
+        *per_run("results/vqgan/{ds}/{variant}/recon.png"),
     ]

@@ -1,19 +1,19 @@
-# Scoring: clean-fid FID/KID of samples and of VQGAN reconstructions (rFID) against the real val split, and the
-# table that compares every dataset.
+# Scoring: clean-fid FID/KID of samples (every seed of sample.seeds) and of VQGAN reconstructions (rFID) against the
+# real val split, and the table that compares every dataset and variant.
 
 
 rule fid:
     input:
         real="results/data/{ds}/val",
         train="results/data/{ds}/train",
-        gen=rules.sample.output.samples,
+        gen=sample_folders,
         recon=rules.eval_vqgan.output.recon,
     output:
-        "results/fid/{ds}.json",
+        "results/fid/{ds}/{variant}.json",
     log:
-        "logs/fid/{ds}.log",
+        "logs/fid/{ds}/{variant}.log",
     benchmark:
-        "benchmarks/fid/{ds}.tsv"
+        "benchmarks/fid/{ds}/{variant}.tsv"
     threads: 4  # capped at --cores by Snakemake
     params:
         cfg=json.dumps(config["fid"], sort_keys=True),
@@ -26,10 +26,12 @@ rule fid:
 
 rule fid_table:
     input:
-        fid=expand("results/fid/{ds}.json", ds=DATASETS),
-        recon=expand("results/vqgan/{ds}/recon.json", ds=DATASETS),
-        vqgan=expand("results/vqgan/{ds}/train.json", ds=DATASETS),
-        transformer=expand("results/transformer/{ds}/train.json", ds=DATASETS),
+        fid=per_run("results/fid/{ds}/{variant}.json"),
+        recon=per_run("results/vqgan/{ds}/{variant}/recon.json"),
+        vqgan=per_run("results/vqgan/{ds}/{variant}/train.json"),
+        transformer=per_run("results/transformer/{ds}/{variant}/train.json"),
+        # the data manifests: a dataset smaller than configured gets a note
+        data=expand("results/data/{ds}/{split}", ds=DATASETS, split=["train", "val"]),
     output:
         csv=report(
             "results/fid_table.csv",
@@ -41,13 +43,15 @@ rule fid_table:
         "logs/fid_table.log",
     shell:
         "python -m vqgan.eval.table --fid {input.fid:q} --recon {input.recon:q} --vqgan-train {input.vqgan:q}"
-        " --transformer-train {input.transformer:q} --out {output.csv:q} --markdown {output.md:q} > {log:q} 2>&1"
+        " --transformer-train {input.transformer:q} --data {input.data:q} --out {output.csv:q}"
+        " --markdown {output.md:q} > {log:q} 2>&1"
 
 
 from pathlib import Path
 
 
 onsuccess:
-    # the table (and its notes: warnings such as a dataset below its constant-image baseline) where it is seen
+    # the table, and below it its notes (a dataset smaller than configured, FID at a biased N, a model below its
+    # constant-image baseline), where they are seen
     if Path("results/fid_table.md").is_file():
         print("\n" + Path("results/fid_table.md").read_text())

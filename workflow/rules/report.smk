@@ -3,15 +3,15 @@
 
 rule plot_curves:
     input:
-        "results/{stage}/{ds}/metrics.csv",
+        "results/{stage}/{ds}/{variant}/metrics.csv",
     output:
         report(
-            "results/plots/{stage}_{ds}_curves.png",
+            "results/plots/{stage}_{ds}_{variant}_curves.png",
             caption="../report/curves.rst",
             category="Training curves",
         ),
     log:
-        "logs/plot_curves/{stage}_{ds}.log",
+        "logs/plot_curves/{stage}_{ds}_{variant}.log",
     wildcard_constraints:
         stage="vqgan|transformer",
     shell:
@@ -34,7 +34,8 @@ rule plot_data:
 
 
 rule plot_benchmarks:
-    # Time and peak memory of every compute job, from Snakemake's benchmark: files.
+    # Time and peak memory of every compute job, from Snakemake's benchmark: files
+    # (benchmarks/<rule>/<ds>[/<variant>[/seed<n>]].tsv).
     input:
         rules.fid_table.output.csv,
     output:
@@ -46,4 +47,5 @@ rule plot_benchmarks:
     log:
         "logs/plot_benchmarks.log",
     shell:
-        "python -m vqgan.eval.plots benchmarks --bench benchmarks/*/*.tsv --out {output:q} > {log:q} 2>&1"
+        "python -m vqgan.eval.plots benchmarks --bench $(find benchmarks -name '*.tsv' | sort) --out {output:q}"
+        " > {log:q} 2>&1"

@@ -1,4 +1,5 @@
-# Sampling: the GPT generates code grids (KV-cached, seeded), the VQGAN decodes them to PNGs.
+# Sampling: the GPT generates code grids (KV-cached, seeded), the VQGAN decodes them to PNGs. One job per seed of
+# sample.seeds: the FID of each seed is scored, and the table reports their mean and spread.
 
 
 rule sample:
@@ -7,20 +8,21 @@ rule sample:
         vqgan=rules.train_vqgan.output.model,
     output:
         samples=report(
-            directory("results/samples/{ds}"),
+            directory("results/samples/{ds}/{variant}/seed{seed}"),
             # a pattern needs a wildcard: this one matches grid.png only, not every sample
             patterns=["{name,grid}.png"],
             caption="../report/samples.rst",
             category="Samples",
+            subcategory="{ds} {variant}",
         ),
     log:
-        "logs/sample/{ds}.log",
+        "logs/sample/{ds}/{variant}/seed{seed}.log",
     benchmark:
-        "benchmarks/sample/{ds}.tsv"
+        "benchmarks/sample/{ds}/{variant}/seed{seed}.tsv"
     params:
-        cfg=lambda w: section_json(w.ds, "sample"),
-        transformer=lambda w: f"results/transformer/{w.ds}",
-        vqgan=lambda w: f"results/vqgan/{w.ds}",
+        cfg=sample_json,
+        transformer=lambda w: f"results/transformer/{w.ds}/{w.variant}",
+        vqgan=lambda w: f"results/vqgan/{w.ds}/{w.variant}",
     shell:
         "python -m vqgan.sample --config {params.cfg:q} --transformer {params.transformer:q}"
         " --vqgan {params.vqgan:q} --out {output.samples:q} > {log:q} 2>&1"

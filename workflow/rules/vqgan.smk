@@ -8,14 +8,14 @@ rule train_vqgan:
         train="results/data/{ds}/train",
         weights=perceptual_weights,
     output:
-        model="results/vqgan/{ds}/model.safetensors",
-        config="results/vqgan/{ds}/config.json",
-        metrics="results/vqgan/{ds}/metrics.csv",
-        summary="results/vqgan/{ds}/train.json",
+        model="results/vqgan/{ds}/{variant}/model.safetensors",
+        config="results/vqgan/{ds}/{variant}/config.json",
+        metrics="results/vqgan/{ds}/{variant}/metrics.csv",
+        summary="results/vqgan/{ds}/{variant}/train.json",
     log:
-        "logs/train_vqgan/{ds}.log",
+        "logs/train_vqgan/{ds}/{variant}.log",
     benchmark:
-        "benchmarks/train_vqgan/{ds}.tsv"
+        "benchmarks/train_vqgan/{ds}/{variant}.tsv"
     # One math thread per job by default: on a shared 2-core machine two 1-thread jobs side by side trained
     # faster than one 2-thread job (threads stall on each other when descheduled). Raise with --set-threads.
     threads: 1
@@ -23,11 +23,11 @@ rule train_vqgan:
         gpu=0,  # accelerator processes (0 or 1: one process); profiles set it, e.g. profiles/slurm
     params:
         cfg=lambda w: section_json(
-            w.ds, "vqgan", keys=("model", "quantizer", "loss", "train")
+            w.ds, w.variant, "vqgan", keys=("model", "quantizer", "loss", "train")
         ),
-        out=lambda w: f"results/vqgan/{w.ds}",
+        out=lambda w: f"results/vqgan/{w.ds}/{w.variant}",
         # not an output: Snakemake deletes outputs before a rerun, the state must survive to resume
-        state=lambda w: f"results/vqgan/{w.ds}/state",
+        state=lambda w: f"results/vqgan/{w.ds}/{w.variant}/state",
         weights=config["weights_dir"],
     shell:
         "OMP_NUM_THREADS={threads} python -m vqgan.train.launch --num-processes {resources.gpu} -- -m vqgan.train.vqgan"
@@ -42,21 +42,21 @@ rule eval_vqgan:
         train="results/data/{ds}/train",
         eval_sets=eval_set_folders,  # folders of raw ALE screens (datasets.{ds}.eval_sets)
     output:
-        json="results/vqgan/{ds}/recon.json",
+        json="results/vqgan/{ds}/{variant}/recon.json",
         grid=report(
-            "results/vqgan/{ds}/recon.png",
+            "results/vqgan/{ds}/{variant}/recon.png",
             caption="../report/recon.rst",
             category="Reconstructions",
         ),
-        recon=directory("results/vqgan/{ds}/recon"),
+        recon=directory("results/vqgan/{ds}/{variant}/recon"),
     log:
-        "logs/eval_vqgan/{ds}.log",
+        "logs/eval_vqgan/{ds}/{variant}.log",
     benchmark:
-        "benchmarks/eval_vqgan/{ds}.tsv"
+        "benchmarks/eval_vqgan/{ds}/{variant}.tsv"
     params:
-        cfg=lambda w: section_json(w.ds, "vqgan", keys=("eval",)),
+        cfg=lambda w: section_json(w.ds, w.variant, "vqgan", keys=("eval",)),
         eval_sets=lambda w: eval_sets_json(w.ds),
-        model=lambda w: f"results/vqgan/{w.ds}",
+        model=lambda w: f"results/vqgan/{w.ds}/{w.variant}",
         weights=config["weights_dir"],
     shell:
         "python -m vqgan.eval.recon --config {params.cfg:q} --model {params.model:q} --data {input.val:q}"
