@@ -156,6 +156,18 @@ MALFORMED = [
     ("dataset entry not a mapping", setting(datasets__coco_tiny=5), r"datasets\.coco_tiny: 5 is not of type 'object'"),
     ("section not a mapping", setting(vqgan=5), r"config key vqgan: 5 is not of type 'object'"),
     ("boolean for an integer", setting(vqgan__train__steps=True), r"vqgan\.train\.steps: True is not of type 'integer'"),
+    # -- variants: their overrides are merged after the dataset's, validated, and an error names the variant
+    ("unknown key in a variant's override", setting(variants__paper__vqgan__train={"lr_": 1.0}),
+     r"variants\.paper\.vqgan\.train \(for dataset \w+\): .*'lr_' was unexpected.*did you mean 'lr'"),
+    ("bad value in a variant's override", setting(variants__paper__vqgan__quantizer={"kind": "fsq"}),
+     r"variants\.paper\.vqgan\.quantizer\.kind \(for dataset \w+\): 'fsq' is not one of"),
+    ("variant overriding a non-overridable section", setting(variants__paper__fid={"n": 10}),
+     r"variants\.paper: .*'fid' was unexpected"),
+    ("variant name with an underscore", setting(variants={"my_recipe": {}}), r"my_recipe"),
+    ("variant with both sample counts", setting(variants__paper__sample={"n_per_class": 5}),
+     r"variants\.paper\.sample\.n_per_class and n_samples \(for dataset \w+\)"),
+    ("sample seeds empty", setting(sample__seeds=[]), r"sample\.seeds: \[\] (should be non-empty|is too short)"),
+    ("sample seed twice", setting(sample__seeds=[1, 1]), r"sample\.seeds: \[1, 1\] has non-unique elements"),
     # -- integers written as floats (JSON Schema counts 20.0 as an integer; we do not)
     ("steps as a float", setting(vqgan__train__steps=20.0),
      r"vqgan\.train\.steps: 20\.0 is not of type 'integer' \(write 20, without the decimal point\)"),

@@ -78,24 +78,42 @@ def test_tiny_dag_writes_the_fid_table_with_sane_values(run):
     everything = pd.read_csv(workdir / "results" / "fid_table.csv", keep_default_na=False, na_values=[""])
     cfg = _base_config()
     table = everything[everything["subset"] == "all"]
-    assert sorted(table["dataset"]) == sorted(cfg["datasets"])
-    for column in ["dataset", "kind", "resolution", "n_real", "n_gen", "fid", "kid_mean", "kid_std", "rfid", "psnr",
-                   "psnr_mean_baseline", "psnr_median_baseline", "psnr_gain_over_mean_db", "codebook_usage",
-                   "perplexity", "vqgan_steps", "transformer_steps", "val_bits_per_token", "inception_sha256"]:
+    # one row per dataset and variant (.test's config has `paper` and `ours`)
+    assert sorted(zip(table["dataset"], table["variant"])) == sorted(
+        (ds, v) for ds in cfg["datasets"] for v in cfg["variants"])
+    for column in ["dataset", "variant", "kind", "resolution", "comparable_group", "n_real", "n_gen", "n_seeds", "fid",
+                   "fid_seed_std", "kid_mean", "kid_seed_std", "kid_std", "fid_floor", "kid_floor", "copy_rate",
+                   "n_train_ref", "rfid", "psnr", "psnr_mean_baseline", "psnr_median_baseline",
+                   "psnr_gain_over_mean_db", "codebook_usage", "perplexity", "vqgan_steps", "transformer_steps",
+                   "val_bits_per_token", "inception_sha256", "notes"]:
         assert column in table.columns, f"fid_table.csv lacks {column}: {list(table.columns)}"
         assert table[column].notna().all(), f"fid_table.csv has empty {column}:\n{table}"
     assert (table["n_gen"] == cfg["fid"]["n"]).all() and (table["n_real"] == cfg["fid"]["n"]).all()
-    assert (table["fid"] > 0).all() and (table["rfid"] > 0).all()
+    seeds = cfg["sample"]["seeds"]
+    assert (table["n_seeds"] == len(seeds)).all() and (table["fid_seed_std"] > 0).all()
+    assert (table["fid"] > 0).all() and (table["rfid"] > 0).all() and table["copy_rate"].between(0, 1).all()
+    # the same N and real set for both variants of a dataset, different real sets across datasets
+    groups = table.groupby("dataset")["comparable_group"].nunique()
+    assert (groups == 1).all() and table["comparable_group"].nunique() == len(cfg["datasets"]), table
+    assert table["notes"].str.contains(f"FID biased at N={cfg['fid']['n']}").all(), table["notes"]
     assert table["codebook_usage"].between(0, 1).all()
     assert (table["vqgan_steps"] == cfg["vqgan"]["train"]["steps"]).all()
     assert (table["transformer_steps"] == cfg["transformer"]["train"]["steps"]).all()
     # a model that learned anything beats a uniform guess over the codebook
     assert (table["val_bits_per_token"] < table["uniform_bits_per_token"]).all()
     for ds, entry in cfg["datasets"].items():
-        assert table.set_index("dataset").loc[ds, "resolution"] == entry["resolution"]
-        samples = sorted((workdir / "results" / "samples" / ds).glob("*_*.png"))
-        assert len(samples) == cfg["sample"]["n_samples"], f"{ds}: {len(samples)} sample PNGs"
-    assert (workdir / "results" / "fid_table.md").read_text().count("\n|") >= 3
+        assert (table[table["dataset"] == ds]["resolution"] == entry["resolution"]).all()
+        for variant in cfg["variants"]:
+            for seed in seeds:
+                samples = sorted((workdir / "results" / "samples" / ds / variant / f"seed{seed}").glob("*_*.png"))
+                assert len(samples) == cfg["sample"]["n_samples"], f"{ds}/{variant}/seed{seed}: {len(samples)} PNGs"
+    markdown = (workdir / "results" / "fid_table.md").read_text()
+    assert markdown.count("\n|") >= 5 and " ± " in markdown and "\nNotes:\n" in markdown
+    # the two recipes really differ: the paper's quantizer in the paper variant's saved config
+    paper = json.loads((workdir / "results" / "vqgan" / "atari_tiny" / "paper" / "config.json").read_text())
+    ours = json.loads((workdir / "results" / "vqgan" / "atari_tiny" / "ours" / "config.json").read_text())
+    assert "taming" in json.dumps(paper) and "taming" not in json.dumps(ours)
+    everything = everything[everything["variant"] == "ours"]
     # the multi-game dataset: a row per game and one for the external eval set, with object scores
     atari = everything[everything["dataset"] == "atari_tiny"].set_index("subset")
     assert set(atari.index) == {"all", "Pong", "MsPacman", "eval_set:pacman"}, atari.index
@@ -110,10 +128,11 @@ def test_tiny_dag_writes_the_fid_table_with_sane_values(run):
 def test_atari_samples_are_further_from_coco_than_from_atari(run):
     workdir, _ = run
     results = workdir / "results"
-    own = json.loads((results / "fid" / "atari_tiny.json").read_text())
+    own = json.loads((results / "fid" / "atari_tiny" / "ours.json").read_text())
     out = workdir / "cross.json"
+    gen = [str(results / "samples" / "atari_tiny" / "ours" / f"seed{s}") for s in _base_config()["sample"]["seeds"]]
     subprocess.run([sys.executable, "-m", "vqgan.eval.fid", "--config", json.dumps(_base_config()["fid"]),
-                    "--real", str(results / "data" / "coco_tiny" / "val"), "--gen", str(results / "samples" / "atari_tiny"),
+                    "--real", str(results / "data" / "coco_tiny" / "val"), "--gen", *gen,
                     "--cache-dir", str(results / "fid" / "cache"), "--out", str(out)],
                    check=True, cwd=workdir, capture_output=True, text=True)
     cross = json.loads(out.read_text())
@@ -138,7 +157,29 @@ def test_changing_a_transformer_key_reruns_only_the_transformer_chain(run, tmp_p
     cfg["transformer"]["train"]["lr"] = 1e-3
     jobs = _planned_jobs(workdir, _write_config(tmp_path / "c.yaml", cfg), "results/fid_table.csv")
     assert set(jobs) == {"train_transformer", "sample", "fid", "fid_table"}, jobs
-    assert jobs["train_transformer"] == len(cfg["datasets"])
+    runs = len(cfg["datasets"]) * len(cfg["variants"])
+    assert jobs["train_transformer"] == runs and jobs["sample"] == runs * len(cfg["sample"]["seeds"]), jobs
+
+
+def test_changing_one_variants_key_reruns_only_that_variants_jobs(run, tmp_path):
+    workdir, _ = run
+    cfg = _base_config()
+    cfg["variants"]["paper"]["vqgan"]["loss"]["disc_weight"] = 0.5
+    config = _write_config(tmp_path / "c.yaml", cfg)
+    out = _snakemake(workdir, config, "-n", "results/fid_table.csv").stdout
+    jobs = _planned_jobs(workdir, config, "results/fid_table.csv")
+    assert set(jobs) == VQGAN_RULES | {"train_transformer", "sample", "fid", "fid_table"}, jobs
+    assert jobs["train_vqgan"] == len(cfg["datasets"]), jobs  # the paper variant of each dataset, nothing else
+    assert "variant=paper" in out and "variant=ours" not in out, "an `ours` job was planned"
+
+
+def test_a_config_without_variants_runs_one_default_variant(run, tmp_path):
+    workdir, _ = run
+    cfg = _base_config()
+    del cfg["variants"]
+    out = _snakemake(workdir, _write_config(tmp_path / "c.yaml", cfg), "-n", "results/fid_table.csv").stdout
+    assert "results/vqgan/atari_tiny/default/model.safetensors" in out and "results/fid/coco_tiny/default.json" in out
+    assert "collect_atari" not in out and "prepare_coco" not in out, "the shared data was planned again"
 
 
 def test_changing_one_datasets_resolution_reruns_only_that_datasets_chain(run, tmp_path):
@@ -150,7 +191,9 @@ def test_changing_one_datasets_resolution_reruns_only_that_datasets_chain(run, t
     jobs = _planned_jobs(workdir, config, "results/fid_table.csv")
     assert {"collect_atari", "train_vqgan", "eval_vqgan", "encode", "train_transformer", "sample", "fid",
             "fid_table"} == set(jobs), jobs
-    assert all(n == 1 for n in jobs.values()), jobs
+    variants, seeds = len(cfg["variants"]), len(cfg["sample"]["seeds"])
+    assert jobs == {"collect_atari": 1, "train_vqgan": variants, "eval_vqgan": variants, "encode": variants,
+                    "train_transformer": variants, "sample": variants * seeds, "fid": variants, "fid_table": 1}, jobs
     assert "ds=coco_tiny" not in out, "a coco_tiny job was planned"
 
 
@@ -160,7 +203,7 @@ def test_changing_an_eval_set_reruns_the_evaluation_not_the_collection(run, tmp_
     cfg["datasets"]["atari_tiny"]["eval_sets"]["again"] = {"path": "eval_frames/pacman", "game": "MsPacman"}
     jobs = _planned_jobs(workdir, _write_config(tmp_path / "c.yaml", cfg), "results/fid_table.csv")
     assert "collect_atari" not in jobs and "train_vqgan" not in jobs, jobs
-    assert jobs.get("eval_vqgan") == 1 and "fid_table" in jobs, jobs
+    assert jobs.get("eval_vqgan") == len(cfg["variants"]) and "fid_table" in jobs, jobs
 
 
 def readme_report_commands() -> list[list[str]]:
@@ -180,10 +223,12 @@ def test_report_from_the_readme_commands_shows_every_figure(run):
     html = (workdir / "report.html").read_text(errors="replace")
     assert len(html) > 100_000 and "fid_table.csv" in html
     cfg = _base_config()
-    expected = ["benchmarks.png"] + [name for ds in cfg["datasets"] for name in (
-        f"data_{ds}.png", f"vqgan_{ds}_curves.png", f"transformer_{ds}_curves.png")]
+    expected = ["benchmarks.png"] + [f"data_{ds}.png" for ds in cfg["datasets"]] + [
+        f"{stage}_{ds}_{v}_curves.png" for stage in ("vqgan", "transformer") for ds in cfg["datasets"]
+        for v in cfg["variants"]]
     missing = [name for name in expected if name not in html]
-    # the per-dataset grids share a file name: count them
-    assert html.count("recon.png") >= len(cfg["datasets"]), "a reconstruction grid is missing"
-    assert html.count("grid.png") >= len(cfg["datasets"]), "a sample grid is missing"
+    # the per-run grids share a file name: count them
+    runs = len(cfg["datasets"]) * len(cfg["variants"])
+    assert html.count("recon.png") >= runs, "a reconstruction grid is missing"
+    assert html.count("grid.png") >= runs * len(cfg["sample"]["seeds"]), "a sample grid is missing"
     assert not missing, f"the report lacks {missing}"

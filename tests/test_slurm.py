@@ -31,6 +31,9 @@ CLUSTER = REPO / "tests" / "cluster"
 TARGETS = ("results/fid_table.csv",)
 # The dataset whose VQGAN training the test cancels once, right after its first checkpoint.
 KILLED_DS = "coco_tiny"
+KILLED_VARIANT = "ours"  # ... and variant (.test/config/config.yaml has `paper` and `ours`)
+# how the SLURM plugin names the job's wildcards in comments and log folders: their values joined by "_"
+KILLED_WILDCARDS = f"{KILLED_DS}_{KILLED_VARIANT}"
 # Rules allowed to run outside SLURM: downloads (on the login node: they need the network), and target-only
 # rules that run nothing (`all`, which Snakemake may report as `default`).
 LOCAL_RULES = {"download_coco", "fetch_weights", "all", "default"}
@@ -152,8 +155,8 @@ def _write_config(work: Path, tiny_coco: Path, **train_overrides) -> tuple[Path,
     return path, cfg
 
 
-def _checkpoints(work: Path, ds: str) -> list[Path]:
-    return sorted((work / "results" / "vqgan" / ds / "state").glob("*/checkpoint-*"))
+def _checkpoints(work: Path, ds: str, variant: str = KILLED_VARIANT) -> list[Path]:
+    return sorted((work / "results" / "vqgan" / ds / variant / "state").glob("*/checkpoint-*"))
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +180,7 @@ def slurm_run(slurm_cluster, tmp_path_factory, tiny_coco) -> Run:
                     break
                 run_id = re.search(r"SLURM run ID: (\S+)", log_path.read_text())
                 if killed is None and run_id and _checkpoints(work, KILLED_DS):
-                    job = watcher.running(run_id.group(1), f"rule_train_vqgan_wildcards_{KILLED_DS}")
+                    job = watcher.running(run_id.group(1), f"rule_train_vqgan_wildcards_{KILLED_WILDCARDS}")
                     if job is not None:
                         subprocess.run(["scancel", job.id], check=True, timeout=30)
                         killed = job.id
@@ -245,8 +248,11 @@ def test_fid_table_has_the_local_schema(slurm_run: Run):
         pytest.skip("fid_table.csv is not among TARGETS")
     assert slurm_run.returncode == 0, f"snakemake through SLURM failed:\n{slurm_run.tail()}"
     table = pd.read_csv(slurm_run.work / "results" / "fid_table.csv")
-    assert list(table.columns) == ["dataset", *COLUMNS], f"fid_table.csv columns differ: {list(table.columns)}"
-    assert sorted(table["dataset"]) == sorted(slurm_run.cfg["datasets"])
+    assert list(table.columns) == ["dataset", "variant", "subset", *COLUMNS], (
+        f"fid_table.csv columns differ: {list(table.columns)}")
+    table = table[table["subset"] == "all"]
+    assert sorted(zip(table["dataset"], table["variant"])) == sorted(
+        (ds, v) for ds in slurm_run.cfg["datasets"] for v in slurm_run.cfg["variants"])
     assert (table["vqgan_steps"] == slurm_run.cfg["vqgan"]["train"]["steps"]).all(), table[["dataset", "vqgan_steps"]]
     assert (table["transformer_steps"] == slurm_run.cfg["transformer"]["train"]["steps"]).all()
     assert table["fid"].notna().all() and table["rfid"].notna().all()
@@ -279,7 +285,7 @@ def test_cancelled_training_is_retried_with_more_time_and_resumes(slurm_run: Run
 
     import json
 
-    summary = json.loads((slurm_run.work / "results" / "vqgan" / KILLED_DS / "train.json").read_text())
+    summary = json.loads((slurm_run.work / "results" / "vqgan" / KILLED_DS / KILLED_VARIANT / "train.json").read_text())
     steps = slurm_run.cfg["vqgan"]["train"]["steps"]
     assert summary["steps"] == steps, f"resumed training ended at step {summary['steps']}, not {steps}"
     resumed = summary["resumed_from_step"]
@@ -294,7 +300,7 @@ def test_job_failing_for_good_fails_the_run_with_its_slurm_state(slurm_run: Run)
     images = work / "results" / "data" / KILLED_DS / "train" / "images.npy"
     assert images.exists(), f"{images} missing: the dataset contract changed?"
     images.write_bytes(b"")
-    target = f"results/vqgan/{KILLED_DS}/model.safetensors"
+    target = f"results/vqgan/{KILLED_DS}/{KILLED_VARIANT}/model.safetensors"
     proc = subprocess.run(
         _snakemake(work, work / "config.yaml", "--forcerun", "train_vqgan", "--retries", "0", target),
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=RUN_DEADLINE_S,
@@ -304,7 +310,7 @@ def test_job_failing_for_good_fails_the_run_with_its_slurm_state(slurm_run: Run)
     failed = re.findall(r"SLURM-job '(\d+)' failed, SLURM status is: '(\w+)'", out)
     assert failed, f"the error does not name the SLURM job and state:\n{out[-4000:]}"
     assert failed[-1][1] == "FAILED", f"expected SLURM state FAILED, got {failed[-1][1]}"
-    slurm_log = work / ".snakemake" / "slurm_logs" / "rule_train_vqgan" / KILLED_DS / f"{failed[-1][0]}.log"
+    slurm_log = work / ".snakemake" / "slurm_logs" / "rule_train_vqgan" / KILLED_WILDCARDS / f"{failed[-1][0]}.log"
     assert str(slurm_log) in out, f"the error does not point at the SLURM log {slurm_log}:\n{out[-4000:]}"
     assert slurm_log.exists(), f"SLURM log {slurm_log} missing (failed jobs keep theirs)"
-    assert f"logs/train_vqgan/{KILLED_DS}.log" in out, "the error does not point at the rule's own log"
+    assert f"logs/train_vqgan/{KILLED_DS}/{KILLED_VARIANT}.log" in out, "the error does not point at the rule's own log"

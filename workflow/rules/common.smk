@@ -277,16 +277,18 @@ def _check_sizes(cfg, ds, entry, variant):
     sections = entry["_variants"][variant]
     for section in ("vqgan", "transformer"):
         tc = sections[section]["train"]
-        key = f"{_where(ds, variant, section)}.train"
         bs, ga = tc["batch_size"], tc["grad_accum"]
         if bs % ga:
+            key = (section, "train", "grad_accum")
             raise ConfigError(
-                f"config key {key}.grad_accum{_for(ds, variant, section)}: {ga} does not divide {section}.train.batch_size = {bs} (the "
-                "global batch is split into grad_accum micro-batches)"
+                f"config key {_where(ds, variant, *key)}{_for(ds, variant, *key)}: {ga} does not divide "
+                f"{section}.train.batch_size = {bs} (the global batch is split into grad_accum micro-batches)"
             )
         if bs // ga > n_train:
+            key = (section, "train", "batch_size")
             raise ConfigError(
-                f"config key {key}.batch_size{_for(ds, variant, section)}: a micro-batch of {bs // ga} (batch_size {bs} / grad_accum {ga}) "
+                f"config key {_where(ds, variant, *key)}{_for(ds, variant, *key)}: a micro-batch of {bs // ga} "
+                f"(batch_size {bs} / grad_accum {ga}) "
                 f"is more than the {n_train} images the train split can hold ({why_train}); lower the batch size or "
                 "add data"
             )
@@ -295,7 +297,7 @@ def _check_sizes(cfg, ds, entry, variant):
     total = sample["n_samples"] or (sample["n_per_class"] or 16) * classes
     if total < fid["min_images"]:
         raise ConfigError(
-            f"config key {_where(ds, variant, 'sample')}{_for(ds, variant, 'sample')}: {total} samples in all, fewer than fid.min_images = "
+            f"config key {_sample_counts(ds, variant)}: {total} samples in all, fewer than fid.min_images = "
             f"{fid['min_images']}, so FID would fail; raise sample.n_samples (or n_per_class)"
         )
     if n_val < fid["min_images"]:
@@ -362,19 +364,33 @@ def variants(cfg):
     return cfg.get("variants") or {DEFAULT_VARIANT: {}}
 
 
-def _from_variant(variant, section):
-    return section in variants(config).get(variant, {})
+def _from_variant(variant, *keys):
+    """Whether the variant's overrides set this key (e.g. "vqgan", "train", "batch_size")."""
+    node = variants(config).get(variant, {})
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
 
 
-def _where(ds, variant, section):
-    # the key an error names: the variant's override where it sets the section, the dataset's otherwise
-    if _from_variant(variant, section):
-        return f"variants.{variant}.{section}"
-    return f"datasets.{ds}.{section}"
+def _where(ds, variant, *keys):
+    """The config key an error names: the variant's override where it sets the key, the dataset's otherwise."""
+    head = f"variants.{variant}" if _from_variant(variant, *keys) else f"datasets.{ds}"
+    return ".".join((head, *keys))
 
 
-def _for(ds, variant, section):
-    return f" (for dataset {ds})" if _from_variant(variant, section) else ""
+def _for(ds, variant, *keys):
+    return f" (for dataset {ds})" if _from_variant(variant, *keys) else ""
+
+
+def _sample_counts(ds, variant, both=None):
+    # sample.n_samples / n_per_class, named where they were set; `both`: name the two keys joined by it
+    keys = ("n_per_class", "n_samples")
+    named = any(_from_variant(variant, "sample", k) for k in keys)
+    head = f"variants.{variant}.sample" if named else f"datasets.{ds}.sample"
+    where = f"{head}.{both.join(keys)}" if both else head
+    return where + (f" (for dataset {ds})" if named else "")
 
 
 def _check_variant(cfg, ds, entry, variant):
@@ -385,18 +401,19 @@ def _check_variant(cfg, ds, entry, variant):
     if entry["resolution"] % f:
         raise ConfigError(
             f"config key datasets.{ds}.resolution: {entry['resolution']} is not a multiple of the VQGAN's "
-            f"downsampling factor f = 2**(len({_where(ds, variant, 'vqgan')}.model.ch_mult)-1) = {f}"
+            f"downsampling factor f = 2**(len({_where(ds, variant, 'vqgan', 'model', 'ch_mult')})-1) = {f}"
         )
     gpt = sections["transformer"]["model"]
     if gpt["n_embd"] % gpt["n_head"]:
+        key = ("transformer", "model", "n_embd")
         raise ConfigError(
-            f"config key {_where(ds, variant, 'transformer')}.model.n_embd{_for(ds, variant, 'transformer')}: {gpt['n_embd']} is not divisible by "
+            f"config key {_where(ds, variant, *key)}{_for(ds, variant, *key)}: {gpt['n_embd']} is not divisible by "
             f"transformer.model.n_head = {gpt['n_head']}"
         )
     sample = sections["sample"]
     if sample["n_per_class"] is not None and sample["n_samples"] is not None:
         raise ConfigError(
-            f"config keys {_where(ds, variant, 'sample')}.n_per_class and n_samples{_for(ds, variant, 'sample')}: set one of them, not both"
+            f"config keys {_sample_counts(ds, variant, ' and ')}: set one of them, not both"
         )
     _check_sizes(cfg, ds, entry, variant)
 
