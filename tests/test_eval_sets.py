@@ -131,8 +131,8 @@ def test_eval_cli_scores_an_external_folder_and_the_table_shows_it(tmp_path):
     model = VQGANConfig.from_dict({"model": {"ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
                                              "z_channels": 8}, "quantizer": {"kind": "l2", "n_codes": 16,
                                                                              "code_dim": 4}, "resolution": 32})
-    save_model(VQGAN(model), tmp_path / "vqgan" / "atari")
-    out = tmp_path / "vqgan" / "atari"
+    out = tmp_path / "vqgan" / "atari" / "ours"  # results/vqgan/{ds}/{variant}
+    save_model(VQGAN(model), out)
     sets = {"pacman": {"path": str(tmp_path / "frames" / "pacman"), "game": "MsPacman"},
             "pong_frames": {"path": str(tmp_path / "frames" / "pong"), "game": "Pong"}}
     assert recon_main(["--model", str(out), "--data", str(data / "val"), "--train-data", str(data / "train"),

@@ -1,6 +1,7 @@
 """Encode a dataset's splits to VQGAN code grids: the transformer's training data.
 
-    python -m vqgan.encode --model results/vqgan/{ds} --data results/data/{ds} --out results/codes/{ds}
+    python -m vqgan.encode --model results/vqgan/{ds}/{variant} --data results/data/{ds} \
+        --out results/codes/{ds}/{variant}
 
 writes, for each split (train, val)::
 
@@ -45,9 +46,9 @@ def encode_images(model, images: np.ndarray, batch_size: int = 64, device="cpu",
 @command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vqgan.encode", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="trained VQGAN folder (results/vqgan/{ds})")
+    p.add_argument("--model", required=True, help="trained VQGAN folder (results/vqgan/{ds}/{variant})")
     p.add_argument("--data", required=True, help="dataset folder holding train/ and val/ (results/data/{ds})")
-    p.add_argument("--out", required=True, help="output folder (results/codes/{ds})")
+    p.add_argument("--out", required=True, help="output folder (results/codes/{ds}/{variant})")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     args = p.parse_args(argv)

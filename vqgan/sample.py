@@ -1,7 +1,8 @@
 """Sample images: the transformer writes code grids (KV-cache sampler), the VQGAN decodes them to pixels.
 
-    python -m vqgan.sample --config CONFIG --transformer results/transformer/{ds} --vqgan results/vqgan/{ds} \
-        --out results/samples/{ds} [--device cuda]
+    python -m vqgan.sample --config CONFIG --transformer results/transformer/{ds}/{variant} \
+        --vqgan results/vqgan/{ds}/{variant} \
+        --out results/samples/{ds}/{variant}/seed{seed} [--device cuda]
 
 `--config` is the `sample` section (keys: `SampleConfig`). Writes into `--out`::
 
@@ -120,9 +121,10 @@ def decode(vqgan, codes: torch.Tensor, grid_hw: tuple[int, int], batch_size: int
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m vqgan.sample", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="the sample section: inline JSON or a YAML/JSON file")
-    p.add_argument("--transformer", required=True, help="trained transformer folder (results/transformer/{ds})")
-    p.add_argument("--vqgan", required=True, help="trained VQGAN folder (results/vqgan/{ds})")
-    p.add_argument("--out", required=True, help="output folder (results/samples/{ds})")
+    p.add_argument("--transformer", required=True,
+                   help="trained transformer folder (results/transformer/{ds}/{variant})")
+    p.add_argument("--vqgan", required=True, help="trained VQGAN folder (results/vqgan/{ds}/{variant})")
+    p.add_argument("--out", required=True, help="output folder (results/samples/{ds}/{variant}/seed{seed})")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     return p.parse_args(argv)
 

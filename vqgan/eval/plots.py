@@ -1,6 +1,6 @@
 """Figures for the Snakemake report: training curves, per-rule time and memory, and a look at each dataset.
 
-    python -m vqgan.eval.plots curves --metrics results/vqgan/{ds}/metrics.csv --out curves.png
+    python -m vqgan.eval.plots curves --metrics results/vqgan/{ds}/{variant}/metrics.csv --out curves.png
     python -m vqgan.eval.plots benchmarks --bench benchmarks/*.tsv --out benchmarks.png
     python -m vqgan.eval.plots data-grid --data results/data/{ds}/train --out data.png
 

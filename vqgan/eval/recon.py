@@ -1,8 +1,9 @@
 """Evaluate a trained VQGAN on the val split, honestly: every number next to the trivial baselines and N.
 
-    python -m vqgan.eval.recon --model results/vqgan/{ds} --data results/data/{ds}/val \
-        --train-data results/data/{ds}/train --out-json results/vqgan/{ds}/recon.json \
-        --out-png results/vqgan/{ds}/recon.png --recon-dir results/vqgan/{ds}/recon [--config CONFIG]
+    python -m vqgan.eval.recon --model results/vqgan/{ds}/{variant} --data results/data/{ds}/val \
+        --train-data results/data/{ds}/train --out-json results/vqgan/{ds}/{variant}/recon.json \
+        --out-png results/vqgan/{ds}/{variant}/recon.png --recon-dir results/vqgan/{ds}/{variant}/recon \
+        [--config CONFIG]
 
 Why baselines: a VQGAN whose codebook collapsed reproduces the static background of an Atari game and scores a
 PSNR that looks fine on its own (27.5 dB) but is *below* a constant image. So next to PSNR we report:
@@ -390,7 +391,8 @@ def format_report(m: dict[str, Any]) -> str:
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m vqgan.eval.recon",
                                 description="Reconstruct the val split; PSNR/object recall/usage next to baselines.")
-    p.add_argument("--model", required=True, help="folder with model.safetensors + config.json (results/vqgan/{ds})")
+    p.add_argument("--model", required=True,
+                   help="folder with model.safetensors + config.json (results/vqgan/{ds}/{variant})")
     p.add_argument("--data", required=True, help="val split folder (results/data/{ds}/val)")
     p.add_argument("--train-data", required=True, help="train split folder: the baselines come from it only")
     p.add_argument("--out-json", required=True, help="recon.json")

@@ -1,7 +1,8 @@
 """Train the GPT over VQGAN codes with Accelerate: one code path for 1 CPU core, N gloo processes, or N GPUs.
 
-    python -m vqgan.train.transformer --config CONFIG --codes results/codes/{ds} --out results/transformer/{ds} \
-        --state-dir results/transformer/{ds}/state
+    python -m vqgan.train.transformer --config CONFIG --codes results/codes/{ds}/{variant} \
+        --out results/transformer/{ds}/{variant} \
+        --state-dir results/transformer/{ds}/{variant}/state
     python -m vqgan.train.launch --num-processes 2 -- -m vqgan.train.transformer ...        # DDP (gloo on CPU)
 
 `--config` is the whole `transformer` section: {model: {n_layer, n_head, n_embd, dropout, bias}, train: {...}}.
@@ -150,11 +151,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Train the transformer over VQGAN codes (resumes from the newest state in --state-dir).",
     )
     p.add_argument("--config", required=True, help="the transformer section: inline JSON or a YAML/JSON file")
-    p.add_argument("--codes", required=True, help="codes folder written by vqgan.encode (results/codes/{ds})")
+    p.add_argument("--codes", required=True, help="codes folder written by vqgan.encode (results/codes/{ds}/{variant})")
     p.add_argument("--out", required=True,
                    help="output folder: model.safetensors, config.json, metrics.csv, train.json")
     p.add_argument("--state-dir", required=True,
-                   help="resumable state (not a declared output): results/transformer/{ds}/state")
+                   help="resumable state (not a declared output): results/transformer/{ds}/{variant}/state")
     # Hidden hook for the kill -9 test: sleep this long after every step so a kill lands mid-run.
     p.add_argument("--debug-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
