@@ -51,16 +51,28 @@ VARIANTS: dict[str, dict[str, Any]] = {
                            "restart_dead_after": 50},
              "loss": {"foreground_weight": 4.0}},
 }
+# issue #13: exact object boxes (objects.csv) weighted in the reconstruction loss; the GAN inside the budget
+OURS_Q = VARIANTS["ours"]["quantizer"]
+VARIANTS.update({
+    "obj10": {"quantizer": OURS_Q, "loss": {"foreground_weight": 4.0, "object_weight": 10.0}},
+    "obj30": {"quantizer": OURS_Q, "loss": {"foreground_weight": 4.0, "object_weight": 30.0}},
+    "obj100": {"quantizer": OURS_Q, "loss": {"foreground_weight": 4.0, "object_weight": 100.0}},
+    "obj30_gan": {"quantizer": OURS_Q, "loss": {"foreground_weight": 4.0, "object_weight": 30.0,
+                                                "disc_start": "half"}},  # D from half the budget, adaptive weight
+})
 COLLECT = {"kind": "atari", "resolution": 64, "games": ["MsPacman", "Pong", "Breakout"], "frames_per_game": 3000}
 
 
 def variant_config(name: str, steps: int, batch_size: int, lr: float, warmup: int) -> dict[str, Any]:
     """The whole `vqgan` config section of one variant at the given budget."""
     v = VARIANTS[name]
+    loss = {**LOSS, **v["loss"]}
+    if loss.get("disc_start") == "half":
+        loss["disc_start"] = steps // 2
     return {
         "model": dict(MODEL),
         "quantizer": dict(v["quantizer"]),
-        "loss": {**LOSS, **v["loss"]},
+        "loss": loss,
         "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup,
                   "mixed_precision": "bf16", "log_every": 10, "checkpoint_every": steps},
     }

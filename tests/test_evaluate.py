@@ -132,7 +132,7 @@ def test_object_recall_is_one_for_the_original_and_zero_for_the_background():
 
 
 def test_object_boxes_are_rounded_outward_and_drawn_on_the_originals():
-    from vqgan.eval.object_scores import outward_boxes
+    from vqgan.data.object_masks import outward_boxes
 
     b = outward_boxes([0.4, 3.0, 15.2], [1.0, 2.999999999, 0.0], [0.6, 4.0, 16.0], [2.0, 4.0000000001, 16.0], 16)
     assert b.tolist() == [[0, 1, 1, 2], [3, 3, 4, 4], [15, 0, 16, 16]]

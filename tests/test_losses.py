@@ -110,6 +110,24 @@ def test_foreground_weight_raises_the_cost_of_missing_sprites():
     assert weighted.item() == pytest.approx(10 * plain.item(), rel=1e-5)  # all the error sits on the sprites
 
 
+def test_object_weight_multiplies_the_error_inside_the_boxes_only():
+    x = torch.zeros(2, 3, 8, 8)
+    objects = torch.zeros(2, 1, 8, 8)
+    objects[0, 0, 2:4, 2:4] = 1
+    outside, inside = x.clone(), x.clone()
+    outside[1, :, 0, 0] = 1.0                       # error where no object is
+    inside[0, :, 3, 3] = 1.0                        # the same error inside a box
+    loss, plain = no_lpips(object_weight=9.0), no_lpips()
+    assert loss.reconstruction(x, outside, objects=objects).item() == pytest.approx(
+        plain.reconstruction(x, outside).item())
+    assert loss.reconstruction(x, inside, objects=objects).item() == pytest.approx(
+        10 * plain.reconstruction(x, inside).item())
+    assert plain.reconstruction(x, inside, objects=objects).item() == plain.reconstruction(x, inside).item()
+    with pytest.raises(ValueError, match="object_weight > 0 needs"):
+        loss.reconstruction(x, inside)
+    assert LossConfig.from_dict({"object_ignore": ["brick", "ball"]}).object_ignore == ("brick", "ball")
+
+
 # --- LPIPS weight resolution -----------------------------------------------------------------------------------
 @pytest.fixture
 def empty_hub(tmp_path, monkeypatch):

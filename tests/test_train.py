@@ -57,6 +57,19 @@ def train_split(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def object_split(tmp_path_factory) -> Path:
+    """sprite_frames with each sprite's box in objects.csv (the same RNG draws as sprite_frames)."""
+    imgs = sprite_frames(48)
+    rng = np.random.default_rng(0)
+    ys, xs = zip(*(rng.integers(0, 16 - 4, 2) for _ in range(48)))
+    objects = pd.DataFrame({"frame": range(48), "class": "player", "id": 0, "x0": xs, "y0": ys,
+                            "x1": np.add(xs, 4), "y1": np.add(ys, 4), "visible": 1})
+    path = tmp_path_factory.mktemp("objects") / "train"
+    write_split(path, imgs, pd.DataFrame({"source_id": range(48)}), {"source": "test", "seed": 0}, objects)
+    return path
+
+
 def config_with(**train) -> str:
     cfg = json.loads(json.dumps(TINY))
     cfg["train"].update(train)
@@ -205,6 +218,41 @@ def test_two_process_gloo_run_syncs_gradients(train_split, tmp_path):
 
     model = load_vqgan(tmp_path / "out")  # the export loads into a fresh model
     assert model.cfg.resolution == 16 and model.cfg.n_codes == 16
+
+
+def test_object_masks_travel_with_their_images_and_flip_with_them(object_split):
+    from vqgan.data.dataset import read_split
+    from vqgan.data.object_masks import ObjectMasks
+    from vqgan.train.vqgan import ImageBatches, to_mask_input, to_model_input
+
+    split = read_split(object_split)
+    images, masks = ImageBatches(split.images, ObjectMasks.from_split(split)).__getitems__([5, 0, 17])
+    flip = np.array([True, False, True])
+    x, m = to_model_input(images, flip, "cpu"), to_mask_input(masks, flip, "cpu")
+    assert m.shape == (3, 1, 16, 16)
+    sprite = (x[:, 0:1] > 0.5).float()  # the yellow sprite's red channel; the background has none
+    assert torch.equal(sprite, m), "the mask must cover exactly the (mirrored) sprite"
+    assert not torch.equal(m[0], m[0].flip(-1)), "a symmetric mask would not test the flip"
+
+
+def test_object_weight_without_objects_csv_is_refused_before_training(train_split, tmp_path):
+    cfg = json.loads(config_with(steps=2))
+    cfg["loss"]["object_weight"] = 5.0
+    proc = run(train_cmd(json.dumps(cfg), train_split, tmp_path / "out", tmp_path / "state"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "no objects.csv" in proc.stderr and "object_weight: 0" in proc.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_two_process_run_with_object_weight_and_flips_keeps_ranks_equal(object_split, tmp_path):
+    dump = tmp_path / "dump"
+    cfg = json.loads(config_with(steps=3, checkpoint_every=3, augment="hflip"))
+    cfg["loss"]["object_weight"] = 20.0
+    proc = run(train_cmd(json.dumps(cfg), object_split, tmp_path / "out", tmp_path / "state",
+                         "--debug-dump-weights", str(dump), processes=2))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = hashes(dump)
+    assert ranks[0]["final"] == ranks[1]["final"] and ranks[0]["final"]["g"] != ranks[0]["initial"]["g"]
 
 
 def test_resume_after_kill_continues_step_count(train_split, tmp_path):

@@ -35,20 +35,6 @@ def definition(min_error: float, keep_ratio: float) -> str:
             "recall = kept / scored")
 
 
-def outward_boxes(x0, y0, x1, y1, resolution: int) -> np.ndarray:
-    """(k, 4) int boxes: every pixel the half-open float box touches (floor x0/y0, ceil x1/y1), inside the image,
-    at least one pixel each. The epsilon absorbs the CSV's rounding (10 significant digits)."""
-    eps = 1e-6
-    b = np.stack([np.floor(np.asarray(x0, np.float64) + eps), np.floor(np.asarray(y0, np.float64) + eps),
-                  np.ceil(np.asarray(x1, np.float64) - eps), np.ceil(np.asarray(y1, np.float64) - eps)], 1)
-    b = np.clip(b, 0, resolution).astype(np.int64)
-    b[:, 2] = np.maximum(b[:, 2], np.minimum(b[:, 0] + 1, resolution))
-    b[:, 3] = np.maximum(b[:, 3], np.minimum(b[:, 1] + 1, resolution))
-    b[:, 0] = np.minimum(b[:, 0], b[:, 2] - 1)
-    b[:, 1] = np.minimum(b[:, 1], b[:, 3] - 1)
-    return b
-
-
 def box_sums(pred: np.ndarray, target: np.ndarray, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, ...]:
     """Sum of |error| and of error^2 (over pixels and channels) inside each box, and the number of values.
 

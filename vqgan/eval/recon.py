@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
+from vqgan.data.object_masks import outward_boxes
 from vqgan.eval.eval_sets import EvalSet, check_eval_sets, native_screens, pixel_objects, preprocess
-from vqgan.eval.object_scores import PSNR_CAP_DB, ObjectScores, definition, empty_summary, outward_boxes
+from vqgan.eval.object_scores import PSNR_CAP_DB, ObjectScores, definition, empty_summary
 from vqgan.io.checkpoint import load_vqgan
 from vqgan.io.cli import UsageError, command, load_config_arg
 from vqgan.io.files import prepare_output, write_json_atomic

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from vqgan.data.dataset import data_identity, read_split
+from vqgan.data.object_masks import ObjectMasks
 from vqgan.io.checkpoint import CONFIG, WEIGHTS, save_model
 from vqgan.io.cli import command, load_config_arg
 from vqgan.io.files import prepare_output, write_json_atomic
@@ -97,16 +98,19 @@ def build_models(cfg: dict[str, dict[str, Any]], resolution: int, weights_dir: s
 
 
 class ImageBatches(torch.utils.data.Dataset):
-    """Batches of uint8 frames straight from the memory map (one fancy-index read per batch, not per image)."""
+    """Batches of uint8 frames straight from the memory map (one fancy-index read per batch, not per image), and,
+    with `masks` (loss.object_weight > 0), the (B, H, W) uint8 object masks of the same frames: (images, masks)."""
 
-    def __init__(self, images: np.ndarray):
-        self.images = images
+    def __init__(self, images: np.ndarray, masks: ObjectMasks | None = None):
+        self.images, self.masks = images, masks
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitems__(self, indices: list[int]) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.images[np.asarray(indices)]))
+    def __getitems__(self, indices: list[int]):
+        idx = np.asarray(indices)
+        images = torch.from_numpy(np.ascontiguousarray(self.images[idx]))
+        return images if self.masks is None else (images, torch.from_numpy(self.masks(idx)))
 
 
 def _keep(batch):
@@ -120,6 +124,15 @@ def to_model_input(batch: torch.Tensor, flip: np.ndarray | None, device) -> torc
         m = torch.from_numpy(flip).to(device)
         x = torch.where(m[:, None, None, None], x.flip(-1), x)
     return x.contiguous(memory_format=_memory_format(x.device))
+
+
+def to_mask_input(masks: torch.Tensor, flip: np.ndarray | None, device) -> torch.Tensor:
+    """(B, H, W) uint8 object masks -> (B, 1, H, W) float, mirrored with the same coin as their images."""
+    m = masks.to(device, non_blocking=True)[:, None].float()
+    if flip is not None and flip.any():
+        f = torch.from_numpy(flip).to(device)
+        m = torch.where(f[:, None, None, None], m.flip(-1), m)
+    return m
 
 
 def _memory_format(device) -> torch.memory_format:
@@ -183,6 +196,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def object_masks(split, loss_section: dict[str, Any]) -> ObjectMasks | None:
+    """The split's object masks when loss.object_weight > 0 (ValueError naming the folder without objects.csv)."""
+    cfg = LossConfig.from_dict(loss_section)
+    if cfg.object_weight <= 0:
+        return None
+    return ObjectMasks.from_split(split, cfg.object_ignore)
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -190,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     tc = TrainConfig.from_dict(sections["train"])
     split = read_split(args.data)
     check_batch(tc, len(split), f"images of {args.data}")  # before the state folder, models or outputs are touched
+    object_masks(split, sections["loss"])  # no objects.csv with object_weight > 0: fail before anything is touched
     try:
         return train(args, sections, tc, split)
     except NonFiniteLossError as e:
@@ -241,7 +263,8 @@ def train(args, sections, tc: TrainConfig, split) -> int:
         initial = weight_hashes(raw_model, disc)
 
     sampler = StepBatchSampler(len(split), per_device, rank, world, tc.seed, start=start * tc.grad_accum)
-    loader = torch.utils.data.DataLoader(ImageBatches(split.images), batch_sampler=sampler, collate_fn=_keep,
+    masks = object_masks(split, sections["loss"])
+    loader = torch.utils.data.DataLoader(ImageBatches(split.images, masks), batch_sampler=sampler, collate_fn=_keep,
                                          num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0)
     batches = iter(loader)
     images_per_step = per_device * world * tc.grad_accum
@@ -259,7 +282,11 @@ def train(args, sections, tc: TrainConfig, split) -> int:
         for k in range(tc.grad_accum):
             micro = step * tc.grad_accum + k
             flip = sampler.coin(micro, salt=1) if tc.augment == "hflip" else None
-            x = to_model_input(next(batches), flip, accelerator.device)
+            batch, objects = next(batches), None
+            if masks is not None:
+                batch, objects = batch
+                objects = to_mask_input(objects, flip, accelerator.device)
+            x = to_model_input(batch, flip, accelerator.device)
             row: dict[str, float] = {}
             with accelerator.accumulate(model, loss.discriminator):
                 # --- generator. D is frozen and its DDP wrapper told not to expect gradients: the adversarial
@@ -267,7 +294,8 @@ def train(args, sections, tc: TrainConfig, split) -> int:
                 disc.requires_grad_(False)
                 with accelerator.autocast(), accelerator.no_sync(loss.discriminator):
                     xrec, qloss, stats = model(x)
-                    g_loss, g_logs = loss.generator_loss(x, xrec, qloss, step, last_layer=raw_model.last_layer)
+                    g_loss, g_logs = loss.generator_loss(x, xrec, qloss, step, last_layer=raw_model.last_layer,
+                                                          objects=objects)
                 disc.requires_grad_(True)
                 if args.debug_inject_nan_at is not None and step == args.debug_inject_nan_at:
                     g_loss = g_loss * float("nan")

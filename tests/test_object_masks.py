@@ -1,0 +1,59 @@
+"""Object masks for the object-weighted loss: rasterising objects.csv boxes per batch (vqgan/data/object_masks.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vqgan.data.dataset import read_split, write_split
+from vqgan.data.object_masks import ObjectMasks
+
+
+def table(rows):
+    return pd.DataFrame(rows, columns=["frame", "class", "id", "x0", "y0", "x1", "y1", "visible"])
+
+
+def test_boxes_are_rasterised_outward_per_frame_without_hidden_or_ignored_objects():
+    objects = table([
+        (2, "player", 0, 1.5, 2.0, 3.2, 4.0, 1),     # -> x 1..3, y 2..3 (floor x0, ceil x1; y exact)
+        (0, "ghost", 1, 5.0, 5.0, 6.0, 7.0, 1),
+        (0, "ghost", 2, 0.0, 0.0, 2.0, 2.0, 0),       # flickered out: not drawn, not weighted
+        (2, "brick", 7, 0.0, 7.0, 8.0, 8.0, 1),       # ignored class
+    ])
+    masks = ObjectMasks(objects, n_images=4, resolution=8, ignore_classes=("brick",))
+    m = masks(np.array([2, 1, 0, 2]))
+    assert m.shape == (4, 8, 8) and m.dtype == np.uint8
+    want2 = np.zeros((8, 8), np.uint8)
+    want2[2:4, 1:4] = 1
+    want0 = np.zeros((8, 8), np.uint8)
+    want0[5:7, 5:6] = 1
+    np.testing.assert_array_equal(m[0], want2)
+    np.testing.assert_array_equal(m[3], want2)     # the same frame twice in a batch
+    np.testing.assert_array_equal(m[1], 0)         # no object on frame 1
+    np.testing.assert_array_equal(m[2], want0)
+    with_bricks = ObjectMasks(objects, 4, 8)(np.array([2]))[0]
+    assert with_bricks[7].all() and with_bricks.sum() == want2.sum() + 8
+
+
+def test_masks_match_a_per_pixel_rasterisation_of_random_boxes():
+    rng = np.random.default_rng(0)
+    n, res, k = 20, 16, 60
+    x0, y0 = rng.uniform(0, res - 1, k), rng.uniform(0, res - 1, k)
+    x1, y1 = np.minimum(x0 + rng.uniform(0.1, 6, k), res), np.minimum(y0 + rng.uniform(0.1, 6, k), res)
+    frame = rng.integers(0, n, k)
+    objects = pd.DataFrame({"frame": frame, "class": "player", "id": 0, "x0": x0, "y0": y0, "x1": x1, "y1": y1})
+    got = ObjectMasks(objects, n, res)(np.arange(n))
+    # pixel (x, y) covers [x, x+1) x [y, y+1): it is in the mask iff that square overlaps some box
+    px = np.arange(res)
+    want = np.zeros((n, res, res), np.uint8)
+    for f, a, b, c, d in zip(frame, x0, y0, x1, y1):
+        want[f] |= ((px[:, None] + 1 > b) & (px[:, None] < d) & (px[None] + 1 > a) & (px[None] < c)).astype(np.uint8)
+    np.testing.assert_array_equal(got, want)
+    assert ObjectMasks(objects, n, res).fraction() == pytest.approx(want.mean())
+
+
+def test_a_split_without_objects_csv_is_refused_with_the_folder_and_key(tmp_path):
+    path = write_split(tmp_path / "train", np.zeros((2, 8, 8, 3), np.uint8), pd.DataFrame({"source_id": [0, 1]}),
+                       {"source": "test"})
+    with pytest.raises(ValueError, match=r"(?s)train: no objects\.csv.*object_weight: 0"):
+        ObjectMasks.from_split(read_split(path))

@@ -1,0 +1,71 @@
+"""Object boxes of objects.csv as pixel masks: what an object-weighted training loss needs per batch.
+
+A split's objects.csv (vqgan/data/dataset.py) holds float, half-open boxes in the split's pixels. Training needs,
+for each batch, a (B, H, W) mask of the pixels the objects tint. Materialising one mask per image would cost
+N x H x W bytes (12k 64-px frames: 50 MB); instead the boxes are kept as one compact int16 table sorted by frame
+(with per-frame offsets) and rasterised per batch, a few slice assignments per image.
+
+    masks = ObjectMasks.from_split(split, ignore_classes=("brick",))
+    m = masks(np.array([3, 17, 42]))       # (3, H, W) uint8, 1 inside a kept object's box
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+
+def outward_boxes(x0, y0, x1, y1, resolution: int) -> np.ndarray:
+    """(k, 4) int boxes: every pixel the half-open float box touches (floor x0/y0, ceil x1/y1), inside the image,
+    at least one pixel each. The epsilon absorbs the CSV's rounding (10 significant digits)."""
+    eps = 1e-6
+    b = np.stack([np.floor(np.asarray(x0, np.float64) + eps), np.floor(np.asarray(y0, np.float64) + eps),
+                  np.ceil(np.asarray(x1, np.float64) - eps), np.ceil(np.asarray(y1, np.float64) - eps)], 1)
+    b = np.clip(b, 0, resolution).astype(np.int64)
+    b[:, 2] = np.maximum(b[:, 2], np.minimum(b[:, 0] + 1, resolution))
+    b[:, 3] = np.maximum(b[:, 3], np.minimum(b[:, 1] + 1, resolution))
+    b[:, 0] = np.minimum(b[:, 0], b[:, 2] - 1)
+    b[:, 1] = np.minimum(b[:, 1], b[:, 3] - 1)
+    return b
+
+
+class ObjectMasks:
+    """Rasterises the boxes of the objects drawn on given frames (rows with visible = 0 and `ignore_classes` are
+    left out: a flickered-out ghost is not in the picture, Breakout's brick wall is a third of the frame)."""
+
+    def __init__(self, objects: pd.DataFrame, n_images: int, resolution: int, ignore_classes: Iterable[str] = ()):
+        keep = ~objects["class"].isin(list(ignore_classes)).to_numpy()
+        if "visible" in objects.columns:
+            keep &= objects["visible"].to_numpy() == 1
+        o = objects[keep]
+        frame = o["frame"].to_numpy(np.int64)
+        order = np.argsort(frame, kind="stable")
+        boxes = outward_boxes(*(o[c].to_numpy() for c in ("x0", "y0", "x1", "y1")), resolution)
+        self.boxes = boxes[order].astype(np.int16)  # (k, 4) x0, y0, x1, y1 half-open, sorted by frame
+        self.offsets = np.searchsorted(frame[order], np.arange(n_images + 1))  # frame i: boxes[off[i]:off[i+1]]
+        self.n_images, self.resolution = int(n_images), int(resolution)
+
+    @classmethod
+    def from_split(cls, split, ignore_classes: Iterable[str] = ()) -> "ObjectMasks":
+        """From a `vqgan.data.dataset.Split`; ValueError naming the folder if it has no objects.csv."""
+        if split.objects is None:
+            raise ValueError(f"{split.path}: no objects.csv, so there are no object boxes to weight; set "
+                             "vqgan.loss.object_weight: 0 for this dataset, or recollect it with a collector that "
+                             "records objects (Atari games with RAM rules: docs/objects.md)")
+        return cls(split.objects, len(split), split.resolution, ignore_classes)
+
+    def fraction(self) -> float:
+        """Share of all pixels inside some kept box (overlaps counted once), over the whole split."""
+        covered = sum(int(self(np.arange(i, min(i + 1024, self.n_images))).sum())
+                      for i in range(0, self.n_images, 1024))
+        return covered / max(1, self.n_images * self.resolution ** 2)
+
+    def __call__(self, indices: np.ndarray) -> np.ndarray:
+        """(B, H, W) uint8 masks of the frames `indices`: 1 on every pixel a kept object tints."""
+        indices = np.asarray(indices, np.int64)
+        out = np.zeros((len(indices), self.resolution, self.resolution), np.uint8)
+        for b, i in enumerate(indices):
+            for x0, y0, x1, y1 in self.boxes[self.offsets[i]:self.offsets[i + 1]]:
+                out[b, y0:y1, x0:x1] = 1
+        return out
