@@ -9,7 +9,9 @@ GAN: the default experiment's budget is far below `disc_start`) through the pipe
 (`python -m vqgan.train.vqgan`), and are evaluated with `vqgan.eval.recon.evaluate` (the numbers of `recon.json`):
 - paper: the paper's quantizer (`taming`: uniform +-1/K init, nearest neighbour in code_dim = z_channels, the
   seed's beta placement), plain L1;
-- ours: `l2` (cosine lookup in a low dimension) + k-means init + dead-code restart, L1 with foreground weighting.
+- ours: `l2` (cosine lookup in a low dimension) + k-means init + dead-code restart, L1 with foreground weighting;
+- objN (issue #13): ours + `object_weight` N (L1 x (1 + N) inside the exact objects.csv boxes, bricks excepted);
+- obj30_gan: obj30 + the PatchGAN from half the budget on (`disc_start` = steps // 2, adaptive weight).
 
 The table prints, per variant, whole-image PSNR beside the per-pixel-mean baseline of the training split, object
 recall (the share of game objects the reconstruction keeps; vqgan/eval/object_scores.py) beside the mean image's,

@@ -259,6 +259,8 @@ CONTROLS = [
     ("control: the CI experiment", setting()),
     ("control: MINIMAL", text(whole=MINIMAL)),
     ("control: MINIMAL as the default config", text(whole=MINIMAL, default=True)),
+    ("object weight on COCO", setting(vqgan__loss__object_weight=5.0),
+     r"datasets\.coco_tiny\.vqgan\.loss\.object_weight: 5\.0 needs object boxes \(objects\.csv\)"),
     ("control: a COCO root with every part", coco_root(*FULL_ROOT, categories=["dog", "cat"])),
 ]
 

@@ -261,6 +261,22 @@ def _check_atari(ds, entry):
         ) from None
 
 
+def _check_object_weight(ds, entry, variant):
+    """vqgan.loss.object_weight needs object boxes: only Atari games with RAM rules record objects.csv."""
+    weight = entry["_variants"][variant]["vqgan"]["loss"]["object_weight"]
+    if weight <= 0:
+        return
+    from atari_collect.objects import has_object_rules
+
+    if entry["kind"] != "atari" or not any(has_object_rules(g) for g in entry["games"]):
+        key = ("vqgan", "loss", "object_weight")
+        raise ConfigError(
+            f"config key {_where(ds, variant, *key)}{_for(ds, variant, *key)}: {weight} needs object boxes "
+            "(objects.csv), which only Atari games with RAM rules have (docs/objects.md); set it to 0 for this "
+            "dataset"
+        )
+
+
 def _split_bounds(entry):
     """The most images each split can hold, and why: {split: (count, why)}."""
     if entry["kind"] == "coco":
@@ -415,6 +431,7 @@ def _check_variant(cfg, ds, entry, variant):
         raise ConfigError(
             f"config keys {_sample_counts(ds, variant, ' and ')}: set one of them, not both"
         )
+    _check_object_weight(ds, entry, variant)
     _check_sizes(cfg, ds, entry, variant)
 
 
