@@ -253,14 +253,14 @@ MALFORMED = [
      r"not valid JSON or YAML"),
     ("--configfile: a tab (Snakemake's message)", text("    batch_size: 8", "\tbatch_size: 8"), r"not valid JSON or YAML"),
     ("--configfile: a list (Snakemake's message)", text(whole="- datasets\n"), r"keys at top level"),
+    ("object weight on COCO", setting(vqgan__loss__object_weight=5.0),
+     r"datasets\.coco_tiny\.vqgan\.loss\.object_weight: 5\.0 needs object boxes \(objects\.csv\)"),
 ]
 
 CONTROLS = [
     ("control: the CI experiment", setting()),
     ("control: MINIMAL", text(whole=MINIMAL)),
     ("control: MINIMAL as the default config", text(whole=MINIMAL, default=True)),
-    ("object weight on COCO", setting(vqgan__loss__object_weight=5.0),
-     r"datasets\.coco_tiny\.vqgan\.loss\.object_weight: 5\.0 needs object boxes \(objects\.csv\)"),
     ("control: a COCO root with every part", coco_root(*FULL_ROOT, categories=["dog", "cat"])),
 ]
 
