@@ -3,10 +3,11 @@
     atari-collect --config '{"kind": "atari", "resolution": 64, "games": ["MsPacman", "Pong"],
                              "frames_per_game": 4000}' --out results/data/atari64
 
-    # Ms. Pac-Man with the exploring collector (reaches the 2nd maze), the others sticky-random:
+    # Ms. Pac-Man with the exploring collector until every lineage is 20k steps into the 4th maze (~15 CPU-min),
+    # frames split equally over the mazes; the others sticky-random:
     atari-collect --config '{"kind": "atari", "resolution": 64, "games": ["MsPacman", "Pong"],
                              "frames_per_game": 4000, "game_policy": {"MsPacman": {"name": "go_explore",
-                             "budget_steps": 600000, "lineages": 4}}}' --out results/data/atari64
+                             "budget_steps": 4000000, "lineages": 4, "target_levels": 4}}}' --out results/data/atari64
 
 `--config` is one `datasets.<name>` entry (inline JSON or a YAML/JSON file). Environment things (processes) are
 flags; everything that changes the data is in the config. Games collected with go_explore also get
