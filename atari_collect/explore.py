@@ -215,8 +215,9 @@ class LevelFrames:
 
     How many steps each level gets is known only when exploration ends, so each level keeps every `stride`-th of
     its steps; when it holds 2 * `emit` candidates it drops every other one and doubles its stride. A level with
-    n steps so ends with min(n, >= emit) candidates evenly spread over them, enough for any share, and frames are
-    rendered only for candidates. Memory: at most 2 * `emit` frames per level (64 px, emit 1000: 25 MB a level).
+    n steps so ends with min(n, >= emit) candidates evenly spread over them, enough for any share, and only
+    candidates are rendered (`take`, then `add`). Memory: at most 2 * `emit` frames per level (64 px, emit 1000:
+    25 MB a level).
     """
 
     COLUMNS = {"order": np.int64, "episode": np.int64, "step": np.int64, "action": np.int64, "reward": np.float32}
@@ -229,19 +230,24 @@ class LevelFrames:
         return {"steps": 0, "stride": 1, "n": 0, "images": np.empty((self.cap, self.R, self.R, 3), np.uint8),
                 **{c: np.zeros(self.cap, dtype=t) for c, t in self.COLUMNS.items()}}
 
-    def offer(self, level: int, render, **cols) -> None:
-        """One explored step at `level`; `render()` gives its frame, called only if the step becomes a candidate."""
+    def take(self, level: int) -> bool:
+        """Count one explored step at `level`; True if it is a candidate: then `add` its frame."""
         s = self.levels.get(level) or self.levels.setdefault(level, self._new_level())
         i = s["steps"]
         s["steps"] += 1
         if i % s["stride"]:
-            return
+            return False
         if s["n"] == self.cap:  # full: keep every other candidate (i = cap * stride, cap even, stays a multiple)
             for c in ("images", *self.COLUMNS):
                 s[c][: self.cap // 2] = s[c][0 : self.cap : 2]
             s["n"], s["stride"] = self.cap // 2, 2 * s["stride"]
+        return True
+
+    def add(self, level: int, image: np.ndarray, **cols) -> None:
+        """The frame and COLUMNS of the candidate that `take(level)` just accepted."""
+        s = self.levels[level]
         n = s["n"]
-        s["images"][n] = render()
+        s["images"][n] = image
         for c, v in cols.items():
             s[c][n] = v
         s["n"] += 1
@@ -318,12 +324,6 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
 
     R = cfg.resolution
     frames = LevelFrames(emit, R)
-
-    def render() -> np.ndarray:
-        # a candidate frame: its image, and its object boxes (games with RAM rules) under its step number `done`
-        record_objects(objects, done, emu)
-        return crop_resize(emu.screen(), R, cfg.crop)
-
     # stop early once `target_levels` levels each had `target_level_steps` steps (only games with levels)
     target = p.target_levels if cells.has_levels else None
     level_steps: dict[int, int] = {}
@@ -362,7 +362,10 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
             level = cells.level(ram)
             if level >= 0 and level not in levels_first_step:
                 levels_first_step[level] = done
-            frames.offer(level, render, order=done, episode=episodes, step=t, action=a, reward=r)
+            if frames.take(level):  # a candidate: its frame, and its object boxes under its step number
+                frames.add(level, crop_resize(emu.screen(), R, cfg.crop), order=done, episode=episodes, step=t,
+                           action=a, reward=r)
+                record_objects(objects, done, emu)
             if target:
                 level_steps[level] = level_steps.get(level, 0) + 1
                 levels_done += level_steps[level] == p.target_level_steps

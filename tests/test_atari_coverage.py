@@ -23,8 +23,9 @@ def offer_trajectory(levels: np.ndarray, emit: int) -> tuple[LevelFrames, dict[s
     frames = LevelFrames(emit, 4)
     for i, lv in enumerate(levels):
         # the frame encodes its step so the test can check that images stay with their rows
-        frames.offer(int(lv), lambda: np.full((4, 4, 3), i % 251, np.uint8), order=i, episode=i // 100,
-                     step=i % 100, action=i % 9, reward=float(i % 7))
+        if frames.take(int(lv)):
+            frames.add(int(lv), np.full((4, 4, 3), i % 251, np.uint8), order=i, episode=i // 100, step=i % 100,
+                       action=i % 9, reward=float(i % 7))
     return frames, frames.choose()
 
 
