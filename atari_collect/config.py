@@ -45,7 +45,7 @@ class PolicyConfig:
     survive_steps: int = 25            # a state enters the archive after surviving this many more steps
     cell: str = "auto"                 # "auto": RAM cell for games we know (MsPacman), else "pixels"
     target_levels: int | None = None   # stop a lineage once this many levels (Ms. Pac-Man: mazes) each had
-    target_level_steps: int = 20000    # this many explored steps; budget_steps stays the limit (None: no target)
+    target_level_steps: int = 20000    # this many explored steps (target_levels None: explore the whole budget)
     max_seconds: float | None = None   # time limit per game (split over its lineages); None = no limit.
                                        # Stopping early keeps fewer frames and breaks determinism.
 
