@@ -3,18 +3,21 @@
     atari-collect --config '{"kind": "atari", "resolution": 64, "games": ["MsPacman", "Pong"],
                              "frames_per_game": 4000}' --out results/data/atari64
 
-    # Ms. Pac-Man with the exploring collector (reaches the 2nd maze), the others sticky-random:
+    # Ms. Pac-Man with the exploring collector until every lineage is 20k steps into the 4th maze (~15 CPU-min),
+    # frames split equally over the mazes; the others sticky-random:
     atari-collect --config '{"kind": "atari", "resolution": 64, "games": ["MsPacman", "Pong"],
                              "frames_per_game": 4000, "game_policy": {"MsPacman": {"name": "go_explore",
-                             "budget_steps": 600000, "lineages": 4}}}' --out results/data/atari64
+                             "budget_steps": 4000000, "lineages": 4, "target_levels": 4}}}' --out results/data/atari64
 
 `--config` is one `datasets.<name>` entry (inline JSON or a YAML/JSON file). Environment things (processes) are
 flags; everything that changes the data is in the config. Games collected with go_explore also get
-OUT/coverage.png (cells and levels over steps); their coverage numbers are in the manifests (per_game).
+OUT/coverage.png (cells and levels over steps, kept frames per level and split); their coverage numbers are in the
+manifests (per_game; frames_per_level per split).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -99,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
     written = write_dataset(args.out, cfg, games, made_by)
     explored = [g for g in games if g.stats["policy"] == "go_explore"]
     if explored:
-        plot_coverage(explored, f"{args.out}/coverage.png")
+        levels = {s: json.loads((Path(p) / "manifest.json").read_text())["frames_per_level"]
+                  for s, p in written.items()}
+        plot_coverage(explored, f"{args.out}/coverage.png", levels)
     secs = time.perf_counter() - t0
     n = sum(len(g.images) for g in games)
     print(f"atari-collect: {n} frames from {len(games)} game(s) in {secs:.1f} s ({n / secs:.0f} frames/s) -> "

@@ -37,12 +37,15 @@ class PolicyConfig:
     # which uniform random (repeat_prob=0) rarely does (it jitters in place).
     repeat_prob: float = 0.75
     # go_explore only (see explore.py):
-    budget_steps: int | None = None    # agent steps explored per game; frames_per_game of them are kept, evenly
-                                       # spread (None: = frames_per_game, every explored step is a frame)
+    budget_steps: int | None = None    # agent steps explored per game (at most, with target_levels);
+                                       # frames_per_game of them are kept, an equal share per level, each spread
+                                       # evenly (None: = frames_per_game, every explored step is a frame)
     lineages: int = 4                  # independent archives per game; the train/val split is by lineage
     explore_steps: int = 100           # agent steps per exploration from a restored cell
     survive_steps: int = 25            # a state enters the archive after surviving this many more steps
     cell: str = "auto"                 # "auto": RAM cell for games we know (MsPacman), else "pixels"
+    target_levels: int | None = None   # stop a lineage once this many levels (Ms. Pac-Man: mazes) each had
+    target_level_steps: int = 20000    # this many explored steps (target_levels None: explore the whole budget)
     max_seconds: float | None = None   # time limit per game (split over its lineages); None = no limit.
                                        # Stopping early keeps fewer frames and breaks determinism.
 
@@ -112,6 +115,9 @@ def parse_policy(raw: Any) -> PolicyConfig:
     p.lineages = _check_int("policy.lineages", p.lineages, 2)
     if p.budget_steps is not None:
         p.budget_steps = _check_int("policy.budget_steps", p.budget_steps, 1)
+    if p.target_levels is not None:
+        p.target_levels = _check_int("policy.target_levels", p.target_levels, 1)
+    p.target_level_steps = _check_int("policy.target_level_steps", p.target_level_steps, 1)
     if p.cell not in ("auto", "pixels", "ram"):
         raise _fail("policy.cell", p.cell, "must be 'auto', 'pixels' or 'ram'")
     if p.max_seconds is not None and (isinstance(p.max_seconds, bool) or not isinstance(p.max_seconds, (int, float))

@@ -153,6 +153,9 @@ def _split_arrays(cfg: AtariConfig, chosen: list[tuple[GameFrames, np.ndarray]],
         "frames_per_game": {g.game: int(m.sum()) for g, m in chosen},
         "episodes": int(sum(len(np.unique(g.episode[m])) for g, m in chosen)),
         "episodes_per_game": {g.game: int(len(np.unique(g.episode[m]))) for g, m in chosen},
+        # coverage of this split: frames per level (Ms. Pac-Man: maze index 0-3) of the games that expose one
+        "frames_per_level": {g.game: {str(k): int(v) for k, v in zip(*np.unique(g.level[m], return_counts=True))}
+                             for g, m in chosen if (g.level >= 0).any()},
         "made_by": made_by,
         "per_game": {g.game: g.stats for g, _ in chosen},
         "created_unix": int(time.time()),

@@ -17,9 +17,12 @@ Other games use a generic cell: (score, the screen downscaled to 11x8 grayscale,
 
 Dataset: each exploration (restore, then up to `explore_steps` steps) is one episode. The game's exploration budget
 is split over `lineages` independent archives, each grown from its own reset; the train/val split is by lineage,
-so no state in val descends from a state in train. Frames are emitted by systematic sampling of the exploration
-steps (exactly frames_per_game per game; every step when budget_steps == frames_per_game), so the data follow
-where exploration spends its time: mostly the frontier.
+so no state in val descends from a state in train. Frames are real states of the explored trajectory, chosen per
+level (Ms. Pac-Man: maze) so that every level the lineage reached gets an equal share of its frames, spread evenly
+over the steps spent in that level (`LevelFrames`; games without levels: evenly over all steps). Without this the
+frames follow where exploration spends its time, and the newest maze, reached late, got few or none. With
+`target_levels` a lineage stops once it has explored `target_level_steps` steps in that many levels (Ms. Pac-Man:
+4 = every maze), so the budget is only a limit and lineages that get there early do not spend it all.
 """
 from __future__ import annotations
 
@@ -121,8 +124,7 @@ class Cell:
     score: float
     board: int
     steps: int        # agent steps from the reset to this state
-    chosen: int = 0
-    seen: int = 0
+    row: int = -1     # its row in the archive's arrays (set by Archive.offer)
 
     def better_than(self, other: "Cell") -> bool:
         # Ties go to the later state: Ms. Pac-Man's ~70-step intro is one cell, and keeping its first state would
@@ -131,28 +133,44 @@ class Cell:
 
 
 class Archive:
+    """Cells by key, plus what selection needs as arrays (one row per key, in order of discovery): rebuilding them
+    from the cells took ~2 ms per selection at 9k cells, ~10% of the time late in a Ms. Pac-Man run."""
+
     def __init__(self, ms_pacman_weights: bool):
         self.cells: dict[Any, Cell] = {}
+        self.keys: list[Any] = []
         self.board_weights = ms_pacman_weights
+        self.chosen = np.zeros(1024, np.int64)   # times selected
+        self.seen = np.zeros(1024, np.int64)     # times visited during explorations
+        self.progress = np.zeros(1024)
+        self.board = np.zeros(1024, np.int64)
 
     def __len__(self) -> int:
         return len(self.cells)
 
     def offer(self, key, cell: Cell) -> bool:
         old = self.cells.get(key)
-        if old is None or cell.better_than(old):
-            if old is not None:
-                cell.chosen, cell.seen = old.chosen, old.seen
-            self.cells[key] = cell
-            return True
-        return False
+        if old is not None and not cell.better_than(old):
+            return False
+        if old is None:
+            cell.row = len(self.keys)
+            self.keys.append(key)
+            if cell.row == len(self.chosen):
+                for name in ("chosen", "seen", "progress", "board"):
+                    a = getattr(self, name)
+                    setattr(self, name, np.concatenate([a, np.zeros_like(a)]))
+        else:
+            cell.row = old.row  # a better state for a known cell keeps its counts
+        self.progress[cell.row], self.board[cell.row] = cell.progress, cell.board
+        self.cells[key] = cell
+        return True
+
+    def visit(self, cell: Cell) -> None:
+        self.seen[cell.row] += 1
 
     def weights(self) -> np.ndarray:
-        cs = list(self.cells.values())
-        chosen = np.fromiter((c.chosen for c in cs), float, len(cs))
-        seen = np.fromiter((c.seen for c in cs), float, len(cs))
-        prog = np.fromiter((c.progress for c in cs), float, len(cs))
-        board = np.fromiter((c.board for c in cs), np.int64, len(cs))
+        n = len(self.keys)
+        chosen, seen, prog, board = self.chosen[:n], self.seen[:n], self.progress[:n], self.board[:n]
         w = 1 / np.sqrt(chosen + 1) + 0.5 / np.sqrt(seen + 1)
         if self.board_weights:
             best = np.zeros(board.max() + 1)
@@ -171,8 +189,107 @@ class Archive:
         return w / w.sum()
 
     def select(self, rng: np.random.Generator) -> Cell:
-        keys = list(self.cells)
-        return self.cells[keys[rng.choice(len(keys), p=self.weights())]]
+        """Draw a cell by weight and count the choice."""
+        row = rng.choice(len(self.keys), p=self.weights())
+        self.chosen[row] += 1
+        return self.cells[self.keys[row]]
+
+
+# ---------------------------------------------------------------------------------------------------- frame choice
+
+
+def equal_shares(available: dict[int, int], total: int) -> dict[int, int]:
+    """Split `total` frames equally over the levels, none taking more than it has (water-filling): a level with
+    fewer candidates than its share gives all of them and the rest is shared by the others. Sums to
+    min(total, sum(available))."""
+    shares, left = {}, total
+    order = sorted(available, key=lambda lv: (available[lv], lv))  # smallest first: they may not fill a share
+    for i, lv in enumerate(order):
+        shares[lv] = min(available[lv], -(-left // (len(order) - i)))  # ceil: the remainder goes to the larger ones
+        left -= shares[lv]
+    return {lv: shares[lv] for lv in sorted(shares)}
+
+
+class LevelFrames:
+    """Candidate frames of one trajectory, kept per level and thinned evenly, for a balanced choice at the end.
+
+    How many steps each level gets is known only when exploration ends, so each level keeps every `stride`-th of
+    its steps; when it holds 2 * `emit` candidates it drops every other one and doubles its stride. A level with
+    n steps so ends with min(n, >= emit) candidates evenly spread over them, enough for any share, and only
+    candidates are rendered (`take`, then `add`). Memory: at most 2 * `emit` frames per level (64 px, emit 1000:
+    25 MB a level).
+    """
+
+    COLUMNS = {"order": np.int64, "episode": np.int64, "step": np.int64, "action": np.int64, "reward": np.float32}
+
+    def __init__(self, emit: int, resolution: int):
+        self.emit, self.cap, self.R = emit, 2 * max(emit, 1), resolution
+        self.levels: dict[int, dict[str, Any]] = {}
+
+    def _new_level(self) -> dict[str, Any]:
+        return {"steps": 0, "stride": 1, "n": 0, "images": np.empty((self.cap, self.R, self.R, 3), np.uint8),
+                **{c: np.zeros(self.cap, dtype=t) for c, t in self.COLUMNS.items()}}
+
+    def take(self, level: int) -> bool:
+        """Count one explored step at `level`; True if it is a candidate: then `add` its frame."""
+        s = self.levels.get(level) or self.levels.setdefault(level, self._new_level())
+        i = s["steps"]
+        s["steps"] += 1
+        if i % s["stride"]:
+            return False
+        if s["n"] == self.cap:  # full: keep every other candidate (i = cap * stride, cap even, stays a multiple)
+            for c in ("images", *self.COLUMNS):
+                s[c][: self.cap // 2] = s[c][0 : self.cap : 2]
+            s["n"], s["stride"] = self.cap // 2, 2 * s["stride"]
+        return True
+
+    def add(self, level: int, image: np.ndarray, **cols) -> None:
+        """The frame and COLUMNS of the candidate that `take(level)` just accepted."""
+        s = self.levels[level]
+        n = s["n"]
+        s["images"][n] = image
+        for c, v in cols.items():
+            s[c][n] = v
+        s["n"] += 1
+
+    def steps_per_level(self) -> dict[int, int]:
+        return {lv: s["steps"] for lv, s in sorted(self.levels.items())}
+
+    def choose(self) -> dict[str, np.ndarray]:
+        """`emit` frames (fewer if fewer steps were explored): equal shares per level, evenly spread over each
+        level's steps, in trajectory order; the COLUMNS plus `level` and `images`."""
+        out = {"images": [np.empty((0, self.R, self.R, 3), np.uint8)], "level": [np.zeros(0, np.int64)],
+               **{c: [np.zeros(0, t)] for c, t in self.COLUMNS.items()}}
+        for lv, q in equal_shares({lv: s["n"] for lv, s in self.levels.items()}, self.emit).items():
+            s = self.levels[lv]
+            idx = (2 * np.arange(q) + 1) * s["n"] // (2 * q)  # centred systematic sample: q of the n candidates
+            out["level"].append(np.full(q, lv, dtype=np.int64))
+            for c in ("images", *self.COLUMNS):
+                out[c].append(s[c][idx])
+        out = {k: np.concatenate(v) for k, v in out.items()}
+        order = np.argsort(out["order"], kind="stable")
+        return {k: v[order] for k, v in out.items()}
+
+
+class ChosenObjects:
+    """The object boxes of the chosen frames, for `stream_objects` (an ObjectRecorder's `active` and `rows`).
+
+    The recorder holds the boxes of every candidate frame, numbered by step (candidates are recorded when they are
+    rendered, before it is known which are kept); `rows` keeps those of the chosen steps `order` and numbers them
+    by their row in the lineage's frames."""
+
+    def __init__(self, recorder: ObjectRecorder, order: np.ndarray):
+        self.recorder, self.order, self.active = recorder, order, recorder.active
+
+    def rows(self, frame_offset: int = 0):
+        rows = self.recorder.rows()
+        if not len(self.order):
+            return rows.iloc[:0]
+        row = np.searchsorted(self.order, rows["frame"].to_numpy())  # `order` is sorted: steps in trajectory order
+        kept = (row < len(self.order)) & (self.order[np.minimum(row, len(self.order) - 1)] == rows["frame"])
+        rows = rows[kept].reset_index(drop=True)
+        rows["frame"] = row[kept] + frame_offset
+        return rows
 
 
 # ---------------------------------------------------------------------------------------------------- one lineage
@@ -189,12 +306,13 @@ class Lineage:
     reward: np.ndarray
     level: np.ndarray
     stats: dict[str, Any] = field(default_factory=dict)
-    objects: ObjectRecorder | None = None  # the emitted frames' object boxes, for games with RAM rules
+    objects: ChosenObjects | None = None  # the emitted frames' object boxes, for games with RAM rules
 
 
 def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emit: int,
                     seconds: float | None = None, progress: bool = True) -> Lineage:
-    """Grow one archive from a reset for `budget` agent steps (or `seconds`), emitting `emit` frames."""
+    """Grow one archive from a reset for `budget` agent steps (or `seconds`, or until the policy's level target is
+    met), emitting `emit` frames balanced over the levels reached (`LevelFrames`)."""
     p = cfg.policy_for(label)
     rom = resolve_game(cfg.games[label])
     ss = np.random.SeedSequence([cfg.seed, label, lineage, 0x60E])
@@ -205,9 +323,11 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
     archive = Archive(ms_pacman_weights=isinstance(cells, MsPacmanCells))
 
     R = cfg.resolution
-    images = np.empty((emit, R, R, 3), dtype=np.uint8)
-    cols = {k: np.zeros(emit, dtype=np.int64) for k in ("episode", "step", "action", "level")}
-    reward_col = np.zeros(emit, dtype=np.float32)
+    frames = LevelFrames(emit, R)
+    # stop early once `target_levels` levels each had `target_level_steps` steps (only games with levels)
+    target = p.target_levels if cells.has_levels else None
+    level_steps: dict[int, int] = {}
+    levels_done = 0
 
     emu.reset()
     track = cells.start(emu)
@@ -217,7 +337,7 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
 
     t0 = time.perf_counter()
     deadline = t0 + seconds if seconds else math.inf
-    done = n_out = episodes = max_board = 0
+    done = episodes = max_board = 0
     best_score = 0.0
     curve = []                 # (steps, cells, best score, boards, maze) every ~1% of the budget
     every = max(budget // 100, 1)
@@ -225,9 +345,8 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
     returns: list[float] = []  # game score at the end of every exploration
     bar = tqdm(total=budget, desc=f"{cfg.games[label]} lineage {lineage}", unit="step", disable=not progress,
                mininterval=5, leave=False)
-    while done < budget and time.perf_counter() < deadline:
+    while done < budget and time.perf_counter() < deadline and not (target and levels_done >= target):
         cell = archive.select(rng_sel)
-        cell.chosen += 1
         # Restore the emulator but not the sticky-action RNG: each return explores with fresh randomness.
         emu.restore(cell.snapshot, with_rng=False)
         track, score, steps, lives = cell.track, cell.score, cell.steps, emu.lives()
@@ -243,25 +362,24 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
             level = cells.level(ram)
             if level >= 0 and level not in levels_first_step:
                 levels_first_step[level] = done
-            # systematic sampling: exactly `emit` of the `budget` steps, evenly spread
-            if (done * emit) // budget != ((done + 1) * emit) // budget:
-                images[n_out] = crop_resize(emu.screen(), R, cfg.crop)
-                record_objects(objects, n_out, emu)
-                cols["episode"][n_out], cols["step"][n_out] = episodes, t
-                cols["action"][n_out], cols["level"][n_out] = a, level
-                reward_col[n_out] = r
-                n_out += 1
+            if frames.take(level):  # a candidate: its frame, and its object boxes under its step number
+                frames.add(level, crop_resize(emu.screen(), R, cfg.crop), order=done, episode=episodes, step=t,
+                           action=a, reward=r)
+                record_objects(objects, done, emu)
+            if target:
+                level_steps[level] = level_steps.get(level, 0) + 1
+                levels_done += level_steps[level] == p.target_level_steps
             done += 1
             if done % every == 0:
                 curve.append([done, len(archive), best_score, max_board, max(levels_first_step, default=-1)])
-            if emu.game_over() or emu.lives() < lives or done >= budget:
+            if emu.game_over() or emu.lives() < lives or done >= budget or (target and levels_done >= target):
                 pending.clear()  # died (or out of budget): the recent states are not proven safe
                 break
             key = cells.key(track, ram, emu, score)
             visited.add(key)
             old = archive.cells.get(key)
             if old is not None:
-                old.seen += 1
+                archive.visit(old)
             cand = Cell(None, track, cells.progress(track, ram, score), score, cells.board(track), steps)
             if old is None or cand.better_than(old):
                 cand.snapshot = emu.clone()
@@ -279,6 +397,8 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
     secs = time.perf_counter() - t0
 
     scores = np.array([c.score for c in archive.cells.values()])
+    out = frames.choose()
+    steps_per_level = frames.steps_per_level()
     stats = {
         "lineage": lineage,
         "cell": cells.name,
@@ -286,7 +406,8 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
         "frames_emulated": done * cfg.frame_skip,
         "seconds": round(secs, 2),
         "steps_per_second": round(done / max(secs, 1e-9), 1),
-        "stopped_by_time_limit": done < budget,
+        "stopped_by_time_limit": done < budget and not (target and levels_done >= target),
+        "reached_level_target": bool(target and levels_done >= target),
         "explorations": episodes,
         "cells": len(archive),
         "cells_visited": len(visited),
@@ -295,10 +416,13 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
         "exploration_end_score_quantiles": [float(q) for q in np.quantile(returns or [0.0], [0, 0.25, 0.5, 0.75, 1])],
         "max_boards_cleared": int(max(c.board for c in archive.cells.values())),
         "levels_first_step": {str(k): v for k, v in sorted(levels_first_step.items())},
+        # where the steps went and where the kept frames come from (games without levels: level -1)
+        "steps_per_level": {str(k): v for k, v in steps_per_level.items()},
+        "frames_per_level": {str(k): int(v) for k, v in zip(*np.unique(out["level"], return_counts=True))},
         "curve": curve,  # [steps, cells, best score, boards cleared, highest maze index]
     }
-    return Lineage(images[:n_out], cols["episode"][:n_out], cols["step"][:n_out], cols["action"][:n_out],
-                   reward_col[:n_out], cols["level"][:n_out], stats, objects)
+    return Lineage(out["images"], out["episode"], out["step"], out["action"], out["reward"], out["level"], stats,
+                   ChosenObjects(objects, out["order"]))
 
 
 # ---------------------------------------------------------------------------------------------------- a dataset
@@ -348,6 +472,13 @@ def collect_explore(cfg: AtariConfig, labels: list[int], workers: int | None = N
         if (level >= 0).any():
             stats["frames_per_level"] = {str(k): int(v) for k, v in zip(*np.unique(level, return_counts=True))}
             stats["share_beyond_first_level"] = float((level > 0).mean())
+            steps = {}
+            for ln in parts:
+                for k, v in ln.stats["steps_per_level"].items():
+                    steps[k] = steps.get(k, 0) + v
+            stats["steps_per_level"] = dict(sorted(steps.items(), key=lambda kv: int(kv[0])))
+            stats["lineages_reaching_every_level"] = int(sum(
+                len(ln.stats["frames_per_level"]) == len(stats["frames_per_level"]) for ln in parts))
         games[label] = GameFrames(
             game=game,
             images=np.concatenate([ln.images for ln in parts]),
@@ -363,15 +494,17 @@ def collect_explore(cfg: AtariConfig, labels: list[int], workers: int | None = N
     return games
 
 
-def plot_coverage(games: list[GameFrames], path) -> None:
-    """cells over steps (left) and highest level reached over steps (right) per game and lineage."""
+def plot_coverage(games: list[GameFrames], path,
+                  split_levels: dict[str, dict[str, dict[str, int]]] | None = None) -> None:
+    """Per game: cells over steps, highest level reached over steps (per lineage), and the kept frames per level
+    and split (`split_levels`: {split: {game: {level: frames}}}, the manifests' `frames_per_level`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(len(games), 2, figsize=(10, 3 * len(games)), squeeze=False)
+    fig, axes = plt.subplots(len(games), 3, figsize=(15, 3 * len(games)), squeeze=False)
     for row, g in zip(axes, games):
         has_levels = "frames_per_level" in g.stats
         for ln in g.stats["lineages"]:
@@ -387,9 +520,24 @@ def plot_coverage(games: list[GameFrames], path) -> None:
                    xlabel="agent steps")
         if has_levels:
             row[1].yaxis.set_major_locator(MaxNLocator(integer=True))
-        for ax in row:
+        for ax in row[:2]:
             ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
         row[0].legend(fontsize=7)
+        # kept frames per level and split, with each split's share on top of its bar
+        splits = {k: v[g.game] for k, v in (split_levels or {}).items() if g.game in v}
+        if not splits:
+            row[2].set_axis_off()
+            continue
+        levels = sorted({int(lv) for counts in splits.values() for lv in counts})
+        width = 0.8 / len(splits)
+        for i, (split, counts) in enumerate(splits.items()):
+            n = np.array([counts.get(str(lv), 0) for lv in levels])
+            x = np.arange(len(levels)) + (i - (len(splits) - 1) / 2) * width
+            bars = row[2].bar(x, n, width, label=f"{split} ({n.sum()} frames)")
+            row[2].bar_label(bars, [f"{v / max(n.sum(), 1):.0%}" for v in n], fontsize=7)
+        row[2].set_xticks(range(len(levels)), [str(lv + 1) for lv in levels])
+        row[2].set(title=f"{g.game}: kept frames per maze and split", xlabel="maze", ylabel="frames")
+        row[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

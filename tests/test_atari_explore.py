@@ -128,3 +128,32 @@ def test_per_game_policy_and_bad_explore_keys():
         parse_config({**TINY, "policy": {"name": "go_explore", "budget_steps": 10}})
     with pytest.raises(ConfigError, match="'policy.cell'"):
         parse_config({**TINY, "policy": {"name": "go_explore", "cell": "ram"}})  # Pong has no RAM cell
+
+
+def test_archive_arrays_follow_the_cells_past_growth():
+    """The selection arrays (kept incrementally) must equal what the cells say, also after the arrays grow."""
+    from atari_collect.explore import Archive, Cell
+
+    rng = np.random.default_rng(0)
+    archive, chosen, seen = Archive(ms_pacman_weights=True), {}, {}
+    for t in range(5000):
+        key = int(rng.integers(3000))  # repeats: some offers replace a cell, some are refused
+        cell = Cell(None, None, float(rng.integers(155)), 0.0, int(rng.integers(4)), t)
+        archive.offer(key, cell)
+        if t % 3 == 0:
+            archive.visit(archive.cells[key])
+            seen[key] = seen.get(key, 0) + 1
+        if t % 50 == 0:
+            picked = archive.select(rng)
+            k = next(k for k, c in archive.cells.items() if c is picked)
+            chosen[k] = chosen.get(k, 0) + 1
+    assert len(archive) > 1024, "the test must pass the arrays' first growth"
+    keys = list(archive.cells)
+    assert archive.keys == keys
+    n = len(keys)
+    assert archive.chosen[:n].tolist() == [chosen.get(k, 0) for k in keys]
+    assert archive.seen[:n].tolist() == [seen.get(k, 0) for k in keys]
+    assert archive.progress[:n].tolist() == [archive.cells[k].progress for k in keys]
+    assert archive.board[:n].tolist() == [archive.cells[k].board for k in keys]
+    w = archive.weights()
+    assert w.shape == (n,) and np.isclose(w.sum(), 1) and (w > 0).all()
