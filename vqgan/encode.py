@@ -27,7 +27,6 @@ from vqgan.io.cli import command
 from vqgan.io.files import prepare_output, write_json_atomic
 from vqgan.io.images import to_tensor
 
-
 PRECISIONS = ("fp32", "bf16")
 
 
