@@ -1,10 +1,13 @@
 """Sampling speed: this project's KV-cache sampler vs taming-transformers' `sample_with_past` and `sample`.
 
-Same model size for everyone (default: 8 layers x 512 wide, 8 heads, vocab 1024, 256-token sequences, batch 8),
+Same model size for everyone (default: 8 layers x 512 wide, 8 heads, vocab 1024, 256-token sequences, top-k 100),
 random weights (speed does not depend on training), tokens/s = batch * tokens / seconds, given both in CPU
 time of this process (steady on a shared machine) and wall time (what a user waits; on an idle machine the two
-agree for --threads 1). The cached samplers run interleaved, round after round; the no-cache ones are estimated
-from a sample of prefix lengths (see `uncached_estimate`) unless --uncached-stride 1.
+agree for --threads 1; wall well above CPU means the machine was busy, for every sampler alike). At each batch
+size (--batch, then --extra-batches) the cached samplers run interleaved, round after round (ABAB...), and
+taming runs at the same precisions as ours: fp32, and its model cast to bf16, so every ratio is like for like.
+The no-cache samplers (at --batch only) are estimated from a sample of prefix lengths (see `uncached_estimate`)
+unless --uncached-stride 1. --ablate adds ours with each speed-up taken away (see `ablations`).
 
 taming is not a dependency of this project; install it beside it, without its (ancient, pinned) deps:
 
@@ -19,15 +22,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import sys
 import time
 import types
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
-from vqgan.models.gpt import GPT, GPTConfig, pick_next
+import vqgan.models.gpt as gpt_module
+from vqgan.models.gpt import GPT, GPTConfig, filter_logits, generate_reference, pick_next
 
 
 def _top_k_top_p_filtering(logits, top_k=0, top_p=1.0, filter_value=-float("inf"), min_tokens_to_keep=1):
@@ -94,16 +100,47 @@ def uncached_estimate(step, tokens: int, stride: int) -> float:
     return total
 
 
+def pick_next_full_vocab(logits, temperature, top_k, top_p, generator):
+    """The draw before the top-k candidate trick: mask to -inf, then `multinomial` over all V logits."""
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = filter_logits(logits / temperature, top_k, top_p)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+
+
+def ablations():
+    """Ours with one speed-up taken away at a time (patched in for the call, so the model code has no switches)."""
+    return {
+        "no oneDNN prepacking": lambda: mock.patch.object(gpt_module, "_can_prepack", lambda p: False),
+        "full-vocab draw": lambda: mock.patch.object(gpt_module, "pick_next", pick_next_full_vocab),
+    }
+
+
+def greedy_agreement(model, labels, n_tokens: int) -> tuple[float, int | None]:
+    """Share of tokens where the cached sampler and the no-cache reference agree under greedy decoding, and the
+    first position where they differ (None: identical)."""
+    fast = model.generate(labels, len(labels), n_tokens=n_tokens, temperature=0.0)
+    slow = generate_reference(model, labels, len(labels), n_tokens=n_tokens, temperature=0.0)
+    diff = (fast != slow).any(dim=0).nonzero()
+    return float((fast == slow).float().mean()), (int(diff[0]) if len(diff) else None)
+
+
+def load() -> str:
+    return "load avg %.2f %.2f %.2f" % os.getloadavg()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=8, help="the main batch size (uncached estimates, ablations)")
+    ap.add_argument("--extra-batches", default="1,64", help="more batch sizes for the cached samplers; '' = none")
     ap.add_argument("--tokens", type=int, default=256, help="codes per sequence (= block_size)")
     ap.add_argument("--n-layer", type=int, default=8)
     ap.add_argument("--n-head", type=int, default=8)
     ap.add_argument("--n-embd", type=int, default=512)
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--top-k", type=int, default=100, help="taming's default for its samples; 0 = off")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of every cached sampler")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every cached sampler")
     ap.add_argument("--uncached-stride", type=int, default=16,
                     help="time the no-cache samplers at every N-th prefix length (1 = every step, exact)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the dev box is shared)")
@@ -111,15 +148,14 @@ def main(argv=None):
     ap.add_argument("--taming-path", default="/tmp/taming_pkg")
     ap.add_argument("--no-taming", action="store_true")
     ap.add_argument("--skip-uncached", action="store_true")
-    ap.add_argument("--compile", action="store_true", help="also time ours (bf16) under torch.compile")
+    ap.add_argument("--ablate", action="store_true", help="also time ours (bf16) without each speed-up, at --batch")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dev = torch.device(args.device)
-    B, T = args.batch, args.tokens
+    T = args.tokens
     top_k = args.top_k or None
-    n_tok = B * T
 
     def sync():
         if dev.type == "cuda":
@@ -131,89 +167,110 @@ def main(argv=None):
     ours_bf16 = GPT(cfg).to(dev).eval()
     ours_bf16.load_state_dict(ours.state_dict())
     ours_bf16.to(torch.bfloat16)
-    labels = torch.zeros(B, dtype=torch.long)
-    print(f"device={dev} threads={torch.get_num_threads()} batch={B} tokens={T} "
-          f"GPT {args.n_layer}x{args.n_embd} ({ours.num_params() / 1e6:.1f}M params) vocab={args.vocab} "
-          f"top_k={top_k}", flush=True)
+    print(f"device={dev} threads={torch.get_num_threads()} tokens={T} GPT {args.n_layer}x{args.n_embd} "
+          f"({ours.num_params() / 1e6:.1f}M params) vocab={args.vocab} top_k={top_k}; {load()}", flush=True)
 
-    def ours_run(model, ctx=contextlib.nullcontext):
-        def f():
-            with ctx():
-                model.generate(labels, B, temperature=1.0, top_k=top_k,
-                               generator=torch.Generator(device=dev).manual_seed(0))
-            sync()
-        return f
+    # correctness first: greedy tokens of the cached sampler vs the no-cache reference, same weights and dtype
+    for name, model in (("fp32", ours), ("bf16 weights", ours_bf16)):
+        share, first = greedy_agreement(model, torch.zeros(4, dtype=torch.long, device=dev), min(T, 64))
+        print(f"greedy, cached vs reference ({name}, 4 x {min(T, 64)} tokens): {100 * share:.1f}% identical"
+              + ("" if first is None else f", first difference at token {first}"), flush=True)
 
-    samplers = {}
+    mingpt = tams = None
     if not args.no_taming:
         mingpt = import_taming(args.taming_path)
         tam = mingpt.GPT(vocab_size=args.vocab, block_size=T, n_layer=args.n_layer, n_head=args.n_head,
                          n_embd=args.n_embd).to(dev).eval()
-        x0 = torch.zeros(B, 1, dtype=torch.long, device=dev)  # taming's start/class token: a code id
+        tam_bf16 = mingpt.GPT(vocab_size=args.vocab, block_size=T, n_layer=args.n_layer, n_head=args.n_head,
+                              n_embd=args.n_embd).to(dev).eval()
+        tam_bf16.load_state_dict(tam.state_dict())
+        tams = {"fp32": tam, "bf16 weights": tam_bf16.to(torch.bfloat16)}
 
-        def tam_cached():
-            mingpt.sample_with_past(x0, tam, steps=T, temperature=1.0, sample_logits=True, top_k=top_k, top_p=1.0)
-            sync()
+    batches = [args.batch] + [int(b) for b in args.extra_batches.split(",") if b.strip()]
+    summary = {}  # batch -> {sampler: tok/s CPU}
+    for B in batches:
+        labels = torch.zeros(B, dtype=torch.long, device=dev)
 
-        samplers["taming sample_with_past (fp32)"] = tam_cached
-    samplers["ours KV cache (fp32)"] = ours_run(ours)
-    samplers["ours KV cache (bf16 weights)"] = ours_run(ours_bf16)
-    samplers["ours KV cache (fp32, bf16 autocast)"] = ours_run(
-        ours, lambda: torch.autocast(dev.type, dtype=torch.bfloat16))
-    if args.compile:
-        import torch._inductor.config as inductor_config
+        def ours_run(model, patch=contextlib.nullcontext):
+            def f():
+                with patch():
+                    model.generate(labels, B, temperature=1.0, top_k=top_k,
+                                   generator=torch.Generator(device=dev).manual_seed(0))
+                sync()
+            return f
 
-        inductor_config.freezing = True  # constant weights: lets inductor prepack them for oneDNN on CPU
-        compiled = GPT(cfg).to(dev).eval()
-        compiled.load_state_dict(ours.state_dict())
-        compiled.to(torch.bfloat16)
-        compiled.forward_step = torch.compile(compiled.forward_step, dynamic=True)
-        c = Clock()
-        c(ours_run(compiled))
-        print(f"  (torch.compile warm-up: {c.cpu[0]:.1f} s CPU, {c.wall[0]:.1f} s wall)", flush=True)
-        samplers["ours KV cache (bf16, torch.compile)"] = ours_run(compiled)
+        samplers = {}
+        if tams:
+            x0 = torch.zeros(B, 1, dtype=torch.long, device=dev)  # taming's start/class token: a code id
 
-    clocks = {name: Clock() for name in samplers}
-    for fn in samplers.values():
-        fn()  # warm-up (allocator, kernels)
-    for _ in range(args.rounds):  # interleaved, so a busy spell on the machine hits every sampler alike
-        for name, fn in samplers.items():
-            clocks[name](fn)
-    cpu_rate = {}
-    print(f"\n{'sampler':<38} {'tok/s (CPU time)':>16} {'tok/s (wall)':>13}")
-    for name, c in clocks.items():
-        cpu_rate[name] = n_tok / statistics.median(c.cpu)
-        print(f"{name:<38} {cpu_rate[name]:16.0f} {n_tok / statistics.median(c.wall):13.0f}", flush=True)
+            def tam_run(model):
+                def f():
+                    mingpt.sample_with_past(x0, model, steps=T, temperature=1.0, sample_logits=True, top_k=top_k,
+                                            top_p=1.0)
+                    sync()
+                return f
 
-    if not args.skip_uncached:
-        codes = torch.randint(0, args.vocab, (B, T), device=dev)
+            for prec, model in tams.items():
+                samplers[f"taming sample_with_past ({prec})"] = tam_run(model)
+        samplers["ours KV cache (fp32)"] = ours_run(ours)
+        samplers["ours KV cache (bf16 weights)"] = ours_run(ours_bf16)
+        if args.ablate and B == args.batch:
+            for what, patch in ablations().items():
+                samplers[f"ours bf16, {what}"] = ours_run(ours_bf16, patch)
 
-        def ours_step(t):
-            logits, _ = ours(codes[:, :t], labels)
-            pick_next(logits[:, -1], 1.0, top_k, None, None)
-            sync()
+        clocks = {name: Clock() for name in samplers}
+        before = load()
+        for fn in samplers.values():
+            fn()  # warm-up (allocator, kernels)
+        for _ in range(args.rounds):  # interleaved, so a busy spell on the machine hits every sampler alike
+            for name, fn in samplers.items():
+                clocks[name](fn)
+        n_tok = B * T
+        cpu_rate = {}
+        print(f"\nbatch {B}: median of {args.rounds} interleaved rounds; before: {before}, after: {load()}")
+        print(f"{'sampler':<40} {'tok/s (CPU time)':>16} {'tok/s (wall)':>13}")
+        for name, c in clocks.items():
+            cpu_rate[name] = n_tok / statistics.median(c.cpu)
+            print(f"{name:<40} {cpu_rate[name]:16.0f} {n_tok / statistics.median(c.wall):13.0f}", flush=True)
 
-        est = {"ours no-cache reference (fp32)": uncached_estimate(ours_step, T, args.uncached_stride)}
-        if not args.no_taming:
-            xs = torch.cat([x0, codes], dim=1)
+        if B == args.batch and not args.skip_uncached:
+            codes = torch.randint(0, args.vocab, (B, T), device=dev)
 
-            def tam_step(t):
-                mingpt.sample(tam, xs[:, : t + 1], steps=1, temperature=1.0, sample=True, top_k=top_k)
+            def ours_step(t):
+                with torch.no_grad():
+                    logits, _ = ours(codes[:, :t], labels)
+                pick_next(logits[:, -1], 1.0, top_k, None, None)
                 sync()
 
-            est["taming sample, no cache (fp32)"] = uncached_estimate(tam_step, T, args.uncached_stride)
-        how = "exact" if args.uncached_stride == 1 else f"estimated from every {args.uncached_stride}th prefix length"
-        for name, secs in est.items():
-            cpu_rate[name] = n_tok / secs
-            print(f"{name:<38} {cpu_rate[name]:16.1f} {'':>13}  ({how})", flush=True)
+            est = {"ours no-cache reference (fp32)": uncached_estimate(ours_step, T, args.uncached_stride)}
+            if tams:
+                xs = torch.cat([torch.zeros(B, 1, dtype=torch.long, device=dev), codes], dim=1)
 
-    if not args.no_taming:
-        tc = cpu_rate["taming sample_with_past (fp32)"]
-        tu = cpu_rate.get("taming sample, no cache (fp32)")
-        print("\nspeed-up over taming (CPU time): cached goal >= 3x, uncached goal >= 30x")
-        for name, r in cpu_rate.items():
-            if name.startswith("ours KV"):
-                print(f"  {name:<38} {r / tc:5.1f}x cached" + (f"  {r / tu:6.1f}x uncached" if tu else ""))
+                def tam_step(t):
+                    mingpt.sample(tams["fp32"], xs[:, : t + 1], steps=1, temperature=1.0, sample=True, top_k=top_k)
+                    sync()
+
+                est["taming sample, no cache (fp32)"] = uncached_estimate(tam_step, T, args.uncached_stride)
+            how = "exact" if args.uncached_stride == 1 else f"estimated from every {args.uncached_stride}th prefix length"
+            for name, secs in est.items():
+                cpu_rate[name] = n_tok / secs
+                print(f"{name:<40} {cpu_rate[name]:16.1f} {'':>13}  ({how})", flush=True)
+        summary[B] = cpu_rate
+
+    if tams:
+        print("\nspeed-up of ours over taming (CPU time), like for like and against taming's fp32 default; "
+              "goal >= 3x cached")
+        cols = [f"batch {B}" for B in batches]
+        print(f"{'':<52}" + "".join(f"{c:>10}" for c in cols))
+        pairs = [("ours fp32 / taming fp32", "ours KV cache (fp32)", "taming sample_with_past (fp32)"),
+                 ("ours bf16 / taming bf16", "ours KV cache (bf16 weights)", "taming sample_with_past (bf16 weights)"),
+                 ("ours bf16 / taming fp32", "ours KV cache (bf16 weights)", "taming sample_with_past (fp32)")]
+        for label, a, b in pairs:
+            print(f"{label:<52}" + "".join(f"{summary[B][a] / summary[B][b]:9.2f}x" for B in batches))
+        tu = summary[args.batch].get("taming sample, no cache (fp32)")
+        if tu:
+            r = summary[args.batch]["ours KV cache (bf16 weights)"] / tu
+            print(f"ours bf16 cached / taming's no-cache `sample` (batch {args.batch}): {r:.1f}x")
 
 
 if __name__ == "__main__":

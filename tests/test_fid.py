@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image, ImageFilter
 
 from vqgan.data.coco import load_square
@@ -274,3 +275,17 @@ def test_evenly_spaced_covers_groups_stored_in_order():
     games = np.repeat([0, 1, 2], 10)
     assert set(games[F.evenly_spaced(30, 6)]) == {0, 1, 2}
     assert list(F.evenly_spaced(4, 10)) == [0, 1, 2, 3]
+
+
+def test_cpu_features_in_channels_last_chunks_match_one_plain_batch():
+    # InceptionFeatures feeds the network channels-last chunks on CPU (speed); the features must be the plain
+    # NCHW batch's to float rounding, or FID would depend on the batch size
+    weights = F.resolve_inception_weights(None)
+    extractor = F.InceptionFeatures(weights, "cpu")
+    extractor.cpu_chunk = 4  # 10 images: chunks of 4, 4 and 2
+    x = torch.rand(10, 3, 299, 299, generator=torch.Generator().manual_seed(0)) * 255
+    with torch.no_grad():
+        plain = extractor.net((x - 128) / 128).reshape(10, 2048)
+    feats = extractor(x)
+    assert feats.shape == (10, 2048)
+    assert float((feats - plain).abs().max() / plain.abs().max()) < 1e-4

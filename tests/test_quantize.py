@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn as nn
+import torch.nn.functional as F
 
 from vqgan.models.quantize import L2Quantizer, VectorQuantizer, build_quantizer, codebook_stats
 
@@ -195,3 +196,17 @@ def test_codebook_maintenance_keeps_ranks_identical_under_gloo(tmp_path):
         torch.manual_seed(0)
         init = build_quantizer(kind, n_codes=16, dim=4, ema=True).embedding.weight
         assert not torch.allclose(s0["embedding.weight"], init), f"{kind}: codebook never updated"
+
+
+def test_code_lookup_stays_float32_under_bf16_autocast():
+    # encode --precision bf16 runs the encoder under autocast; the lookup itself must not drop to bf16, where
+    # similarities near 1 that differ in the 4th decimal round to the same value and argmax takes the lower index
+    torch.manual_seed(0)
+    q = L2Quantizer(n_codes=8, dim=16).eval()
+    codes = F.normalize(torch.randn(8, 16), dim=1)
+    codes[7] = F.normalize(codes[3] + 0.003 * torch.randn(16), dim=0)  # a near twin of code 3, at the higher index
+    q.embedding.weight.data = codes
+    z = (codes[7] + 0.1 * (codes[7] - codes[3])).view(1, 16, 1, 1)  # nearest to 7, by a hair
+    assert int(q.lookup_indices(z)) == 7
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert int(q.lookup_indices(z)) == 7

@@ -28,16 +28,27 @@ from vqgan.io.cli import command
 from vqgan.io.files import prepare_output, write_json_atomic
 from vqgan.io.images import to_tensor
 
+PRECISIONS = ("fp32", "bf16")
 
-@torch.no_grad()
-def encode_images(model, images: np.ndarray, batch_size: int = 64, device="cpu", desc: str = "encode") -> np.ndarray:
-    """(N, H, W, 3) uint8 (a memory map is fine) -> (N, h, w) int64 codes, batch by batch."""
+
+@torch.inference_mode()
+def encode_images(model, images: np.ndarray, batch_size: int = 64, device="cpu", desc: str = "encode",
+                  precision: str = "fp32") -> np.ndarray:
+    """(N, H, W, 3) uint8 (a memory map is fine) -> (N, h, w) int64 codes, batch by batch.
+
+    `precision="bf16"` runs the encoder under bf16 autocast (the code lookup stays fp32): ~2.4x the images/s
+    on a CPU with bf16 instructions, but about 1% of the codes differ from fp32's (bench/inference.py measures
+    both), which is why fp32 is the default."""
     from tqdm.auto import tqdm
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: choose one of {PRECISIONS}")
+    device = torch.device(device)
     out = []
     for lo in tqdm(range(0, len(images), batch_size), desc=desc, file=sys.stderr, dynamic_ncols=True):
         x = to_tensor(np.array(images[lo : lo + batch_size]), device)  # a copy: memory maps are read-only
-        out.append(model.encode_to_indices(x).cpu().numpy())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out.append(model.encode_to_indices(x).cpu().numpy())
     if not out:
         raise ValueError("no images to encode")
     return np.concatenate(out)
@@ -51,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder (results/codes/{ds}/{variant})")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="encoder precision: bf16 autocast is ~2.4x faster on CPU but changes about 1%% of the "
+                   "codes (default fp32)")
     args = p.parse_args(argv)
 
     out = Path(args.out)
@@ -79,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     counts, grid = {}, None
     for split_name, split in splits.items():
         labels = split.labels
-        codes = encode_images(model, split.images, args.batch_size, device, desc=f"encode {split_name}")
+        codes = encode_images(model, split.images, args.batch_size, device, desc=f"encode {split_name}",
+                              precision=args.precision)
         grid = list(codes.shape[1:])
         save_npy(out / f"{split_name}.npy", codes.astype(dtype))
         save_npy(out / f"{split_name}_labels.npy", labels.astype(np.int64))
@@ -95,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "class_names": class_names,
         "counts": counts,
         "dtype": dtype.name,
+        "precision": args.precision,
         "model": str(args.model),
         "data": str(args.data),
     })

@@ -273,7 +273,14 @@ class InceptionFeatures:
 
     The normalisation is clean-fid's own (`InceptionV3W.forward`: (x − 128) / 128, then `.layers`), so either file
     gives the same features as clean-fid's default extractor.
+
+    On CPU the network sees `cpu_chunk` images at a time in channels-last layout, whatever batch clean-fid's
+    loader hands over: PyTorch's NCHW pooling kernels are slow and 50 images' activations at 147x147 px do not
+    stay in cache, and the two together made features 1.5x faster at one thread, with the same float32 math
+    (features within ~1e-6 relative; bench/inference.py measures speed and FID agreement).
     """
+
+    cpu_chunk = 8
 
     def __init__(self, weights: InceptionWeights, device: str | torch.device = "cpu"):
         self.weights = weights
@@ -286,7 +293,11 @@ class InceptionFeatures:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1:] != (3, 299, 299):
             raise FIDError(f"Inception expects (B, 3, 299, 299) input after clean-fid's resize, got {tuple(x.shape)}")
-        return self.net((x.to(self.device) - 128) / 128).reshape(len(x), 2048)
+        x = (x.to(self.device) - 128) / 128
+        if self.device.type != "cpu":
+            return self.net(x).reshape(len(x), 2048)
+        x = x.contiguous(memory_format=torch.channels_last)
+        return torch.cat([self.net(c).reshape(len(c), 2048) for c in x.split(self.cpu_chunk)])
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,10 @@ from vqgan.io.files import atomic_file, replace_dir, temp_dir_beside
 def to_tensor(images: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1], the range the models work in."""
     x = torch.from_numpy(np.array(images, dtype=np.uint8)).to(device)  # a writable copy (memmaps are read-only)
-    return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    # the permuted view is channels-last in memory; on CPU the models run fastest NCHW-contiguous, as in training
+    # (bf16 encoding 15% faster, bench/inference.py); GPUs keep channels-last, which their convolutions prefer
+    return x if x.device.type == "cuda" else x.contiguous()
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -117,12 +117,14 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def lookup_indices(self, z: torch.Tensor) -> torch.Tensor:
-        """z (B, D, h, w) -> nearest code indices (B, h, w); no loss, no codebook maintenance."""
+        """z (B, D, h, w) -> nearest code indices (B, h, w); no loss, no codebook maintenance. In fp32 even under
+        autocast (a bf16 encoder may feed it), like `forward`."""
         B, D, h, w = z.shape
-        flat = z.float().permute(0, 2, 3, 1).reshape(-1, D)
-        if self.normalize:
-            flat = F.normalize(flat, dim=1)
-        return self._nearest(flat, self.codes()).view(B, h, w)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            flat = z.float().permute(0, 2, 3, 1).reshape(-1, D)
+            if self.normalize:
+                flat = F.normalize(flat, dim=1)
+            return self._nearest(flat, self.codes().float()).view(B, h, w)
 
     @torch.no_grad()
     def _nearest(self, flat: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
