@@ -537,7 +537,8 @@ def plot_coverage(games: list[GameFrames], path,
             row[2].bar_label(bars, [f"{v / max(n.sum(), 1):.0%}" for v in n], fontsize=7)
         row[2].set_xticks(range(len(levels)), [str(lv + 1) for lv in levels])
         row[2].set(title=f"{g.game}: kept frames per maze and split", xlabel="maze", ylabel="frames")
-        row[2].legend(fontsize=7)
+        row[2].margins(y=0.25)  # room for the share labels and the legend above the bars
+        row[2].legend(fontsize=7, loc="upper center", ncol=len(splits))
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
