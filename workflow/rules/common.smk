@@ -596,6 +596,12 @@ def all_targets():
 # The software environment of every rule (`--use-conda`); the README's virtual environment works as well.
 ENV = "../envs/pipeline.yaml"
 
-# `gpu=0` means the CPU: a job that asked for no GPU must not see one, or CPU jobs running side by side would all
-# land on cuda:0 of the machine. Rules whose program may use a GPU start their shell command with this.
-CPU_ONLY = "if [ {resources.gpu} -eq 0 ]; then export CUDA_VISIBLE_DEVICES=; fi; "
+
+def gpu_or_cpu(command):
+    """`gpu=0` means the CPU: a job that asked for no GPU must not see one, or CPU jobs running side by side would
+    all land on cuda:0 of the machine. Rules whose program may use a GPU wrap their shell command in this.
+    """
+    return (
+        "if [ {resources.gpu} -eq 0 ]; then export CUDA_VISIBLE_DEVICES=; fi; "
+        + command
+    )

@@ -23,10 +23,11 @@ rule fid:
         cfg=json.dumps(config["fid"], sort_keys=True),
         weights=config["weights_dir"],
     shell:
-        CPU_ONLY
-        + "python -m vqgan.eval.fid --config {params.cfg:q} --real {input.real:q} --gen {input.gen:q}"
-        " --recon {input.recon:q} --train {input.train:q} --name {wildcards.ds:q} --cache-dir results/fid/cache"
-        " --weights-dir {params.weights:q} --out {output:q} > {log:q} 2>&1"
+        gpu_or_cpu(
+            "python -m vqgan.eval.fid --config {params.cfg:q} --real {input.real:q} --gen {input.gen:q}"
+            " --recon {input.recon:q} --train {input.train:q} --name {wildcards.ds:q} --cache-dir results/fid/cache"
+            " --weights-dir {params.weights:q} --out {output:q} > {log:q} 2>&1"
+        )
 
 
 rule fid_table:
@@ -61,4 +62,5 @@ onsuccess:
     # the table, and below it its notes (a dataset smaller than configured, FID at a biased N, a model below its
     # constant-image baseline), where they are seen
     if Path("results/fid_table.md").is_file():
-        print("\n" + Path("results/fid_table.md").read_text())
+        print()
+        print(Path("results/fid_table.md").read_text())

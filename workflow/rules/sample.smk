@@ -28,6 +28,7 @@ rule sample:
         transformer=lambda w: f"results/transformer/{w.ds}/{w.variant}",
         vqgan=lambda w: f"results/vqgan/{w.ds}/{w.variant}",
     shell:
-        CPU_ONLY
-        + "python -m vqgan.sample --config {params.cfg:q} --transformer {params.transformer:q}"
-        " --vqgan {params.vqgan:q} --out {output.samples:q} > {log:q} 2>&1"
+        gpu_or_cpu(
+            "python -m vqgan.sample --config {params.cfg:q} --transformer {params.transformer:q}"
+            " --vqgan {params.vqgan:q} --out {output.samples:q} > {log:q} 2>&1"
+        )

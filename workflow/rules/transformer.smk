@@ -25,8 +25,9 @@ rule encode:
         data=lambda w: f"results/data/{w.ds}",
         out=lambda w: f"results/codes/{w.ds}/{w.variant}",
     shell:
-        CPU_ONLY
-        + "python -m vqgan.encode --model {params.model:q} --data {params.data:q} --out {params.out:q} > {log:q} 2>&1"
+        gpu_or_cpu(
+            "python -m vqgan.encode --model {params.model:q} --data {params.data:q} --out {params.out:q} > {log:q} 2>&1"
+        )
 
 
 rule train_transformer:
@@ -57,8 +58,9 @@ rule train_transformer:
         out=lambda w: f"results/transformer/{w.ds}/{w.variant}",
         state=lambda w: f"results/transformer/{w.ds}/{w.variant}/state",  # outside the outputs: survives reruns, resumes
     shell:
-        CPU_ONLY
-        + "python -m vqgan.train.launch --num-processes {resources.gpu} --nodes {resources.nodes}"
-        " --threads {threads} -- -m vqgan.train.transformer"
-        " --config {params.cfg:q} --codes {params.codes:q} --out {params.out:q} --state-dir {params.state:q}"
-        " > {log:q} 2>&1"
+        gpu_or_cpu(
+            "python -m vqgan.train.launch --num-processes {resources.gpu} --nodes {resources.nodes}"
+            " --threads {threads} -- -m vqgan.train.transformer"
+            " --config {params.cfg:q} --codes {params.codes:q} --out {params.out:q} --state-dir {params.state:q}"
+            " > {log:q} 2>&1"
+        )

@@ -34,11 +34,12 @@ rule train_vqgan:
         state=lambda w: f"results/vqgan/{w.ds}/{w.variant}/state",
         weights=config["weights_dir"],
     shell:
-        CPU_ONLY
-        + "python -m vqgan.train.launch --num-processes {resources.gpu} --nodes {resources.nodes}"
-        " --threads {threads} -- -m vqgan.train.vqgan"
-        " --config {params.cfg:q} --data {input.train:q} --out {params.out:q} --state-dir {params.state:q}"
-        " --weights-dir {params.weights:q} > {log:q} 2>&1"
+        gpu_or_cpu(
+            "python -m vqgan.train.launch --num-processes {resources.gpu} --nodes {resources.nodes}"
+            " --threads {threads} -- -m vqgan.train.vqgan"
+            " --config {params.cfg:q} --data {input.train:q} --out {params.out:q} --state-dir {params.state:q}"
+            " --weights-dir {params.weights:q} > {log:q} 2>&1"
+        )
 
 
 rule eval_vqgan:
@@ -69,7 +70,8 @@ rule eval_vqgan:
         model=lambda w: f"results/vqgan/{w.ds}/{w.variant}",
         weights=config["weights_dir"],
     shell:
-        CPU_ONLY
-        + "python -m vqgan.eval.recon --config {params.cfg:q} --model {params.model:q} --data {input.val:q}"
-        " --train-data {input.train:q} --weights-dir {params.weights:q} --out-json {output.json:q}"
-        " --out-png {output.grid:q} --recon-dir {output.recon:q} --eval-sets {params.eval_sets:q} > {log:q} 2>&1"
+        gpu_or_cpu(
+            "python -m vqgan.eval.recon --config {params.cfg:q} --model {params.model:q} --data {input.val:q}"
+            " --train-data {input.train:q} --weights-dir {params.weights:q} --out-json {output.json:q}"
+            " --out-png {output.grid:q} --recon-dir {output.recon:q} --eval-sets {params.eval_sets:q} > {log:q} 2>&1"
+        )
