@@ -169,7 +169,7 @@ def throughput(work: Path, gpus: int) -> None:
              work / "vq256.log")
     if ok:
         m = pd.read_csv(work / "vq256" / "metrics.csv")
-        say(f"  VQGAN {res} px, paper model, bf16, {gpus} {DEVICE} process(es) x {per_gpu} images, discriminator "
+        say(f"  VQGAN {res} px, {'paper' if DEVICE == 'cuda' else 'toy'} model, bf16, {gpus} {DEVICE} process(es) x {per_gpu} images, discriminator "
             f"on, {'with' if vq['loss']['perceptual_weight'] else 'WITHOUT (no weights in resources/weights)'} LPIPS: "
             f"{m['images_per_s'].iloc[-1]:.1f} img/s over the last {log_every} steps "
             f"({m['images_per_s'].iloc[1]:.1f} over the {log_every} before)")
