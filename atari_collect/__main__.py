@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from vqgan.data.dataset import DatasetError, prepare_splits
+from vqgan.data.dataset import DatasetError, prepare_splits, scratch_dir
 
 from .collect import collect
 from .config import ConfigError, parse_config
@@ -91,22 +91,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"removed {leftover}, left by a killed run", file=sys.stderr)
 
     t0 = time.perf_counter()
-    games = collect(cfg, args.workers, progress=not args.no_progress)
-    made_by = "; ".join(
-        f"{g.game}: " + (
-            "Go-Explore-style archive of cells with cloneState/restoreState and sticky-random explorations "
-            "(atari_collect.explore), split by lineage" if g.stats["policy"] == "go_explore" else
-            f"{g.stats['policy']} policy in {cfg.num_envs} seeded ALEInterface streams (atari_collect.collect), "
-            "split by episode")
-        for g in games) + "; INTER_AREA resize"
-    written = write_dataset(args.out, cfg, games, made_by)
+    # frames wait in a scratch folder inside OUT until the split is known (see dataset.py)
+    with scratch_dir(Path(args.out) / "frames") as scratch:
+        games = collect(cfg, scratch, args.workers, progress=not args.no_progress)
+        made_by = "; ".join(
+            f"{g.game}: " + (
+                "Go-Explore-style archive of cells with cloneState/restoreState and sticky-random explorations "
+                "(atari_collect.explore), split by lineage" if g.stats["policy"] == "go_explore" else
+                f"{g.stats['policy']} policy in {cfg.num_envs} seeded ALEInterface streams "
+                "(atari_collect.collect), split by episode")
+            for g in games) + "; INTER_AREA resize"
+        written = write_dataset(args.out, cfg, games, made_by)
     explored = [g for g in games if g.stats["policy"] == "go_explore"]
     if explored:
         levels = {s: json.loads((Path(p) / "manifest.json").read_text())["frames_per_level"]
                   for s, p in written.items()}
         plot_coverage(explored, f"{args.out}/coverage.png", levels)
     secs = time.perf_counter() - t0
-    n = sum(len(g.images) for g in games)
+    n = sum(len(g) for g in games)
     print(f"atari-collect: {n} frames from {len(games)} game(s) in {secs:.1f} s ({n / secs:.0f} frames/s) -> "
           + ", ".join(str(p) for p in written.values()))
     return 0

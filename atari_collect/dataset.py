@@ -1,4 +1,9 @@
-"""Per-game frames -> the train/val dataset folders of docs/design.md, split by episode (or by state lineage)."""
+"""Per-game frames -> the train/val dataset folders of docs/design.md, split by episode (or by state lineage).
+
+The collectors leave each stream's frames in a file of their own (a scratch folder beside the dataset); this
+module splits every game by group and copies the frames chunk by chunk into both split files at once, deleting
+each scratch file once copied: memory stays one chunk, and disk one dataset plus one stream.
+"""
 from __future__ import annotations
 
 import time
@@ -9,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vqgan.data.dataset import split_writer
+from vqgan.data.dataset import open_split, read_rows, rows_per_chunk
 
 from .config import AtariConfig
 from .objects import object_classes
@@ -24,7 +29,7 @@ class GameFrames:
     """Everything one game contributed, in collection order (episodes contiguous)."""
 
     game: str
-    images: np.ndarray      # (N, R, R, 3) uint8
+    parts: list[tuple[Path | None, int]]  # the N frames as (R, R, 3) uint8 rows: (.npy file, rows) per stream
     episode: np.ndarray     # (N,) int64: trajectory id within the game
     step: np.ndarray        # (N,) int64: agent step within the episode (0 = the frame after reset/restore)
     action: np.ndarray      # (N,) int64: index into the game's minimal action set that led here; -1 at step 0
@@ -34,6 +39,9 @@ class GameFrames:
     stats: dict[str, Any] = field(default_factory=dict)  # per-game record for the manifest (coverage, timing)
     objects: pd.DataFrame | None = None  # object boxes (objects.csv columns), `frame` = row in this game's frames;
                                          # None for a game without RAM rules (atari_collect/objects.py)
+
+    def __len__(self) -> int:
+        return len(self.episode)
 
 
 def split_by_group(group: np.ndarray, val_fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -98,31 +106,66 @@ def object_truth_record(games: list[GameFrames]) -> dict[str, Any]:
 
 def write_dataset(out: str | Path, cfg: AtariConfig, games: list[GameFrames], made_by: str,
                   extra: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Split every game by group and write `{out}/train` and `{out}/val` with the shared dataset contract."""
-    out = Path(out)
-    parts: dict[str, list[tuple[GameFrames, np.ndarray]]] = {"train": [], "val": []}
-    for label, g in enumerate(games):
-        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, label, 0x5B17]))
-        val = split_by_group(g.group, cfg.val_fraction, rng)
-        parts["val"].append((g, val))
-        parts["train"].append((g, ~val))
+    """Split every game by group and write `{out}/train` and `{out}/val` with the shared dataset contract.
 
-    written = {}
-    with split_writer(out) as write:  # both splits or neither
-        for split, chosen in parts.items():
-            written[split] = write(split, *_split_arrays(cfg, chosen, split, made_by, extra),
-                                   objects=split_objects(chosen))
-    return written
-
-
-def _split_arrays(cfg: AtariConfig, chosen: list[tuple[GameFrames, np.ndarray]], split: str, made_by: str,
-                  extra: dict[str, Any] | None) -> tuple[np.ndarray, pd.DataFrame, dict[str, Any]]:
-    """Images, meta and manifest of one split: the frames `chosen` by each game's mask."""
+    Both splits are written in one pass over the scratch files: train is every game's non-val frames in
+    collection order, game after game, val the same for the val frames (as concatenating them would give).
+    """
     import ale_py
     import gymnasium
 
-    images = np.concatenate([g.images[m] for g, m in chosen])
-    meta = pd.concat(
+    out = Path(out)
+    is_val = []
+    for label, g in enumerate(games):
+        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, label, 0x5B17]))
+        is_val.append(split_by_group(g.group, cfg.val_fraction, rng))
+    masks = {"train": [~v for v in is_val], "val": is_val}
+
+    chunk = rows_per_chunk(cfg.resolution)
+    with open_split(out / "train", sum(int(m.sum()) for m in masks["train"]), cfg.resolution) as train, \
+            open_split(out / "val", sum(int(m.sum()) for m in masks["val"]), cfg.resolution) as val:
+        for g, v in zip(games, is_val):
+            at = 0
+            for path, rows in g.parts:
+                for lo in range(0, rows, chunk):
+                    block = read_rows(path, lo, lo + chunk)
+                    sel = v[at + lo : at + lo + len(block)]
+                    train.write(block[~sel])
+                    val.write(block[sel])
+                path.unlink()  # copied: free its disk before the next one is read
+                at += rows
+        written = {}
+        for split, writer in (("train", train), ("val", val)):
+            chosen = list(zip(games, masks[split]))
+            writer.finish(_meta(chosen), {
+                "source": "ale",
+                "split": split,
+                "games": list(cfg.games),
+                "classes": list(cfg.games),
+                "seed": cfg.seed,
+                "config": cfg.to_dict(),
+                "ale_py_version": ale_py.__version__,
+                "gymnasium_version": gymnasium.__version__,
+                "frames": len(writer),
+                "frames_per_game": {g.game: int(m.sum()) for g, m in chosen},
+                "episodes": int(sum(len(np.unique(g.episode[m])) for g, m in chosen)),
+                "episodes_per_game": {g.game: int(len(np.unique(g.episode[m]))) for g, m in chosen},
+                # coverage of this split: frames per level (Ms. Pac-Man: maze index 0-3) of the games that expose one
+                "frames_per_level": {g.game: {str(k): int(v)
+                                              for k, v in zip(*np.unique(g.level[m], return_counts=True))}
+                                     for g, m in chosen if (g.level >= 0).any()},
+                "made_by": made_by,
+                "per_game": {g.game: g.stats for g, _ in chosen},
+                "created_unix": int(time.time()),
+                "object_truth": object_truth_record([g for g, _ in chosen]),
+                **(extra or {}),
+            }, objects=split_objects(chosen))
+            written[split] = out / split
+    return written
+
+
+def _meta(chosen: list[tuple[GameFrames, np.ndarray]]) -> pd.DataFrame:
+    return pd.concat(
         [
             pd.DataFrame(
                 {
@@ -140,26 +183,3 @@ def _split_arrays(cfg: AtariConfig, chosen: list[tuple[GameFrames, np.ndarray]],
         ],
         ignore_index=True,
     )
-    manifest = {
-        "source": "ale",
-        "split": split,
-        "games": list(cfg.games),
-        "classes": list(cfg.games),
-        "seed": cfg.seed,
-        "config": cfg.to_dict(),
-        "ale_py_version": ale_py.__version__,
-        "gymnasium_version": gymnasium.__version__,
-        "frames": int(len(images)),
-        "frames_per_game": {g.game: int(m.sum()) for g, m in chosen},
-        "episodes": int(sum(len(np.unique(g.episode[m])) for g, m in chosen)),
-        "episodes_per_game": {g.game: int(len(np.unique(g.episode[m]))) for g, m in chosen},
-        # coverage of this split: frames per level (Ms. Pac-Man: maze index 0-3) of the games that expose one
-        "frames_per_level": {g.game: {str(k): int(v) for k, v in zip(*np.unique(g.level[m], return_counts=True))}
-                             for g, m in chosen if (g.level >= 0).any()},
-        "made_by": made_by,
-        "per_game": {g.game: g.stats for g, _ in chosen},
-        "created_unix": int(time.time()),
-        "object_truth": object_truth_record([g for g, _ in chosen]),
-        **(extra or {}),
-    }
-    return images, meta, manifest

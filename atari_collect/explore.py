@@ -29,11 +29,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 from tqdm import tqdm
+
+from vqgan.data.dataset import ImageFile
 
 from .config import AtariConfig
 from .dataset import GameFrames, stream_objects
@@ -297,9 +300,10 @@ class ChosenObjects:
 
 @dataclass
 class Lineage:
-    """Frames emitted by one lineage and its coverage record."""
+    """Frames emitted by one lineage (in the file `frames`; None: not kept), their columns and its coverage
+    record."""
 
-    images: np.ndarray
+    frames: Path | None
     episode: np.ndarray
     step: np.ndarray
     action: np.ndarray
@@ -310,9 +314,10 @@ class Lineage:
 
 
 def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emit: int,
-                    seconds: float | None = None, progress: bool = True) -> Lineage:
+                    seconds: float | None = None, progress: bool = True, frames: Path | None = None) -> Lineage:
     """Grow one archive from a reset for `budget` agent steps (or `seconds`, or until the policy's level target is
-    met), emitting `emit` frames balanced over the levels reached (`LevelFrames`)."""
+    met), emitting `emit` frames balanced over the levels reached (`LevelFrames`) into the .npy `frames` (None:
+    the frames are not kept, e.g. for coverage measurements)."""
     p = cfg.policy_for(label)
     rom = resolve_game(cfg.games[label])
     ss = np.random.SeedSequence([cfg.seed, label, lineage, 0x60E])
@@ -323,7 +328,7 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
     archive = Archive(ms_pacman_weights=isinstance(cells, MsPacmanCells))
 
     R = cfg.resolution
-    frames = LevelFrames(emit, R)
+    candidates = LevelFrames(emit, R)
     # stop early once `target_levels` levels each had `target_level_steps` steps (only games with levels)
     target = p.target_levels if cells.has_levels else None
     level_steps: dict[int, int] = {}
@@ -362,8 +367,8 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
             level = cells.level(ram)
             if level >= 0 and level not in levels_first_step:
                 levels_first_step[level] = done
-            if frames.take(level):  # a candidate: its frame, and its object boxes under its step number
-                frames.add(level, crop_resize(emu.screen(), R, cfg.crop), order=done, episode=episodes, step=t,
+            if candidates.take(level):  # a candidate: its frame, and its object boxes under its step number
+                candidates.add(level, crop_resize(emu.screen(), R, cfg.crop), order=done, episode=episodes, step=t,
                            action=a, reward=r)
                 record_objects(objects, done, emu)
             if target:
@@ -397,8 +402,8 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
     secs = time.perf_counter() - t0
 
     scores = np.array([c.score for c in archive.cells.values()])
-    out = frames.choose()
-    steps_per_level = frames.steps_per_level()
+    out = candidates.choose()
+    steps_per_level = candidates.steps_per_level()
     stats = {
         "lineage": lineage,
         "cell": cells.name,
@@ -421,7 +426,11 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
         "frames_per_level": {str(k): int(v) for k, v in zip(*np.unique(out["level"], return_counts=True))},
         "curve": curve,  # [steps, cells, best score, boards cleared, highest maze index]
     }
-    return Lineage(out["images"], out["episode"], out["step"], out["action"], out["reward"], out["level"], stats,
+    if frames is not None:  # the chosen frames leave memory for the lineage's own file (see collect.py)
+        sink = ImageFile(frames, len(out["images"]), R)
+        sink.write(out["images"])
+        sink.close()
+    return Lineage(frames, out["episode"], out["step"], out["action"], out["reward"], out["level"], stats,
                    ChosenObjects(objects, out["order"]))
 
 
@@ -438,19 +447,21 @@ def lineage_plan(cfg: AtariConfig, label: int) -> tuple[int, np.ndarray, np.ndar
 
 
 def _explore(job) -> Lineage:
-    cfg, label, lineage, budget, emit, seconds, progress = job
-    return explore_lineage(cfg, label, lineage, budget, emit, seconds, progress)
+    cfg, label, lineage, budget, emit, seconds, progress, frames = job
+    return explore_lineage(cfg, label, lineage, budget, emit, seconds, progress, frames)
 
 
-def collect_explore(cfg: AtariConfig, labels: list[int], workers: int | None = None,
+def collect_explore(cfg: AtariConfig, labels: list[int], scratch: Path | None, workers: int | None = None,
                     progress: bool = True) -> dict[int, GameFrames]:
-    """Run the exploring collector for the games `labels` of `cfg`; frames grouped by lineage for the split."""
+    """Run the exploring collector for the games `labels` of `cfg` (frames into files under `scratch`); frames
+    grouped by lineage for the split."""
     jobs, slots = [], {}
     for label in labels:
         n, budgets, emits = lineage_plan(cfg, label)
         max_s = cfg.policy_for(label).max_seconds
         slots[label] = list(range(len(jobs), len(jobs) + n))
-        jobs += [(cfg, label, i, int(budgets[i]), int(emits[i]), max_s / n if max_s else None, progress)
+        jobs += [(cfg, label, i, int(budgets[i]), int(emits[i]), max_s / n if max_s else None, progress,
+                  Path(scratch) / f"game{label}-lineage{i}.npy" if scratch else None)
                  for i in range(n)]
     results = run_jobs(_explore, jobs, workers)
 
@@ -481,12 +492,12 @@ def collect_explore(cfg: AtariConfig, labels: list[int], workers: int | None = N
                 len(ln.stats["frames_per_level"]) == len(stats["frames_per_level"]) for ln in parts))
         games[label] = GameFrames(
             game=game,
-            images=np.concatenate([ln.images for ln in parts]),
+            parts=[(ln.frames, len(ln.step)) for ln in parts],
             episode=np.concatenate([ln.episode + f for ln, f in zip(parts, first)]),
             step=np.concatenate([ln.step for ln in parts]),
             action=np.concatenate([ln.action for ln in parts]),
             reward=np.concatenate([ln.reward for ln in parts]),
-            group=np.concatenate([np.full(len(ln.images), i, dtype=np.int64) for i, ln in enumerate(parts)]),
+            group=np.concatenate([np.full(len(ln.step), i, dtype=np.int64) for i, ln in enumerate(parts)]),
             level=level,
             stats=stats,
             objects=stream_objects([ln.objects for ln in parts], [len(ln.step) for ln in parts]),

@@ -36,3 +36,36 @@ def test_write_then_read_split_round_trips_and_checks_consistency(tmp_path):
     with pytest.raises(DatasetError, match="meta rows"):
         write_split(tmp_path / "bad", images, meta.iloc[:3], {})
     assert not (tmp_path / "bad").exists()
+
+
+def test_open_split_streams_chunks_and_shrinks_to_what_was_written(tmp_path):
+    from vqgan.data.dataset import open_split, read_rows
+
+    images = np.random.default_rng(1).integers(0, 255, (1234, 8, 8, 3), dtype=np.uint8)
+    with open_split(tmp_path / "train", capacity=2000, resolution=8) as w:  # 766 rows never come (skipped files)
+        for lo in range(0, len(images), 100):
+            w.write(images[lo : lo + 100])
+        w.finish(pd.DataFrame({"source_id": range(len(images))}), {"source": "test"})
+    path = tmp_path / "train" / "images.npy"
+    assert np.array_equal(np.load(path), images), "the shrunk file must load without a memory map too"
+    split = read_split(tmp_path / "train")
+    assert np.array_equal(split.images, images) and split.manifest["count"] == 1234
+    assert path.stat().st_size == np.load(path, mmap_mode="r").offset + images.nbytes, "the file was not truncated"
+    assert np.array_equal(read_rows(path, 1000, 1300), images[1000:])
+
+
+def test_open_split_leaves_nothing_without_finish_or_beyond_capacity(tmp_path):
+    from vqgan.data.dataset import open_split
+
+    rows = np.zeros((3, 4, 4, 3), np.uint8)
+    with pytest.raises(DatasetError, match="without finish"):
+        with open_split(tmp_path / "a", 3, 4) as w:
+            w.write(rows)
+    with pytest.raises(DatasetError, match="more than the 2"):
+        with open_split(tmp_path / "b", 2, 4) as w:
+            w.write(rows)
+    with pytest.raises(DatasetError, match="meta rows"):
+        with open_split(tmp_path / "c", 3, 4) as w:
+            w.write(rows)
+            w.finish(pd.DataFrame({"source_id": [0]}), {})
+    assert list(tmp_path.iterdir()) == []

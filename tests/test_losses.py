@@ -212,7 +212,7 @@ def test_perceptual_term_enters_the_generator_loss_with_gradient(random_vgg_dir,
     xrec = batch(2, seed=1).requires_grad_(True)
     g, logs = loss.generator_loss(x, xrec, torch.tensor(0.0), 0, None)
     assert logs["perceptual"] > 0
-    assert g.item() == pytest.approx(logs["rec"] + 0.5 * logs["perceptual"], rel=1e-5)
+    assert g.item() == pytest.approx(float(logs["rec"] + 0.5 * logs["perceptual"]), rel=1e-5)
     g.backward()
     assert xrec.grad is not None and xrec.grad.abs().sum() > 0
     assert all(p.grad is None for p in loss.perceptual.parameters()), "LPIPS is frozen"

@@ -310,3 +310,35 @@ def test_nan_loss_stops_training_and_keeps_last_good_state(train_split, tmp_path
 
     weights = load_file(str(run_dir / "checkpoint-2" / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what a GPU cluster needs, proven on the CPU
+
+
+def test_fp16_is_refused_with_the_reason_and_what_to_use(train_split, tmp_path):
+    from vqgan.train.vqgan import TrainConfig
+
+    with pytest.raises(ValueError, match=r"mixed_precision='fp16'.*two optimizers.*'bf16'"):
+        TrainConfig.from_dict({"mixed_precision": "fp16"})
+    proc = run(train_cmd(config_with(mixed_precision="fp16"), train_split, tmp_path / "o", tmp_path / "s"))
+    assert proc.returncode != 0 and "fp16" in proc.stderr and not (tmp_path / "s").exists()
+
+
+def test_vqgan_steps_read_nothing_back_from_the_device_between_log_steps(train_split, tmp_path, monkeypatch):
+    """Losses, codebook statistics, the NaN guard and dead-code restarts stay on the device between log steps
+    (on a GPU every read waits for all queued work). Twice the steps must mean no more reads."""
+    from test_train_transformer import count_host_syncs
+
+    from vqgan.train.vqgan import main
+
+    counts = {}
+    for steps in (4, 8):
+        cfg = json.loads(config_with(steps=steps, log_every=steps, checkpoint_every=steps, augment="hflip"))
+        cfg["quantizer"].update(ema=True, restart_dead_after=1, kmeans_init=True)
+        calls = count_host_syncs(monkeypatch)
+        assert main(["--config", json.dumps(cfg), "--data", str(train_split), "--out", str(tmp_path / f"o{steps}"),
+                     "--state-dir", str(tmp_path / f"s{steps}")]) == 0
+        counts[steps] = list(calls)
+        monkeypatch.undo()
+    assert len(counts[8]) == len(counts[4]), f"reads grew with the steps: {counts[8]}"

@@ -138,3 +138,102 @@ def test_two_gloo_processes_train_the_same_weights_as_one(tmp_path):
     b = load_file(tmp_path / "one" / "model.safetensors")
     for k in b:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{k}: 2 processes diverged from 1")
+    # Logged metrics are the global batch's: each rank's loss averaged over the ranks, and the val loss over the
+    # whole val split scored half by each rank. (Rank 0's own loss alone would be the loss of half the batch.)
+    import pandas as pd
+
+    m2, m1 = pd.read_csv(tmp_path / "two" / "metrics.csv"), pd.read_csv(tmp_path / "one" / "metrics.csv")
+    assert m2["step"].tolist() == m1["step"].tolist()
+    np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-5)
+    j2, j1 = (json.loads((tmp_path / d / "train.json").read_text()) for d in ("two", "one"))
+    assert j2["val_loss"] == pytest.approx(j1["val_loss"], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what a GPU cluster needs, proven on the CPU
+
+
+def test_changing_bookkeeping_keys_resumes_instead_of_starting_afresh(tmp_path, capsys):
+    codes = write_codes(tmp_path / "codes")
+    out = tmp_path / "tr"
+    assert tt.main(args(codes, out, config(steps=6, checkpoint_every=3, eval_every=3))) == 0
+    # how often to evaluate, log and checkpoint does not change what is learned: same state folder, resumed
+    again = subprocess.run([sys.executable, "-m", "vqgan.train.transformer",
+                            *args(codes, out, config(steps=6, checkpoint_every=2, eval_every=2, log_every=3,
+                                                     keep_checkpoints=3))],
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from step 6" in again.stdout, again.stdout[-2000:]
+    assert len(list((out / "state").iterdir())) == 1
+    # a key that shapes the weights still starts afresh
+    capsys.readouterr()
+    assert tt.main(args(codes, out, config(steps=6, checkpoint_every=3, eval_every=3, lr=1e-3))) == 0
+    assert "starting fresh" in capsys.readouterr().out
+
+
+def test_model_is_on_its_device_before_the_optimizer_is_built(monkeypatch):
+    """Fused AdamW (asked for on CUDA) refuses parameters that are not on the GPU yet on torch 2.2-2.3, which
+    pyproject allows: build_model must move the model first. Proven with the meta device."""
+    seen = []
+    original = tt.GPT.configure_optimizers
+
+    def spy(self, *a, **k):
+        seen.append({p.device.type for p in self.parameters()})
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(tt.GPT, "configure_optimizers", spy)
+    gcfg = tt.gpt_config(MODEL, {"n_codes": 8, "n_classes": 2, "grid": [4, 4]})
+    model, opt = tt.build_model(gcfg, tt.TrainConfig(), torch.device("meta"))
+    assert seen == [{"meta"}]
+    assert {p.device.type for g in opt.param_groups for p in g["params"]} == {"meta"}
+
+
+def test_each_rank_draws_its_own_noise_but_the_same_data():
+    import random
+
+    from vqgan.train.loop import StepBatchSampler, seed_rank
+
+    def draws(rank):
+        seed_rank(7, rank)
+        return torch.rand(4).tolist(), np.random.rand(), random.random()
+
+    r0, r1, again = draws(0), draws(1), draws(0)
+    assert r0 == again, "a rank's streams must be reproducible (and are restored on resume)"
+    assert all(a != b for a, b in zip(r0, r1)), "ranks must not repeat each other's dropout masks and noise"
+    # the data a rank sees does not come from these streams
+    s = [StepBatchSampler(40, 4, r, 2, seed=7) for r in (0, 1)]
+    seed_rank(7, 1)
+    assert s[0].indices(3) + s[1].indices(3) == StepBatchSampler(40, 8, 0, 1, seed=7).indices(3)
+
+
+def count_host_syncs(monkeypatch) -> list[str]:
+    """Record every tensor-to-host read (.item(), .tolist(), float(), int(), bool()) made by the project's own code."""
+    calls: list[str] = []
+    package = str(Path(tt.__file__).resolve().parents[1])
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *a, _original=original, _name=name, **k):
+            frame = sys._getframe(1)
+            caller = frame.f_code.co_filename
+            # GPT.cond_tokens checks labels on the host only when they are on the CPU (on CUDA asynchronously)
+            if caller.startswith(package) and frame.f_code.co_name != "cond_tokens":
+                calls.append(f"{_name} in {Path(caller).name}:{frame.f_lineno}")
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+    return calls
+
+
+def test_training_steps_read_nothing_back_from_the_device_between_log_steps(tmp_path, monkeypatch):
+    """On a GPU every read of a tensor's value waits for all queued work: the loop may do it at log, eval and
+    checkpoint steps only. Twice the steps between them must mean no more reads."""
+    codes = write_codes(tmp_path / "codes")
+    counts = {}
+    for steps in (4, 8):
+        calls = count_host_syncs(monkeypatch)
+        cfg = config(steps=steps, log_every=steps, eval_every=steps, checkpoint_every=steps, pkeep=0.9, p_uncond=0.2)
+        assert tt.main(args(codes, tmp_path / f"s{steps}", cfg)) == 0
+        counts[steps] = list(calls)
+        monkeypatch.undo()
+    assert len(counts[8]) == len(counts[4]), f"reads grew with the steps: {counts[8]}"

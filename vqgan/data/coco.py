@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from vqgan.data.dataset import prepare_splits, split_writer
+from vqgan.data.dataset import open_split, prepare_splits
 from vqgan.data.download import VerificationError, download, extract_members
 from vqgan.io.cli import command, load_config_arg
 from vqgan.io.files import prepare_output, write_json_atomic
@@ -361,10 +361,16 @@ def default_workers() -> int:
 
 
 def prepare_split(
-    root: str | os.PathLike, split: str, ds: CocoDataset, pool=None, progress: bool = True, coco=None
-) -> tuple[np.ndarray, Any, dict[str, Any]]:
-    """Images, meta (a DataFrame) and manifest of one split, not yet written; `pool` decodes in parallel.
-    `coco` is the split's loaded index (default: load it from `root`)."""
+    root: str | os.PathLike, split: str, ds: CocoDataset, out: str | os.PathLike, pool=None, progress: bool = True,
+    coco=None, stack: contextlib.ExitStack | None = None,
+) -> Path:
+    """Write one split folder `out`; `pool` decodes in parallel. `coco` is the split's loaded index (default: load
+    it from `root`); with `stack` the folder is renamed into place when that stack closes (see open_split).
+
+    Images stream from the decoders straight into `out`'s images.npy (`open_split`), in selection order, so
+    memory does not grow with the number of images (bench/data_memory.py); what does is pycocotools' index of
+    the annotation file.
+    """
     import pandas as pd  # here, not at the top: spawned decode workers import this module and need no pandas
 
     root = Path(root)
@@ -372,69 +378,69 @@ def prepare_split(
     requested = ds.count(split)
     records = select_images(coco, requested, ds.categories, ds.min_size, ds.seed)
     available = candidates_count(coco, ds.categories, ds.min_size)
+    annotations = str(annotation_file(root, split).relative_to(root))
+    del coco  # the biggest object here; nothing below needs it
     folder = root / f"{split}2017"
     tasks = [(str(folder / r["file_name"]), ds.resolution) for r in records]
 
-    images = np.empty((len(records), ds.resolution, ds.resolution, 3), dtype=np.uint8)
     keep: list[int] = []
     skipped: list[dict[str, Any]] = []
     modes: Counter[str] = Counter()
     bar = dict(total=len(tasks), desc=f"prepare {split}2017", unit="img", disable=not progress)
-    if pool is not None:
-        results = list(tqdm(pool.imap(_load_task, tasks, chunksize=4), **bar))
-    else:
-        results = [_load_task(t) for t in tqdm(tasks, **bar)]
-    for i, (record, (array, info)) in enumerate(zip(records, results)):
-        if array is None:
-            skipped.append({"source_id": int(record["id"]), "file_name": record["file_name"], "error": info})
-            continue
-        images[len(keep)] = array
-        keep.append(i)
-        modes[info] += 1
-    images = images[: len(keep)]
+    # imap yields in task order as workers finish; each decoded image goes to disk at once
+    results = pool.imap(_load_task, tasks, chunksize=4) if pool is not None else map(_load_task, tasks)
+    with contextlib.ExitStack() as here:
+        writer = (stack or here).enter_context(open_split(out, len(records), ds.resolution))
+        for i, (record, (array, info)) in enumerate(zip(records, tqdm(results, **bar))):
+            if array is None:
+                skipped.append({"source_id": int(record["id"]), "file_name": record["file_name"], "error": info})
+                continue
+            writer.write(array[None])
+            keep.append(i)
+            modes[info] += 1
 
-    if not keep:
-        why = (f"first error: {skipped[0]['error']}" if skipped
-               else f"no image matches categories={ds.categories}, min_size={ds.min_size}")
-        raise CocoError(
-            f"{split}: none of the {len(records)} selected images under {folder} could be used ({why}). "
-            "Check `coco.root` (or rerun download_coco), and the dataset's categories/min_size"
-        )
-    if len(keep) < requested:
-        warnings.warn(
-            f"{split}: {len(keep)} usable images of {requested} requested ({split}_images): "
-            f"{available} candidates match the selection, {len(skipped)} skipped (see manifest.json)",
-            stacklevel=2,
-        )
-    kept = [records[i] for i in keep]
-    meta = pd.DataFrame({
-        "source_id": [int(r["id"]) for r in kept],
-        "file_name": [r["file_name"] for r in kept],
-        "width": [int(r["width"]) for r in kept],
-        "height": [int(r["height"]) for r in kept],
-        "label": np.zeros(len(kept), dtype=np.int64),
-    })
-    manifest = {
-        "source": "coco",
-        "root": str(root.resolve()),
-        "split": split,
-        "coco_split": f"{split}2017",
-        "annotations": str(annotation_file(root, split).relative_to(root)),
-        "requested": requested,
-        "candidates": available,
-        "skipped": skipped,
-        "num_skipped": len(skipped),
-        "source_modes": dict(sorted(modes.items())),  # how many files were RGB, L, CMYK... before conversion
-        "selection": {
-            "categories": list(ds.categories), "min_size": ds.min_size, "seed": ds.seed,
-            "order": "first N by image id" if ds.seed is None else "N smallest blake2b('{seed}:{id}'), by image id",
-        },
-        "resize": "center crop to the shorter side, Pillow BICUBIC (antialiased) to resolution",
-        "seed": ds.seed,
-        "classes": ["all"],
-        "config": asdict(ds),
-    }
-    return images, meta, manifest
+        if not keep:
+            why = (f"first error: {skipped[0]['error']}" if skipped
+                   else f"no image matches categories={ds.categories}, min_size={ds.min_size}")
+            raise CocoError(
+                f"{split}: none of the {len(records)} selected images under {folder} could be used ({why}). "
+                "Check `coco.root` (or rerun download_coco), and the dataset's categories/min_size"
+            )
+        if len(keep) < requested:
+            warnings.warn(
+                f"{split}: {len(keep)} usable images of {requested} requested ({split}_images): "
+                f"{available} candidates match the selection, {len(skipped)} skipped (see manifest.json)",
+                stacklevel=2,
+            )
+        kept = [records[i] for i in keep]
+        meta = pd.DataFrame({
+            "source_id": [int(r["id"]) for r in kept],
+            "file_name": [r["file_name"] for r in kept],
+            "width": [int(r["width"]) for r in kept],
+            "height": [int(r["height"]) for r in kept],
+            "label": np.zeros(len(kept), dtype=np.int64),
+        })
+        writer.finish(meta, {
+            "source": "coco",
+            "root": str(root.resolve()),
+            "split": split,
+            "coco_split": f"{split}2017",
+            "annotations": annotations,
+            "requested": requested,
+            "candidates": available,
+            "skipped": skipped,
+            "num_skipped": len(skipped),
+            "source_modes": dict(sorted(modes.items())),  # how many files were RGB, L, CMYK... before conversion
+            "selection": {
+                "categories": list(ds.categories), "min_size": ds.min_size, "seed": ds.seed,
+                "order": "first N by image id" if ds.seed is None else "N smallest blake2b('{seed}:{id}'), by image id",
+            },
+            "resize": "center crop to the shorter side, Pillow BICUBIC (antialiased) to resolution",
+            "seed": ds.seed,
+            "classes": ["all"],
+            "config": asdict(ds),
+        })
+    return Path(out)
 
 
 def prepare(
@@ -442,8 +448,8 @@ def prepare(
 ) -> dict[str, Path]:
     """Write `{out}/train` and `{out}/val` following the dataset contract, decoding with `workers` processes.
 
-    Both or neither: the two annotation files are checked before any work, and `split_writer` renames the splits
-    into place only once both are complete.
+    Both or neither: the two annotation files are checked before any work, and both splits are renamed into
+    place only once both are complete (one ExitStack holds them, see open_split).
     """
     out = Path(out)
     for leftover in prepare_splits(out):  # fails now if `out` is not writable
@@ -454,9 +460,8 @@ def prepare(
         if workers > 1 and ds.train_images + ds.val_images >= POOL_MIN_IMAGES:
             # spawn, not fork: the parent may hold torch/OpenMP threads (pytest, notebooks) that fork can deadlock.
             pool = stack.enter_context(mp.get_context("spawn").Pool(workers))
-        write = stack.enter_context(split_writer(out))
         for split in SPLITS:
-            write(split, *prepare_split(root, split, ds, pool, progress, coco=cocos.pop(split)))
+            prepare_split(root, split, ds, out / split, pool, progress, coco=cocos.pop(split), stack=stack)
     return {split: out / split for split in SPLITS}
 
 

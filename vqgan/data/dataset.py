@@ -21,20 +21,24 @@ rules (atari_collect/objects.py; the manifest's `object_truth` says which games 
                    pixel it tints
     visible        optional, 0/1: the object is drawn on this frame (0: e.g. a flickered-out Ms. Pac-Man ghost)
 A game without object truth has no rows; a split where no game has it has no objects.csv (`Split.objects` None).
+
+Writers stream: `open_split` fills images.npy chunk by chunk (`ImageFile`), so preparing a split needs memory
+for one chunk, not for the split (118k COCO images at 256 px are 23 GB; see bench/data_memory.py).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
 
-from vqgan.io.files import atomic_dir, prepare_output
+from vqgan.io.files import atomic_dir, clean_stale, prepare_output, temp_dir_beside
 
 IMAGES = "images.npy"
 META = "meta.csv"
@@ -191,23 +195,6 @@ def write_split(
     return path
 
 
-@contextlib.contextmanager
-def split_writer(out: str | os.PathLike) -> Iterator[Callable[..., Path]]:
-    """Write several splits of `out` as one: `with split_writer(out) as write: write("train", images, meta,
-    manifest); write("val", ...)`. Each split is filled in its hidden folder as it comes (one split in memory at a
-    time); all are renamed into place when the block ends, none if it fails, so a failure on val never leaves a
-    new train beside an old or missing val."""
-    with contextlib.ExitStack() as stack:  # on exit: the renames, last split first; on an error: the removals
-        def write(split: str, images: np.ndarray, meta: pd.DataFrame, manifest: dict[str, Any],
-                  objects: pd.DataFrame | None = None) -> Path:
-            path = Path(out) / split
-            images = check_split(path, images, meta)
-            fill_split(stack.enter_context(atomic_dir(path)), images, meta, manifest, objects, where=path)
-            return path
-
-        yield write
-
-
 def read_split(path: str | os.PathLike, mmap: bool = True) -> Split:
     """Load a split folder and check that its three files agree."""
     path = Path(path)
@@ -249,3 +236,148 @@ def read_split(path: str | os.PathLike, mmap: bool = True) -> Split:
             raise DatasetError(f"{path / OBJECTS}: not a readable CSV ({e}); {redo}") from None
         objects = check_objects(objects, len(images), int(images.shape[1]), path / OBJECTS)
     return Split(path=path, images=images, meta=meta, manifest=manifest, objects=objects)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# streaming writers: a split of any size in the memory of one chunk
+
+CHUNK_BYTES = 32 << 20  # rows are copied in chunks of about this size: the memory a writer or a copy needs
+
+
+def rows_per_chunk(resolution: int) -> int:
+    return max(1, CHUNK_BYTES // (resolution * resolution * 3))
+
+
+class ImageFile:
+    """An (N, R, R, 3) uint8 .npy filled front to back in chunks, never held in memory.
+
+    numpy's `open_memmap` writes the header and sizes the file for `capacity` rows (sparse: disk fills as rows
+    arrive); rows then go in with plain file writes, not through the mapping, because every page written
+    through a mapping counts in the process's resident memory until it is unmapped. `close()` shrinks the file
+    to the rows written (fewer when images were skipped): the shape in the header is rewritten in place, padded
+    to the same header length, and the file truncated.
+    """
+
+    def __init__(self, path: str | os.PathLike, capacity: int, resolution: int):
+        self.path, self.capacity, self.count = Path(path), int(capacity), 0
+        self.row_shape = (int(resolution), int(resolution), 3)
+        self.row_bytes = int(np.prod(self.row_shape))
+        mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.uint8, shape=(self.capacity, *self.row_shape))
+        self.offset = int(mm.offset)
+        del mm
+        self._f = open(self.path, "r+b")
+        self._f.seek(self.offset)
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows)
+        if rows.dtype != np.uint8 or rows.shape[1:] != self.row_shape:
+            raise DatasetError(f"{self.path}: rows must be (k, {', '.join(map(str, self.row_shape))}) uint8, "
+                               f"got {rows.shape} {rows.dtype}")
+        if self.count + len(rows) > self.capacity:
+            raise DatasetError(f"{self.path}: {self.count + len(rows)} rows written, more than the {self.capacity} "
+                               "it was opened for")
+        self._f.write(np.ascontiguousarray(rows).data)
+        self.count += len(rows)
+
+    def close(self) -> Path:
+        if self._f.closed:
+            return self.path
+        if self.count < self.capacity:
+            _rewrite_npy_shape(self._f, self.offset, (self.count, *self.row_shape))
+            self._f.truncate(self.offset + self.count * self.row_bytes)
+        self._f.close()
+        return self.path
+
+
+def _rewrite_npy_shape(f, offset: int, shape: tuple[int, ...]) -> None:
+    """Put `shape` into the header of the open .npy `f` without moving its data (the header keeps its length)."""
+    f.seek(0)
+    major, _ = np.lib.format.read_magic(f)
+    start = f.tell() + (2 if major == 1 else 4)  # the header-length field: uint16 in version 1, uint32 after
+    header = repr({"descr": "|u1", "fortran_order": False, "shape": tuple(shape)})
+    room = offset - start - 1  # the header ends with a newline
+    if len(header) > room:  # cannot happen when shrinking: the new shape has no more digits than the old
+        raise DatasetError(f"{f.name}: new header {header} does not fit into {room} bytes")
+    f.seek(start)
+    f.write((header.ljust(room) + "\n").encode("latin1"))
+
+
+def read_rows(path: str | os.PathLike, lo: int, hi: int) -> np.ndarray:
+    """Rows [lo, hi) of an (N, R, R, 3) uint8 .npy, read into memory (not mapped: see ImageFile)."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, _ = read_header(f)
+        row = int(np.prod(shape[1:]))
+        hi = min(hi, shape[0])
+        f.seek(f.tell() + lo * row)
+        return np.fromfile(f, dtype=np.uint8, count=max(hi - lo, 0) * row).reshape(-1, *shape[1:])
+
+
+class SplitWriter:
+    """One split folder being written: `write` image chunks, then `finish` with meta and manifest once.
+    Made by `open_split`, which puts it in place atomically."""
+
+    def __init__(self, tmp: Path, path: Path, capacity: int, resolution: int):
+        if resolution < 1:
+            raise DatasetError(f"{path}: resolution must be >= 1, got {resolution}")
+        self.tmp, self.path = tmp, path
+        self.images = ImageFile(tmp / IMAGES, capacity, resolution)
+        self.finished = False
+
+    def __len__(self) -> int:
+        return self.images.count
+
+    def write(self, images: np.ndarray) -> None:
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise DatasetError(f"{self.path}: images must be (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
+        if images.shape[1] != images.shape[2]:
+            raise DatasetError(f"{self.path}: images must be square, got {images.shape[1]}x{images.shape[2]}")
+        self.images.write(images)
+
+    def finish(self, meta: pd.DataFrame, manifest: dict[str, Any], objects: pd.DataFrame | None = None) -> None:
+        """Write meta.csv, objects.csv (when given) and manifest.json (with `count` and `resolution` filled in from
+        the images written)."""
+        if len(meta) != len(self):
+            raise DatasetError(f"{self.path}: {len(self)} images but {len(meta)} meta rows")
+        self.images.close()
+        manifest = {**manifest, "count": len(self), "resolution": self.images.row_shape[0]}
+        meta.to_csv(self.tmp / META, index=False)
+        if objects is not None:
+            write_objects(self.tmp, objects, len(self), self.images.row_shape[0], where=self.path)
+        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        self.finished = True
+
+
+@contextlib.contextmanager
+def open_split(path: str | os.PathLike, capacity: int, resolution: int) -> Iterator[SplitWriter]:
+    """`with open_split(out, n, R) as w:` write at most `n` images in chunks, then `w.finish(meta, manifest)`.
+
+    The folder is filled under a temporary name (`atomic_dir`) and renamed into place when the block ends after
+    `finish`; an error, or leaving the block without `finish`, removes it. Fewer than `capacity` images are fine
+    (COCO skips files that do not decode). Several splits entered into one `contextlib.ExitStack` are written as
+    one: all are renamed when the stack closes, none if anything failed, so a failure on val never leaves a new
+    train beside an old or missing val.
+    """
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        w = SplitWriter(tmp, path, capacity, resolution)
+        try:
+            yield w
+        finally:
+            w.images.close()
+        if not w.finished:
+            raise DatasetError(f"{path}: the writer was left without finish(meta, manifest); nothing was written")
+
+
+@contextlib.contextmanager
+def scratch_dir(beside: str | os.PathLike) -> Iterator[Path]:
+    """A hidden scratch folder next to `beside` for frames on their way into a split, removed afterwards (and,
+    when a killed run left one behind, at the next start)."""
+    clean_stale(beside)
+    tmp = temp_dir_beside(beside)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

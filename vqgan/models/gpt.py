@@ -235,7 +235,11 @@ class GPT(nn.Module):
         labels = labels.to(device=device, dtype=torch.long).view(-1)
         if labels.numel() != batch:
             raise ValueError(f"got {labels.numel()} labels for a batch of {batch}")
-        if bool(((labels < -1) | (labels >= c.n_classes)).any()):
+        bad = ((labels < -1) | (labels >= c.n_classes)).any()
+        if labels.device.type == "cuda":
+            # reading `bad` on the host would wait for the GPU at every training step: assert on the device
+            torch._assert_async(~bad)
+        elif bool(bad):
             raise ValueError(f"labels must be in [0, {c.n_classes}) or -1 (unconditional), got {labels.tolist()}")
         return torch.where(labels < 0, c.uncond_token, c.vocab_size + labels).view(batch, 1)
 

@@ -195,22 +195,24 @@ class VQLoss(nn.Module):
         c = self.cfg
         rec = self.reconstruction(x, xrec, background, objects)
         nll = c.rec_weight * rec
-        logs = {"rec": rec.item()}
+        # logs are detached 0-dim tensors, not floats: .item() here would stall the GPU every step (the loop
+        # reads them at log steps)
+        logs = {"rec": rec.detach()}
         if self.perceptual is not None:
             # LPIPS in fp32 whatever the autocast: its normalisations are not bf16-safe
             with torch.autocast(device_type=x.device.type, enabled=False):
                 p = self.perceptual(x.float(), xrec.float()).mean()
             nll = nll + c.perceptual_weight * p
-            logs["perceptual"] = p.item()
+            logs["perceptual"] = p.detach()
         total = nll + c.codebook_weight * qloss
         if self.disc_active(step):
             g_adv = -self.discriminator(xrec).mean()
             lam = self.adaptive_weight(nll, g_adv, last_layer)
             total = total + lam * g_adv
-            logs.update(g_adv=g_adv.item(), **{"lambda": lam.item()})
+            logs.update(g_adv=g_adv.detach(), **{"lambda": lam.detach()})
         else:
             logs.update(g_adv=0.0, **{"lambda": 0.0})
-        logs.update(nll=nll.detach().item(), qloss=float(qloss.detach()), g_loss=total.detach().item())
+        logs.update(nll=nll.detach(), qloss=qloss.detach(), g_loss=total.detach())
         return total, logs
 
     def discriminator_loss(self, x, xrec, step: int):
@@ -221,5 +223,5 @@ class VQLoss(nn.Module):
         logits_real = self.discriminator(x.detach())
         logits_fake = self.discriminator(xrec.detach())
         d_loss = hinge_d_loss(logits_real, logits_fake)
-        return d_loss, {"d_loss": d_loss.item(), "logits_real": logits_real.mean().item(),
-                        "logits_fake": logits_fake.mean().item()}
+        return d_loss, {"d_loss": d_loss.detach(), "logits_real": logits_real.detach().mean(),
+                        "logits_fake": logits_fake.detach().mean()}

@@ -104,6 +104,7 @@ class VectorQuantizer(nn.Module):
         # forwards since each code was last chosen (by any rank); drives dead-code restart
         self.register_buffer("unused_steps", torch.zeros(n_codes, dtype=torch.long))
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
+        self._seen_initialized = False  # a host-side copy of `initialized` once it is True (see _maintain)
 
     # --- lookup -------------------------------------------------------------------------------------------
     def codes(self) -> torch.Tensor:
@@ -177,8 +178,10 @@ class VectorQuantizer(nn.Module):
     # --- codebook maintenance (training mode only; collectives are called identically on every rank) -------
     @torch.no_grad()
     def _maintain(self, flat: torch.Tensor) -> None:
-        if not bool(self.initialized):
+        # `initialized` lives on the device: read it once (a host sync), then remember; it never turns back
+        if not self._seen_initialized and not bool(self.initialized):
             self._kmeans_init(flat)
+        self._seen_initialized = True
         if self.restart_dead_after > 0:
             self._restart_dead(flat)
 
@@ -195,20 +198,20 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _restart_dead(self, flat: torch.Tensor) -> None:
         # `unused_steps` is updated from all-reduced counts, so every rank agrees on which codes are dead
-        dead = self.unused_steps >= self.restart_dead_after
-        n_dead = int(dead.sum())
-        if n_dead > 0:
-            pick = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
-            # a little noise so several codes restarted from one vector can still separate
-            new = flat[pick] + 1e-3 * flat.std() * torch.randn(n_dead, self.dim, device=flat.device)
-            if self.normalize:
-                new = F.normalize(new, dim=1)
-            new = _broadcast_from_rank0(new.contiguous())  # rank 0's batch decides; ranks stay identical
-            self.embedding.weight.data[dead] = new
-            if self.ema:
-                self.ema_sum[dead] = new
-                self.ema_count[dead] = 1.0
-            self.unused_steps[dead] = 0
+        # Without asking the host how many codes are dead (a sync every step): draw a candidate for every code
+        # and keep it where the code is dead. One broadcast of n_codes x dim per step, small beside DDP's gradients.
+        dead = (self.unused_steps >= self.restart_dead_after)[:, None]
+        pick = torch.randint(0, flat.shape[0], (self.n_codes,), device=flat.device)
+        # a little noise so several codes restarted from one vector can still separate
+        new = flat[pick] + 1e-3 * flat.std() * torch.randn(self.n_codes, self.dim, device=flat.device)
+        if self.normalize:
+            new = F.normalize(new, dim=1)
+        new = _broadcast_from_rank0(new.contiguous())  # rank 0's batch decides; ranks stay identical
+        self.embedding.weight.data.copy_(torch.where(dead, new, self.embedding.weight.data))
+        if self.ema:
+            self.ema_sum.copy_(torch.where(dead, new, self.ema_sum))
+            self.ema_count.masked_fill_(dead[:, 0], 1.0)
+        self.unused_steps.masked_fill_(dead[:, 0], 0)
 
     @torch.no_grad()
     def _count_usage(self, indices: torch.Tensor) -> None:

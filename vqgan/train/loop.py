@@ -27,7 +27,7 @@ import shutil
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -112,6 +112,23 @@ def seed_everything(seed: int) -> None:
     from accelerate.utils import set_seed
 
     set_seed(int(seed))
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Give each rank its own python/numpy/torch streams once the models are built (same weights everywhere).
+
+    What these streams drive must differ between ranks: dropout masks and any noise drawn inside the models (a
+    rank that repeated rank 0's draws would add no new randomness to the averaged gradient). What must be the
+    same everywhere never comes from them: data order, augmentation and token corruption are pure functions of
+    (seed, step) (`StepBatchSampler`), and codebook restarts are broadcast from rank 0. A resumed run gets each
+    rank's saved streams back from `accelerator.load_state`.
+    """
+    import random
+
+    state = np.random.SeedSequence([int(seed), 0x5EED, int(rank)]).generate_state(2)
+    random.seed(int(state[0]))
+    np.random.seed(int(state[1]))
+    torch.manual_seed(int(state[0]))  # every device's generator, CUDA included
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -218,6 +235,15 @@ def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, schedu
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def to_device(x: np.ndarray | torch.Tensor | list, device: torch.device) -> torch.Tensor:
+    """Host data (indices, masks, noise) to `device` without a host sync: a plain copy from pageable memory to a
+    GPU waits for every kernel queued before it; from pinned memory it is queued behind them instead."""
+    t = torch.as_tensor(x)
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -355,25 +381,80 @@ class NonFiniteLossError(RuntimeError):
     """Raised on every rank when any rank saw a NaN/inf loss; the message names the step and the last good state."""
 
 
-def check_finite(accelerator, values: dict[str, torch.Tensor | float], step: int, last_good: Path | None) -> None:
-    """Abort before the backward pass if any value on any rank is NaN/inf.
+class FiniteGuard:
+    """The NaN/inf guard without a host sync per step: `watch` folds each loss into a flag on the device (the
+    first step at which it was not finite), `check` reads the flags of all ranks at once.
 
-    The flag is all-reduced so that every rank raises together (a rank that raised alone would leave the others
-    hanging in the next collective). No state is saved after the bad step, so the newest checkpoint stays good.
+    Call `check` on every rank at log steps and before every checkpoint, so no state is ever saved after a bad
+    step; a divergence is reported at most `log_every` steps late, and the steps in between never reach disk.
     """
-    bad = [k for k, v in values.items() if not math.isfinite(float(v))]
-    flag = torch.tensor([1.0 if bad else 0.0], device=accelerator.device)
-    if accelerator.num_processes > 1:
-        flag = accelerator.reduce(flag, reduction="sum")
-    if flag.item() > 0:
-        where = f"{last_good}" if last_good is not None else "none yet (no checkpoint was written before this step)"
-        shown = ", ".join(f"{k}={float(v):.4g}" for k, v in values.items())
-        raise NonFiniteLossError(
-            f"non-finite loss at step {step} ({shown or 'on another rank'}); training stopped and no state was "
-            f"saved after it. Last good state: {where}. Rerunning resumes from it; to get past the divergence lower "
-            "train.lr, raise train.warmup_steps, set train.grad_clip, or use train.mixed_precision 'no'/'bf16' "
-            "instead of 'fp16'."
-        )
+
+    NEVER = 2**62
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self.first_bad: dict[str, torch.Tensor] = {}
+
+    def watch(self, step: int, **losses: torch.Tensor) -> None:
+        for name, value in losses.items():
+            bad = ~torch.isfinite(value.detach()).all()
+            first = self.first_bad.get(name)
+            if first is None:
+                first = torch.full((), self.NEVER, dtype=torch.int64, device=value.device)
+            self.first_bad[name] = torch.where(bad, torch.clamp(first, max=step), first)
+
+    def check(self, last_good: Path | None) -> None:
+        """Raise NonFiniteLossError on every rank if any rank saw a non-finite loss since the start."""
+        names = sorted(self.first_bad)
+        if not names:
+            return
+        steps = torch.stack([self.first_bad[n] for n in names]).to(self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(steps, op=dist.ReduceOp.MIN)
+        steps = steps.tolist()  # the one host sync
+        bad = {n: s for n, s in zip(names, steps) if s < self.NEVER}
+        if bad:
+            step = min(bad.values())
+            where = f"{last_good}" if last_good is not None else "none yet (no checkpoint was written before this step)"
+            raise NonFiniteLossError(
+                f"non-finite loss at step {step} ({', '.join(sorted(bad))}); training stopped and no state was saved "
+                f"after it. Last good state: {where}. Rerunning resumes from it; to get past the divergence lower "
+                "train.lr, raise train.warmup_steps, set train.grad_clip, or use train.mixed_precision 'no'/'bf16'."
+            )
+
+
+class IntervalMeans:
+    """Means of the logged values over a logging interval and over all ranks, without a host sync per step.
+
+    `add` keeps detached tensors on the device and sums them there; `means` (every rank calls it, at log steps)
+    averages each key over its micro-steps and over the ranks in one all-reduce, and moves the result to the host
+    once. Each rank's value is the mean over its equal share of the global batch, so the mean over ranks is the
+    global-batch mean that a single process would log.
+    """
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, values: dict[str, torch.Tensor | float]) -> None:
+        for k, v in values.items():
+            v = v.detach().float().reshape(()) if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+            self.sums[k] = self.sums[k] + v.to(self.sums[k].device) if k in self.sums else v
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        keys = sorted(self.sums)  # the same keys on every rank: what is logged depends only on the step
+        if not keys:
+            return {}
+        device = self.accelerator.device
+        local = torch.stack([self.sums[k].to(device) / self.counts[k] for k in keys])
+        if self.accelerator.num_processes > 1:
+            local = self.accelerator.reduce(local, reduction="mean")
+        self.sums, self.counts = {}, {}
+        return dict(zip(keys, local.tolist()))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -437,14 +518,3 @@ class Throughput:
         r = self.n / max(t - self.t0, 1e-9)
         self.t0, self.n = t, 0
         return r
-
-
-def accumulate_means(rows: Iterable[dict[str, float]]) -> dict[str, float]:
-    """Mean of each key over the micro-steps of one logging interval."""
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for r in rows:
-        for k, v in r.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-            counts[k] = counts.get(k, 0) + 1
-    return {k: sums[k] / counts[k] for k in sums}

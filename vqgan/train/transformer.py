@@ -47,19 +47,21 @@ from vqgan.io.hashing import config_hash, sha256_bytes
 from vqgan.models.gpt import GPT, GPTConfig
 from vqgan.train.loop import (
     CheckpointManager,
+    FiniteGuard,
+    IntervalMeans,
     LoopConfig,
     MetricsLog,
     NonFiniteLossError,
     StepBatchSampler,
     Throughput,
-    accumulate_means,
     check_batch,
-    check_finite,
     lr_at,
     make_accelerator,
     prune_state_dirs,
     seed_everything,
+    seed_rank,
     set_lr,
+    to_device,
 )
 
 LN2 = math.log(2.0)
@@ -93,6 +95,16 @@ class TrainConfig(LoopConfig):
         return out
 
 
+# Keys that do not change what is learned: editing them must not throw away a run's state (as in the VQGAN loop).
+NOT_IN_STATE_KEY = ("checkpoint_every", "keep_checkpoints", "log_every", "eval_every")
+
+
+def state_key(model_section: dict[str, Any], tc: TrainConfig) -> dict[str, Any]:
+    """The part of the config that names a run's state folder: the model and every train key that shapes the
+    weights. The number of processes is not in it: the global batch sequence is the same on any world size."""
+    return {"model": model_section, "train": {k: v for k, v in asdict(tc).items() if k not in NOT_IN_STATE_KEY}}
+
+
 def split_config(cfg: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
     unknown = sorted(set(cfg) - {"model", "train"})
     if unknown:
@@ -124,24 +136,45 @@ def corrupt(codes: torch.Tensor, pkeep: float, vocab_size: int, rng: np.random.G
     if pkeep >= 1.0:
         return codes
     shape = (n_global, codes.shape[1])
-    keep = torch.from_numpy(rng.random(shape)[rows] < pkeep).to(codes.device)
-    noise = torch.from_numpy(rng.integers(0, vocab_size, shape)[rows]).to(codes.device)
+    keep = to_device(rng.random(shape)[rows] < pkeep, codes.device)
+    noise = to_device(rng.integers(0, vocab_size, shape)[rows], codes.device)
     return torch.where(keep, codes, noise)
 
 
+def build_model(gcfg: GPTConfig, tc: TrainConfig, device: torch.device) -> tuple[GPT, torch.optim.Optimizer]:
+    """The GPT on `device`, then its AdamW over the parameters already there.
+
+    The order matters on GPUs: configure_optimizers asks for fused AdamW on CUDA, and torch 2.2-2.3 refuse to
+    build a fused optimizer over parameters that are still on the CPU (`accelerator.prepare` would move them only
+    later).
+    """
+    model = GPT(gcfg).to(device)
+    return model, model.configure_optimizers(tc.weight_decay, tc.lr, tc.betas, torch.device(device).type)
+
+
 @torch.no_grad()
-def evaluate(model: GPT, codes: torch.Tensor, labels: torch.Tensor, batch_size: int, autocast) -> float:
-    """Mean cross-entropy (nats per code) over a whole split, conditioned on the true labels."""
+def evaluate(model: GPT, codes: torch.Tensor, labels: torch.Tensor, batch_size: int, autocast,
+             accelerator=None) -> float:
+    """Mean cross-entropy (nats per code) over a whole split, conditioned on the true labels.
+
+    With an `accelerator` every rank scores its own share of the split (rows rank, rank + world, ...) and the
+    sums are all-reduced: every rank returns the loss over the whole split, in 1/world of the time.
+    """
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     was_training = model.training
     model.eval()
-    total, n = 0.0, 0
+    codes, labels = codes[rank::world], labels[rank::world]
+    sums = torch.zeros(2, dtype=torch.float64, device=codes.device)  # (summed loss, tokens), on the device
     for lo in range(0, len(codes), batch_size):
         x, y = codes[lo : lo + batch_size], labels[lo : lo + batch_size]
         with autocast():
             _, loss = model(x[:, :-1], y, targets=x)
-        total += float(loss) * x.numel()
-        n += x.numel()
+        sums[0] += loss.double() * x.numel()
+        sums[1] += x.numel()
     model.train(was_training)
+    if world > 1:
+        sums = accelerator.reduce(sums, reduction="sum")
+    total, n = sums.tolist()
     return total / max(n, 1)
 
 
@@ -180,27 +213,29 @@ def main(argv: list[str] | None = None) -> int:
 def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_data, val_data) -> int:
     from tqdm.auto import tqdm
 
-    # A changed config or changed codes get a fresh state folder; the same ones resume. The codes themselves are
-    # hashed: a VQGAN retrained with another config writes the same codes.json, and its new codes must not resume
-    # (or, finished, silently re-export) a transformer trained on the old ones.
+    # A changed config or changed codes get a fresh state folder; the same ones resume (how often it logs, evaluates
+    # and checkpoints is left out: state_key). The codes themselves are hashed: a VQGAN retrained with another
+    # config writes the same codes.json, and its new codes must not resume (or, finished, silently re-export) a
+    # transformer trained on the old ones.
     codes_sha = sha256_bytes(np.ascontiguousarray(train_data[0]).tobytes())
-    run_dir = Path(args.state_dir) / config_hash({"model": model_section, "train": asdict(tc)}, data_identity(meta),
-                                                 codes_sha)
+    run_dir = Path(args.state_dir) / config_hash(state_key(model_section, tc), data_identity(meta), codes_sha)
     accelerator, per_device = make_accelerator(run_dir, tc)
     world, rank = accelerator.num_processes, accelerator.process_index
     if accelerator.is_main_process:
         for name in OUTPUTS:
             prepare_output(Path(args.out) / name)  # an unwritable --out fails now, not after training
 
-    # (N, h, w) -> (N, T): raster order, the order the sampler generates in. Small enough to sit in memory.
-    codes = torch.from_numpy(train_data[0].reshape(len(train_data[0]), -1).astype(np.int64))
-    labels = torch.from_numpy(train_data[1].astype(np.int64))
-    val_codes = torch.from_numpy(val_data[0].reshape(len(val_data[0]), -1).astype(np.int64))
-    val_labels = torch.from_numpy(val_data[1].astype(np.int64))
+    # (N, h, w) -> (N, T): raster order, the order the sampler generates in. Small enough to sit on the device
+    # (118k COCO grids of 16x16 codes: 240 MB), so a step copies nothing but its indices.
+    device = accelerator.device
+    codes = torch.from_numpy(train_data[0].reshape(len(train_data[0]), -1).astype(np.int64)).to(device)
+    labels = torch.from_numpy(train_data[1].astype(np.int64)).to(device)
+    val_codes = torch.from_numpy(val_data[0].reshape(len(val_data[0]), -1).astype(np.int64)).to(device)
+    val_labels = torch.from_numpy(val_data[1].astype(np.int64)).to(device)
 
-    seed_everything(tc.seed)
-    model = GPT(gcfg)
-    opt = model.configure_optimizers(tc.weight_decay, tc.lr, tc.betas, accelerator.device.type)
+    seed_everything(tc.seed)  # the same initial weights on every rank
+    model, opt = build_model(gcfg, tc, device)
+    seed_rank(tc.seed, rank)  # dropout differs between ranks from here on; data order does not (see seed_rank)
     model, opt = accelerator.prepare(model, opt)
     raw_model: GPT = accelerator.unwrap_model(model)
 
@@ -224,7 +259,10 @@ def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_dat
     sampler = StepBatchSampler(len(codes), per_device, rank, world, tc.seed, start=start * tc.grad_accum)
     rows = slice(rank * per_device, (rank + 1) * per_device)
     tokens_per_step = per_device * world * tc.grad_accum * gcfg.block_size
-    t_start, meter, interval = time.perf_counter(), Throughput(), []
+    # No host sync inside a step: the loss stays on the device until a log step (IntervalMeans), the NaN/inf
+    # check reads its flag at log and checkpoint steps only (FiniteGuard).
+    t_start, meter, interval, guard = time.perf_counter(), Throughput(), IntervalMeans(accelerator), FiniteGuard(
+        accelerator)
     val_loss = None
     bar = tqdm(total=tc.steps, initial=start, desc="transformer", disable=not accelerator.is_local_main_process,
                dynamic_ncols=True, file=sys.stderr)
@@ -235,42 +273,42 @@ def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_dat
         last_good = ckpts.latest()
         for k in range(tc.grad_accum):
             micro = step * tc.grad_accum + k
-            idx = sampler.indices(micro)
-            x = codes[idx].to(accelerator.device)
-            y = labels[idx].to(accelerator.device)
+            idx = to_device(sampler.indices(micro), device)
+            x, y = codes[idx], labels[idx]
             if tc.p_uncond > 0:
-                drop = torch.from_numpy(sampler.coin(micro, salt=3, p=tc.p_uncond)).to(y.device)
+                drop = to_device(sampler.coin(micro, salt=3, p=tc.p_uncond), device)
                 y = torch.where(drop, torch.full_like(y, -1), y)
             rng = np.random.default_rng([tc.seed, 2, micro])
             inputs = corrupt(x, tc.pkeep, gcfg.vocab_size, rng, rows, per_device * world)
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     _, loss = model(inputs[:, :-1], y, targets=x)
-                check_finite(accelerator, {"loss": loss.detach()}, step, last_good)
+                guard.watch(step, loss=loss)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and tc.grad_clip:
                     accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            interval.append({"loss": loss.item()})
+            interval.add({"loss": loss})
             meter.add(x.numel() * world)
 
         done = step + 1
         bar.update(1)
         row: dict[str, float] = {}
+        save = done % tc.checkpoint_every == 0 or done == tc.steps
         if done % tc.log_every == 0 or done == tc.steps:
-            means = accumulate_means(interval)
-            row.update(loss=means["loss"], bits_per_token=means["loss"] / LN2, lr=lr, tokens_per_s=meter.rate())
-            interval = []
+            guard.check(last_good)
+            loss_mean = interval.means()["loss"]  # over the interval and over all ranks: the global batch
+            row.update(loss=loss_mean, bits_per_token=loss_mean / LN2, lr=lr, tokens_per_s=meter.rate())
         if done % tc.eval_every == 0 or done == tc.steps:
-            if accelerator.is_main_process:
-                val_loss = evaluate(raw_model, val_codes.to(accelerator.device), val_labels.to(accelerator.device),
-                                    per_device * 4, accelerator.autocast)
-                row.update(val_loss=val_loss, val_bits_per_token=val_loss / LN2)
+            # every rank scores its share of the val split; all get the whole split's loss
+            val_loss = evaluate(raw_model, val_codes, val_labels, per_device * 4, accelerator.autocast, accelerator)
+            row.update(val_loss=val_loss, val_bits_per_token=val_loss / LN2)
         if row:
             metrics.log(done, row)
             bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "val_loss") if k in row})
-        if done % tc.checkpoint_every == 0 or done == tc.steps:
+        if save:
+            guard.check(last_good)  # never save a state after a non-finite step
             ckpts.save(accelerator, done, {"tokens_seen": done * tokens_per_step,
                                            "epoch": sampler.epoch_of(done * tc.grad_accum),
                                            "wall_time_s": wall_before + time.perf_counter() - t_start})
@@ -279,12 +317,11 @@ def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_dat
     bar.close()
 
     accelerator.wait_for_everyone()
+    if val_loss is None:  # resumed at the very end: the last eval happened in the previous invocation
+        val_loss = evaluate(raw_model, val_codes, val_labels, per_device * 4, accelerator.autocast, accelerator)
     if accelerator.is_main_process:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        if val_loss is None:  # resumed at the very end: the last eval happened in the previous invocation
-            val_loss = evaluate(raw_model, val_codes.to(accelerator.device), val_labels.to(accelerator.device),
-                                per_device * 4, accelerator.autocast)
         logged = [r for r in metrics.rows() if "loss" in r]
         metrics.to_csv(out / "metrics.csv")
         write_json_atomic(out / "codes.json", meta)
@@ -301,6 +338,7 @@ def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_dat
             "wall_time_s": wall_before + time.perf_counter() - t_start,
             "wall_time_this_run_s": time.perf_counter() - t_start,
             "world_size": world,
+            "device": str(accelerator.device),
             "per_device_batch": per_device,
             "global_batch": tc.batch_size,
             "tokens_seen": tc.steps * tokens_per_step,

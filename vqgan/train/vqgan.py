@@ -37,19 +37,21 @@ from vqgan.models.lpips import LPIPS
 from vqgan.models.vqgan import VQGAN, VQGANConfig
 from vqgan.train.loop import (
     CheckpointManager,
+    FiniteGuard,
+    IntervalMeans,
     LoopConfig,
     MetricsLog,
     NonFiniteLossError,
     StepBatchSampler,
     Throughput,
-    accumulate_means,
     check_batch,
-    check_finite,
     lr_at,
     make_accelerator,
     prune_state_dirs,
     seed_everything,
+    seed_rank,
     set_lr,
+    to_device,
 )
 
 OUTPUTS = ("metrics.csv", "train.json", WEIGHTS, CONFIG)  # what --out receives, in the order it is written
@@ -72,6 +74,13 @@ class TrainConfig(LoopConfig):
         out = super().problems()
         if self.augment not in ("none", "hflip"):
             out.append(f"augment={self.augment!r} (use 'none' or 'hflip')")
+        if self.mixed_precision == "fp16":
+            # Two optimizers (G and D) would share accelerate's one loss scaler, which updates its scale after
+            # each of them, and the adaptive GAN weight divides gradient norms taken by autograd.grad on the
+            # unscaled loss: in fp16 those under/overflow. bf16 has fp32's range and needs no scaler.
+            out.append("mixed_precision='fp16' (the VQGAN loop has two optimizers, G and D, and an adaptive loss "
+                       "weight from raw gradient norms: fp16 would need a loss scaler per optimizer; use 'bf16' on "
+                       "GPUs that have it (A100, H100, ...) or 'no')")
         return out
 
 
@@ -120,8 +129,8 @@ def _keep(batch):
 def to_model_input(batch: torch.Tensor, flip: np.ndarray | None, device) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1], optionally mirrored per image."""
     x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-    if flip is not None and flip.any():
-        m = torch.from_numpy(flip).to(device)
+    if flip is not None and flip.any():  # a numpy array: no device sync
+        m = to_device(flip, device)
         x = torch.where(m[:, None, None, None], x.flip(-1), x)
     return x.contiguous(memory_format=_memory_format(x.device))
 
@@ -130,7 +139,7 @@ def to_mask_input(masks: torch.Tensor, flip: np.ndarray | None, device) -> torch
     """(B, H, W) uint8 object masks -> (B, 1, H, W) float, mirrored with the same coin as their images."""
     m = masks.to(device, non_blocking=True)[:, None].float()
     if flip is not None and flip.any():
-        f = torch.from_numpy(flip).to(device)
+        f = to_device(flip, device)
         m = torch.where(f[:, None, None, None], m.flip(-1), m)
     return m
 
@@ -141,14 +150,15 @@ def _memory_format(device) -> torch.memory_format:
     return torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
 
 
-def _scalars(logs: dict[str, Any], prefix: str = "") -> dict[str, float]:
+def _scalars(logs: dict[str, Any], prefix: str = "") -> dict[str, torch.Tensor | float]:
+    """The one-number entries of a log dict, left on the device (read at log steps only: IntervalMeans)."""
     out = {}
     for k, v in (logs or {}).items():
         if isinstance(v, torch.Tensor):
             if v.numel() != 1:
                 continue
-            v = v.item()
-        if isinstance(v, (int, float)):
+            out[prefix + k] = v.detach()
+        elif isinstance(v, (int, float)):
             out[prefix + k] = float(v)
     return out
 
@@ -231,9 +241,11 @@ def train(args, sections, tc: TrainConfig, split) -> int:
         for name in OUTPUTS:
             prepare_output(Path(args.out) / name)  # an unwritable --out fails now, not after training
 
-    seed_everything(tc.seed)
+    seed_everything(tc.seed)  # the same initial weights on every rank
     model, loss = build_models(sections, split.resolution, args.weights_dir)
-    model = model.to(memory_format=_memory_format(accelerator.device))
+    seed_rank(tc.seed, rank)  # from here on each rank draws its own noise
+    # on the device before the optimizers are built over its parameters (see transformer.build_model)
+    model = model.to(accelerator.device, memory_format=_memory_format(accelerator.device))
     loss = loss.to(accelerator.device)
     opt_g = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     opt_d = torch.optim.Adam(loss.discriminator.parameters(), lr=tc.disc_lr or tc.lr, betas=tc.betas,
@@ -265,10 +277,14 @@ def train(args, sections, tc: TrainConfig, split) -> int:
     sampler = StepBatchSampler(len(split), per_device, rank, world, tc.seed, start=start * tc.grad_accum)
     masks = object_masks(split, sections["loss"])
     loader = torch.utils.data.DataLoader(ImageBatches(split.images, masks), batch_sampler=sampler, collate_fn=_keep,
-                                         num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0)
+                                         num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,
+                                         pin_memory=accelerator.device.type == "cuda")  # async host-to-GPU copies
     batches = iter(loader)
     images_per_step = per_device * world * tc.grad_accum
-    t_start, meter, interval = time.perf_counter(), Throughput(), []
+    # No host sync inside a step: losses and stats stay on the device until a log step (IntervalMeans), the
+    # NaN/inf check reads its flag at log and checkpoint steps only (FiniteGuard).
+    t_start, meter, interval, guard = time.perf_counter(), Throughput(), IntervalMeans(accelerator), FiniteGuard(
+        accelerator)
     bar = tqdm(total=tc.steps, initial=start, desc="vqgan", disable=not accelerator.is_local_main_process,
                dynamic_ncols=True, file=sys.stderr)
     model.train()
@@ -287,7 +303,7 @@ def train(args, sections, tc: TrainConfig, split) -> int:
                 batch, objects = batch
                 objects = to_mask_input(objects, flip, accelerator.device)
             x = to_model_input(batch, flip, accelerator.device)
-            row: dict[str, float] = {}
+            row: dict[str, torch.Tensor | float] = {}
             with accelerator.accumulate(model, loss.discriminator):
                 # --- generator. D is frozen and its DDP wrapper told not to expect gradients: the adversarial
                 # term must move G only (otherwise G's loss would leave gradients in D for opt_d to apply).
@@ -299,38 +315,40 @@ def train(args, sections, tc: TrainConfig, split) -> int:
                 disc.requires_grad_(True)
                 if args.debug_inject_nan_at is not None and step == args.debug_inject_nan_at:
                     g_loss = g_loss * float("nan")
-                check_finite(accelerator, {"g_loss": g_loss}, step, last_good)
+                guard.watch(step, g_loss=g_loss)
                 accelerator.backward(g_loss)
                 if accelerator.sync_gradients and tc.grad_clip:
                     accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 opt_g.step()
                 opt_g.zero_grad(set_to_none=True)
-                row.update(_scalars(g_logs), usage=float(stats["usage"]), perplexity=float(stats["perplexity"]))
+                row.update(_scalars(g_logs), usage=stats["usage"].detach(), perplexity=stats["perplexity"].detach())
 
                 # --- discriminator on real vs. detached reconstructions, only once it has started
                 if loss.disc_active(step):
                     with accelerator.autocast():
                         d_loss, d_logs = loss.discriminator_loss(x, xrec.detach(), step)
-                    check_finite(accelerator, {"d_loss": d_loss}, step, last_good)
+                    guard.watch(step, d_loss=d_loss)
                     accelerator.backward(d_loss)
                     if accelerator.sync_gradients and tc.grad_clip:
                         accelerator.clip_grad_norm_(loss.discriminator.parameters(), tc.grad_clip)
                     opt_d.step()
                     opt_d.zero_grad(set_to_none=True)
                     row.update(_scalars(d_logs))
-            interval.append(row)
+            interval.add(row)
             meter.add(x.shape[0] * world)
 
         done = step + 1
         bar.update(1)
+        save = done % tc.checkpoint_every == 0 or done == tc.steps
         if done % tc.log_every == 0 or done == tc.steps:
-            means = accumulate_means(interval)
+            guard.check(last_good)
+            means = interval.means()  # averaged over the interval and over all ranks: the global batch
             rate = meter.rate()
             metrics.log(done, {**means, "lr": lr_g, "disc_lr": lr_d, "images_per_s": rate})
             bar.set_postfix({k: f"{means[k]:.3g}" for k in ("g_loss", "rec", "usage") if k in means}
                             | {"img/s": f"{rate:.1f}"})
-            interval = []
-        if done % tc.checkpoint_every == 0 or done == tc.steps:
+        if save:
+            guard.check(last_good)  # never save a state after a non-finite step
             ckpts.save(accelerator, done, {"images_seen": done * images_per_step,
                                            "epoch": sampler.epoch_of(done * tc.grad_accum),
                                            "wall_time_s": wall_before + time.perf_counter() - t_start})
@@ -351,6 +369,7 @@ def train(args, sections, tc: TrainConfig, split) -> int:
             "wall_time_s": wall_before + time.perf_counter() - t_start,   # summed over resumed invocations
             "wall_time_this_run_s": time.perf_counter() - t_start,
             "world_size": world,
+            "device": str(accelerator.device),
             "per_device_batch": per_device,
             "global_batch": tc.batch_size,
             "images_seen": tc.steps * images_per_step,

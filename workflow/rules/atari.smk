@@ -11,9 +11,11 @@ rule collect_atari:
         "benchmarks/collect_atari/{ds}.tsv"
     wildcard_constraints:
         ds=_names(ATARI_DATASETS),
+    conda:
+        ENV
     threads: 4  # capped at --cores by Snakemake
     params:
         cfg=lambda w: dataset_json(w.ds),
         out=lambda w: f"results/data/{w.ds}",
     shell:
-        "atari-collect --config {params.cfg:q} --out {params.out:q} --workers {threads} > {log:q} 2>&1"
+        "python -m atari_collect --config {params.cfg:q} --out {params.out:q} --workers {threads} > {log:q} 2>&1"

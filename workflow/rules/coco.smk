@@ -14,6 +14,8 @@ rule download_coco:
         "logs/download_coco.log",
     # before the compute jobs: offline, it fails in seconds, not after the Atari collection has run
     priority: 100
+    conda:
+        ENV
     params:
         coco=json.dumps(config["coco"], sort_keys=True),
         datasets=json.dumps(
@@ -36,6 +38,8 @@ rule prepare_coco:
         "benchmarks/prepare_coco/{ds}.tsv"
     wildcard_constraints:
         ds=_names(COCO_DATASETS),
+    conda:
+        ENV
     threads: 4  # capped at --cores by Snakemake
     params:
         cfg=lambda w: dataset_json(w.ds),

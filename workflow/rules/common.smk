@@ -1,6 +1,6 @@
-# Helpers shared by the rule files: the config checks, per-dataset config sections, path builders. The Snakefile
-# calls the checks (check_config_files, check_config) while the DAG is built, before any job runs; each failure
-# is one line naming the file:line or the config key.
+# Helpers shared by every .smk file in workflow/rules/: the config checks, per-dataset config sections, path
+# builders. The Snakefile calls the checks (check_config_files, check_config) while the DAG is built, before any
+# job runs; each failure is one line naming the file:line or the config key.
 import copy
 import functools
 import json
@@ -589,3 +589,19 @@ def all_targets():
         *per_run("results/plots/transformer_{ds}_{variant}_curves.png"),
         *per_run("results/vqgan/{ds}/{variant}/recon.png"),
     ]
+
+
+# -- jobs ---------------------------------------------------------------------------------------------------
+
+# The software environment of every rule (`--use-conda`); the README's virtual environment works as well.
+ENV = "../envs/pipeline.yaml"
+
+
+def gpu_or_cpu(command):
+    """`gpu=0` means the CPU: a job that asked for no GPU must not see one, or CPU jobs running side by side would
+    all land on cuda:0 of the machine. Rules whose program may use a GPU wrap their shell command in this.
+    """
+    return (
+        "if [ {resources.gpu} -eq 0 ]; then export CUDA_VISIBLE_DEVICES=; fi; "
+        + command
+    )

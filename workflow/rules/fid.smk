@@ -14,14 +14,20 @@ rule fid:
         "logs/fid/{ds}/{variant}.log",
     benchmark:
         "benchmarks/fid/{ds}/{variant}.tsv"
+    conda:
+        ENV
     threads: 4  # capped at --cores by Snakemake
+    resources:
+        gpu=0,  # 0: CPU, GPUs hidden; 1: the GPU when there is one (profiles/slurm sets it)
     params:
         cfg=json.dumps(config["fid"], sort_keys=True),
         weights=config["weights_dir"],
     shell:
-        "python -m vqgan.eval.fid --config {params.cfg:q} --real {input.real:q} --gen {input.gen:q}"
-        " --recon {input.recon:q} --train {input.train:q} --name {wildcards.ds:q} --cache-dir results/fid/cache"
-        " --weights-dir {params.weights:q} --out {output:q} > {log:q} 2>&1"
+        gpu_or_cpu(
+            "python -m vqgan.eval.fid --config {params.cfg:q} --real {input.real:q} --gen {input.gen:q}"
+            " --recon {input.recon:q} --train {input.train:q} --name {wildcards.ds:q} --cache-dir results/fid/cache"
+            " --weights-dir {params.weights:q} --out {output:q} > {log:q} 2>&1"
+        )
 
 
 rule fid_table:
@@ -41,6 +47,8 @@ rule fid_table:
         md="results/fid_table.md",
     log:
         "logs/fid_table.log",
+    conda:
+        ENV
     shell:
         "python -m vqgan.eval.table --fid {input.fid:q} --recon {input.recon:q} --vqgan-train {input.vqgan:q}"
         " --transformer-train {input.transformer:q} --data {input.data:q} --out {output.csv:q}"
@@ -54,4 +62,5 @@ onsuccess:
     # the table, and below it its notes (a dataset smaller than configured, FID at a biased N, a model below its
     # constant-image baseline), where they are seen
     if Path("results/fid_table.md").is_file():
-        print("\n" + Path("results/fid_table.md").read_text())
+        print()
+        print(Path("results/fid_table.md").read_text())

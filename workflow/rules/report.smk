@@ -14,6 +14,8 @@ rule plot_curves:
         "logs/plot_curves/{stage}_{ds}_{variant}.log",
     wildcard_constraints:
         stage="vqgan|transformer",
+    conda:
+        ENV
     shell:
         "python -m vqgan.eval.plots curves --metrics {input:q} --out {output:q} > {log:q} 2>&1"
 
@@ -29,6 +31,8 @@ rule plot_data:
         ),
     log:
         "logs/plot_data/{ds}.log",
+    conda:
+        ENV
     shell:
         "python -m vqgan.eval.plots data-grid --data {input:q} --out {output:q} > {log:q} 2>&1"
 
@@ -46,6 +50,8 @@ rule plot_benchmarks:
         ),
     log:
         "logs/plot_benchmarks.log",
+    conda:
+        ENV
     shell:
         "python -m vqgan.eval.plots benchmarks --bench $(find benchmarks -name '*.tsv' | sort) --out {output:q}"
         " > {log:q} 2>&1"

@@ -19,10 +19,16 @@ rule sample:
         "logs/sample/{ds}/{variant}/seed{seed}.log",
     benchmark:
         "benchmarks/sample/{ds}/{variant}/seed{seed}.tsv"
+    conda:
+        ENV
+    resources:
+        gpu=0,  # 0: CPU, GPUs hidden; 1: the GPU when there is one (profiles/slurm sets it)
     params:
         cfg=sample_json,
         transformer=lambda w: f"results/transformer/{w.ds}/{w.variant}",
         vqgan=lambda w: f"results/vqgan/{w.ds}/{w.variant}",
     shell:
-        "python -m vqgan.sample --config {params.cfg:q} --transformer {params.transformer:q}"
-        " --vqgan {params.vqgan:q} --out {output.samples:q} > {log:q} 2>&1"
+        gpu_or_cpu(
+            "python -m vqgan.sample --config {params.cfg:q} --transformer {params.transformer:q}"
+            " --vqgan {params.vqgan:q} --out {output.samples:q} > {log:q} 2>&1"
+        )

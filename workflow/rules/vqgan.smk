@@ -16,11 +16,15 @@ rule train_vqgan:
         "logs/train_vqgan/{ds}/{variant}.log",
     benchmark:
         "benchmarks/train_vqgan/{ds}/{variant}.tsv"
+    conda:
+        ENV
     # One math thread per job by default: on a shared 2-core machine two 1-thread jobs side by side trained
     # faster than one 2-thread job (threads stall on each other when descheduled). Raise with --set-threads.
+    # Inside a SLURM job the launcher uses the CPUs SLURM gave the job instead (cpus_per_gpu in the profile).
     threads: 1
     resources:
-        gpu=0,  # accelerator processes (0 or 1: one process); profiles set it, e.g. profiles/slurm
+        gpu=0,  # processes, one per GPU (0: one CPU process, GPUs hidden); profiles set it, e.g. profiles/slurm
+        nodes=1,  # machines they are spread over (> 1: a multi-node SLURM job, see README)
     params:
         cfg=lambda w: section_json(
             w.ds, w.variant, "vqgan", keys=("model", "quantizer", "loss", "train")
@@ -30,9 +34,12 @@ rule train_vqgan:
         state=lambda w: f"results/vqgan/{w.ds}/{w.variant}/state",
         weights=config["weights_dir"],
     shell:
-        "OMP_NUM_THREADS={threads} python -m vqgan.train.launch --num-processes {resources.gpu} -- -m vqgan.train.vqgan"
-        " --config {params.cfg:q} --data {input.train:q} --out {params.out:q} --state-dir {params.state:q}"
-        " --weights-dir {params.weights:q} > {log:q} 2>&1"
+        gpu_or_cpu(
+            "python -m vqgan.train.launch --num-processes {resources.gpu} --nodes {resources.nodes}"
+            " --threads {threads} -- -m vqgan.train.vqgan"
+            " --config {params.cfg:q} --data {input.train:q} --out {params.out:q} --state-dir {params.state:q}"
+            " --weights-dir {params.weights:q} > {log:q} 2>&1"
+        )
 
 
 rule eval_vqgan:
@@ -53,12 +60,18 @@ rule eval_vqgan:
         "logs/eval_vqgan/{ds}/{variant}.log",
     benchmark:
         "benchmarks/eval_vqgan/{ds}/{variant}.tsv"
+    conda:
+        ENV
+    resources:
+        gpu=0,  # 0: CPU, GPUs hidden; 1: the GPU when there is one (profiles/slurm sets it)
     params:
         cfg=lambda w: section_json(w.ds, w.variant, "vqgan", keys=("eval",)),
         eval_sets=lambda w: eval_sets_json(w.ds),
         model=lambda w: f"results/vqgan/{w.ds}/{w.variant}",
         weights=config["weights_dir"],
     shell:
-        "python -m vqgan.eval.recon --config {params.cfg:q} --model {params.model:q} --data {input.val:q}"
-        " --train-data {input.train:q} --weights-dir {params.weights:q} --out-json {output.json:q}"
-        " --out-png {output.grid:q} --recon-dir {output.recon:q} --eval-sets {params.eval_sets:q} > {log:q} 2>&1"
+        gpu_or_cpu(
+            "python -m vqgan.eval.recon --config {params.cfg:q} --model {params.model:q} --data {input.val:q}"
+            " --train-data {input.train:q} --weights-dir {params.weights:q} --out-json {output.json:q}"
+            " --out-png {output.grid:q} --recon-dir {output.recon:q} --eval-sets {params.eval_sets:q} > {log:q} 2>&1"
+        )

@@ -16,7 +16,9 @@ rule fetch_weights:
         "logs/fetch_weights.log",
     # before the compute jobs, like download_coco: missing weights fail the run at once
     priority: 100
+    conda:
+        ENV
     params:
-        weights=config["weights_dir"],
+        weights=lambda w, output: os.path.dirname(output.features),
     shell:
         "python -m vqgan.weights --lpips --weights-dir {params.weights:q} > {log:q} 2>&1"
