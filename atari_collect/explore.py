@@ -27,6 +27,7 @@ frames follow where exploration spends its time, and the newest maze, reached la
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,30 +220,44 @@ class LevelFrames:
     How many steps each level gets is known only when exploration ends, so each level keeps every `stride`-th of
     its steps; when it holds 2 * `emit` candidates it drops every other one and doubles its stride. A level with
     n steps so ends with min(n, >= emit) candidates evenly spread over them, enough for any share, and only
-    candidates are rendered (`take`, then `add`). Memory: at most 2 * `emit` frames per level (64 px, emit 1000:
-    25 MB a level).
+    candidates are rendered (`take`, then `add`).
+
+    Memory: the columns take 40 bytes a candidate; the frames (2 * `emit` a level) live in a raw file beside
+    `spill` when one is given (a dataset being collected: 256 px, emit 2500 would be ~1 GB a level), else in
+    memory. A dropped candidate's slot is reused, so frames are written once and never moved; `write_chosen`
+    streams the chosen ones out in chunks. Peak memory so does not grow with the number of frames.
     """
 
     COLUMNS = {"order": np.int64, "episode": np.int64, "step": np.int64, "action": np.int64, "reward": np.float32}
 
-    def __init__(self, emit: int, resolution: int):
+    def __init__(self, emit: int, resolution: int, spill: Path | None = None):
         self.emit, self.cap, self.R = emit, 2 * max(emit, 1), resolution
+        self.frame_bytes = resolution * resolution * 3
         self.levels: dict[int, dict[str, Any]] = {}
+        self.spill = Path(spill) if spill is not None else None
 
-    def _new_level(self) -> dict[str, Any]:
-        return {"steps": 0, "stride": 1, "n": 0, "images": np.empty((self.cap, self.R, self.R, 3), np.uint8),
-                **{c: np.zeros(self.cap, dtype=t) for c, t in self.COLUMNS.items()}}
+    def _new_level(self, level: int) -> dict[str, Any]:
+        s = {"steps": 0, "stride": 1, "n": 0, "slot": np.arange(self.cap),
+             **{c: np.zeros(self.cap, dtype=t) for c, t in self.COLUMNS.items()}}
+        if self.spill is None:
+            s["images"] = np.empty((self.cap, self.R, self.R, 3), np.uint8)
+        else:
+            s["path"] = self.spill.with_name(f"{self.spill.name}.level{level}")
+            s["fd"] = os.open(s["path"], os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        return s
 
     def take(self, level: int) -> bool:
         """Count one explored step at `level`; True if it is a candidate: then `add` its frame."""
-        s = self.levels.get(level) or self.levels.setdefault(level, self._new_level())
+        s = self.levels.get(level) or self.levels.setdefault(level, self._new_level(level))
         i = s["steps"]
         s["steps"] += 1
         if i % s["stride"]:
             return False
         if s["n"] == self.cap:  # full: keep every other candidate (i = cap * stride, cap even, stays a multiple)
-            for c in ("images", *self.COLUMNS):
+            for c in self.COLUMNS:
                 s[c][: self.cap // 2] = s[c][0 : self.cap : 2]
+            # the kept candidates' frames stay in their slots; the dropped ones' slots take the next candidates
+            s["slot"] = np.concatenate([s["slot"][0 : self.cap : 2], s["slot"][1 : self.cap : 2]])
             s["n"], s["stride"] = self.cap // 2, 2 * s["stride"]
         return True
 
@@ -250,7 +265,11 @@ class LevelFrames:
         """The frame and COLUMNS of the candidate that `take(level)` just accepted."""
         s = self.levels[level]
         n = s["n"]
-        s["images"][n] = image
+        slot = int(s["slot"][n])
+        if self.spill is None:
+            s["images"][slot] = image
+        else:
+            os.pwrite(s["fd"], np.ascontiguousarray(image, dtype=np.uint8).data, slot * self.frame_bytes)
         for c, v in cols.items():
             s[c][n] = v
         s["n"] += 1
@@ -260,18 +279,45 @@ class LevelFrames:
 
     def choose(self) -> dict[str, np.ndarray]:
         """`emit` frames (fewer if fewer steps were explored): equal shares per level, evenly spread over each
-        level's steps, in trajectory order; the COLUMNS plus `level` and `images`."""
-        out = {"images": [np.empty((0, self.R, self.R, 3), np.uint8)], "level": [np.zeros(0, np.int64)],
+        level's steps, in trajectory order; the COLUMNS, `level` and `slot` (where the frame is: `frames`)."""
+        out = {"level": [np.zeros(0, np.int64)], "slot": [np.zeros(0, np.int64)],
                **{c: [np.zeros(0, t)] for c, t in self.COLUMNS.items()}}
         for lv, q in equal_shares({lv: s["n"] for lv, s in self.levels.items()}, self.emit).items():
             s = self.levels[lv]
             idx = (2 * np.arange(q) + 1) * s["n"] // (2 * q)  # centred systematic sample: q of the n candidates
             out["level"].append(np.full(q, lv, dtype=np.int64))
-            for c in ("images", *self.COLUMNS):
+            for c in ("slot", *self.COLUMNS):
                 out[c].append(s[c][idx])
         out = {k: np.concatenate(v) for k, v in out.items()}
         order = np.argsort(out["order"], kind="stable")
         return {k: v[order] for k, v in out.items()}
+
+    def frames(self, chosen: dict[str, np.ndarray], start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The frames of `choose()`'s rows start:stop, (k, R, R, 3) uint8."""
+        levels, slots = chosen["level"][start:stop], chosen["slot"][start:stop]
+        out = np.empty((len(slots), self.R, self.R, 3), np.uint8)
+        for i, (lv, slot) in enumerate(zip(levels.tolist(), slots.tolist())):
+            s = self.levels[lv]
+            if self.spill is None:
+                out[i] = s["images"][slot]
+            else:
+                buf = os.pread(s["fd"], self.frame_bytes, slot * self.frame_bytes)
+                out[i] = np.frombuffer(buf, np.uint8).reshape(self.R, self.R, 3)
+        return out
+
+    def write_chosen(self, chosen: dict[str, np.ndarray], path: Path, chunk: int = 256) -> None:
+        """The chosen frames, in order, into the .npy `path` (an `ImageFile`), `chunk` frames at a time."""
+        sink = ImageFile(path, len(chosen["slot"]), self.R)
+        for i in range(0, len(chosen["slot"]), chunk):
+            sink.write(self.frames(chosen, i, i + chunk))
+        sink.close()
+
+    def close(self) -> None:
+        """Remove the spill files (idempotent)."""
+        for s in self.levels.values():
+            if "fd" in s:
+                os.close(s.pop("fd"))
+                Path(s["path"]).unlink(missing_ok=True)
 
 
 class ChosenObjects:
@@ -318,6 +364,17 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
     """Grow one archive from a reset for `budget` agent steps (or `seconds`, or until the policy's level target is
     met), emitting `emit` frames balanced over the levels reached (`LevelFrames`) into the .npy `frames` (None:
     the frames are not kept, e.g. for coverage measurements)."""
+    # frames being kept for a dataset spill to disk beside their file (see LevelFrames)
+    candidates = LevelFrames(emit, cfg.resolution,
+                             spill=frames.with_name(frames.name + ".candidates") if frames else None)
+    try:
+        return _grow_lineage(cfg, label, lineage, budget, seconds, progress, frames, candidates)
+    finally:
+        candidates.close()
+
+
+def _grow_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, seconds: float | None,
+                  progress: bool, frames: Path | None, candidates: LevelFrames) -> Lineage:
     p = cfg.policy_for(label)
     rom = resolve_game(cfg.games[label])
     ss = np.random.SeedSequence([cfg.seed, label, lineage, 0x60E])
@@ -326,9 +383,8 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
     cells = make_cells(rom, p.cell)
     policy = StickyRandom(emu.n_actions, p.repeat_prob, rng_pol)
     archive = Archive(ms_pacman_weights=isinstance(cells, MsPacmanCells))
-
     R = cfg.resolution
-    candidates = LevelFrames(emit, R)
+
     # stop early once `target_levels` levels each had `target_level_steps` steps (only games with levels)
     target = p.target_levels if cells.has_levels else None
     level_steps: dict[int, int] = {}
@@ -426,10 +482,8 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
         "frames_per_level": {str(k): int(v) for k, v in zip(*np.unique(out["level"], return_counts=True))},
         "curve": curve,  # [steps, cells, best score, boards cleared, highest maze index]
     }
-    if frames is not None:  # the chosen frames leave memory for the lineage's own file (see collect.py)
-        sink = ImageFile(frames, len(out["images"]), R)
-        sink.write(out["images"])
-        sink.close()
+    if frames is not None:  # the chosen frames go to the lineage's own file (see collect.py)
+        candidates.write_chosen(out, frames)
     return Lineage(frames, out["episode"], out["step"], out["action"], out["reward"], out["level"], stats,
                    ChosenObjects(objects, out["order"]))
 

@@ -62,6 +62,15 @@ VARIANTS.update({
     "obj30_gan": {"quantizer": OURS_Q, "loss": {"foreground_weight": 4.0, "object_weight": 30.0,
                                                 "disc_start": "half"}},  # D from half the budget, adaptive weight
 })
+# issue #13, capacity where the objects are: f = 4 (64 px -> 16x16 = 256 tokens, each 4x4 px, about one sprite) and
+# a larger codebook. At f = 8 a token is an 8x8 patch of maze *and* whatever sprite crosses it: the ~256 background
+# patches of the mazes fill a 512-code book, and no code is left for "this patch with a ghost in it".
+F4 = {"ch_mult": [1, 2, 4], "attn_resolutions": []}  # no attention at 16x16: 256 positions, local objects
+VARIANTS.update({
+    "f4": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024}, "loss": {"foreground_weight": 4.0}},
+    "f4_obj10": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024},
+                 "loss": {"foreground_weight": 4.0, "object_weight": 10.0}},
+})
 COLLECT = {"kind": "atari", "resolution": 64, "games": ["MsPacman", "Pong", "Breakout"], "frames_per_game": 3000}
 
 
@@ -72,7 +81,7 @@ def variant_config(name: str, steps: int, batch_size: int, lr: float, warmup: in
     if loss.get("disc_start") == "half":
         loss["disc_start"] = steps // 2
     return {
-        "model": dict(MODEL),
+        "model": {**MODEL, **v.get("model", {})},
         "quantizer": dict(v["quantizer"]),
         "loss": loss,
         "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup,

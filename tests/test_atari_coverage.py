@@ -19,8 +19,8 @@ def test_equal_shares_fill_the_total_and_give_short_levels_all_they_have():
     assert equal_shares({-1: 700}, 100) == {-1: 100}       # a game without levels: one stratum
 
 
-def offer_trajectory(levels: np.ndarray, emit: int) -> tuple[LevelFrames, dict[str, np.ndarray]]:
-    frames = LevelFrames(emit, 4)
+def offer_trajectory(levels: np.ndarray, emit: int, spill=None) -> tuple[LevelFrames, dict[str, np.ndarray]]:
+    frames = LevelFrames(emit, 4, spill=spill)
     for i, lv in enumerate(levels):
         # the frame encodes its step so the test can check that images stay with their rows
         if frames.take(int(lv)):
@@ -29,15 +29,23 @@ def offer_trajectory(levels: np.ndarray, emit: int) -> tuple[LevelFrames, dict[s
     return frames, frames.choose()
 
 
-def test_level_frames_balance_levels_and_spread_each_evenly_over_its_steps():
+@pytest.mark.parametrize("on_disk", [False, True], ids=["in-memory", "spilled"])
+def test_level_frames_balance_levels_and_spread_each_evenly_over_its_steps(tmp_path, on_disk):
     # maze 1 dominates the steps (as the explorer's returns do), maze 4 is reached last and briefly
     levels = np.r_[np.zeros(7000), np.ones(3000), np.full(500, 2), np.zeros(1000), np.full(150, 3)].astype(int)
-    frames, out = offer_trajectory(levels, 100)
+    frames, out = offer_trajectory(levels, 100, spill=tmp_path / "f.npy.candidates" if on_disk else None)
     assert frames.steps_per_level() == {0: 8000, 1: 3000, 2: 500, 3: 150}
     assert np.unique(out["level"], return_counts=True)[1].tolist() == [25, 25, 25, 25]
     assert (np.diff(out["order"]) > 0).all(), "frames must come out in trajectory order"
     assert (levels[out["order"]] == out["level"]).all()
-    assert (out["images"][:, 0, 0, 0] == out["order"] % 251).all() and (out["step"] == out["order"] % 100).all()
+    assert (frames.frames(out)[:, 0, 0, 0] == out["order"] % 251).all() and (out["step"] == out["order"] % 100).all()
+    frames.write_chosen(out, tmp_path / "chosen.npy", chunk=7)  # chunks that do not divide the count
+    assert (np.load(tmp_path / "chosen.npy")[:, 0, 0, 0] == out["order"] % 251).all()
+    if on_disk:  # the frames lived in one file per level, and only there
+        assert sorted(p.name for p in tmp_path.glob("f.npy.candidates.level*")) == [f"f.npy.candidates.level{i}" for i in range(4)]
+        assert all("images" not in s for s in frames.levels.values())
+    frames.close()
+    assert not list(tmp_path.glob("*.candidates*")), "close() leaves no spill files"
     assert (out["reward"] == out["order"] % 7).all() and out["reward"].dtype == np.float32
     for lv in range(4):
         rank = np.searchsorted(np.flatnonzero(levels == lv), out["order"][out["level"] == lv])  # index within level
