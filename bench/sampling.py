@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import statistics
 import sys
@@ -126,6 +127,28 @@ def greedy_agreement(model, labels, n_tokens: int) -> tuple[float, int | None]:
     return float((fast == slow).float().mean()), (int(diff[0]) if len(diff) else None)
 
 
+def read_bandwidth(dev, threads_note: str = "") -> float:
+    """Bytes/s this process reads from memory: best of 5 sums over a 512 MB float32 tensor (far above any cache)."""
+    x = torch.ones(128 * 2**20, device=dev)
+    best = math.inf
+    for _ in range(5):
+        t = time.perf_counter()
+        float(x.sum())
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best
+
+
+def decode_bytes(model: GPT, B: int, T: int) -> float:
+    """Bytes one `generate` of B x T tokens must read at least: every weight matrix once per step (in its dtype; the
+    head in float32, see KVCache) plus the float32 KV cache prefix of every layer (keys and values), summed over
+    the steps. A single-token step is bound by this traffic, not by arithmetic."""
+    c = model.config
+    linear = sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    head = c.vocab_size * c.n_embd * 4
+    kv = 2 * c.n_layer * B * c.n_embd * 4 * T * (T + 1) / 2
+    return (linear + head) * T + kv
+
+
 def load() -> str:
     return "load avg %.2f %.2f %.2f" % os.getloadavg()
 
@@ -188,6 +211,8 @@ def main(argv=None):
 
     batches = [args.batch] + [int(b) for b in args.extra_batches.split(",") if b.strip()]
     summary = {}  # batch -> {sampler: tok/s CPU}
+    bandwidth = read_bandwidth(dev)
+    roofline = {}  # batch -> {sampler: (GB/s moved, tok/s bound)}
     for B in batches:
         labels = torch.zeros(B, dtype=torch.long, device=dev)
 
@@ -256,7 +281,16 @@ def main(argv=None):
                 cpu_rate[name] = n_tok / secs
                 print(f"{name:<40} {cpu_rate[name]:16.1f} {'':>13}  ({how})", flush=True)
         summary[B] = cpu_rate
+        for name, model in (("ours KV cache (fp32)", ours), ("ours KV cache (bf16 weights)", ours_bf16)):
+            nbytes = decode_bytes(model, B, T)
+            roofline.setdefault(B, {})[name] = (nbytes * cpu_rate[name] / n_tok / 1e9, n_tok * bandwidth / nbytes)
 
+    print(f"\nmemory-traffic bound (roofline): this process reads {bandwidth / 1e9:.1f} GB/s from memory (a sum over "
+          "512 MB); a step must read every weight and the KV cache prefix (see decode_bytes)")
+    print(f"{'sampler':<40}{'batch':>6}{'GB/s moved':>12}{'of bandwidth':>14}{'tok/s bound':>13}")
+    for B, rows in roofline.items():
+        for name, (gbs, bound) in rows.items():
+            print(f"{name:<40}{B:>6}{gbs:12.1f}{gbs * 1e9 / bandwidth:14.0%}{bound:13.0f}")
     if tams:
         print("\nspeed-up of ours over taming (CPU time), like for like and against taming's fp32 default; "
               "goal >= 3x cached")
