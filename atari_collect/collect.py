@@ -3,8 +3,9 @@
 Each stream is one seeded emulator that plays episodes back to back until it has its share of the game's frames.
 Streams of all games run in a process pool (`workers`), each writing its own slice of the output, so:
 - determinism: a stream's frames depend only on (seed, game, stream index), never on scheduling or worker count;
-- memory: each stream writes its frames to its own file in a scratch folder as it plays (`ImageFile`), and only
-  the small per-frame columns travel back, so memory does not grow with the number of frames;
+- memory: each stream writes its frames and their object boxes to files of its own in a scratch folder as it plays
+  (`ImageFile`, `ObjectRecorder`), and only the small per-frame columns travel back, so memory does not grow with
+  the number of frames;
 - speed: processes need no per-step synchronisation (ale-py's threaded vector env hands off every step; measured
   slower here, see emulator.py), and a process loads each ROM once for all its streams; measured ratios in
   bench/collect_speed.py.
@@ -21,11 +22,10 @@ from tqdm import tqdm
 from vqgan.data.dataset import ImageFile
 
 from .config import AtariConfig
-from .dataset import GameFrames, stream_objects
+from .dataset import GameFrames
 from .explore import collect_explore
 from .frames import crop_resize
 from .games import resolve_game
-from .objects import ObjectRecorder
 from .rollout import StickyRandom, emulator_with_objects, env_quotas, record_objects, run_jobs, stream_rngs
 
 
@@ -41,15 +41,15 @@ class Stream:
     reward: np.ndarray
     episodes_finished: int
     cpu_seconds: float
-    objects: ObjectRecorder | None = None  # every frame's object boxes, for games with RAM rules
+    objects: Path | None = None  # every frame's object boxes (ObjectRecorder records), for games with RAM rules
 
 
 def play_stream(cfg: AtariConfig, label: int, stream: int, quota: int, frames: Path | None = None) -> Stream:
     """Play episodes with the plain policy until `quota` frames are recorded (reset frame, then one per step),
-    writing them to the .npy `frames` (None: frames are not kept, e.g. for timing)."""
+    writing them to the .npy `frames` and their object boxes beside it (None: neither is kept, e.g. for timing)."""
     t0 = time.process_time()
     emu_rng, rng = stream_rngs(cfg.seed, label, stream)
-    emu, objects = emulator_with_objects(cfg, label, emu_rng)
+    emu, objects = emulator_with_objects(cfg, label, emu_rng, frames.with_suffix(".objects") if frames else None)
     pol = cfg.policy_for(label)
     policy = StickyRandom(emu.n_actions, pol.repeat_prob if pol.name == "sticky_random" else 0.0, rng)
     R = cfg.resolution
@@ -79,7 +79,8 @@ def play_stream(cfg: AtariConfig, label: int, stream: int, quota: int, frames: P
             t += 1
     if sink is not None:
         sink.close()
-    return Stream(frames, episode, step, action, reward, finished, time.process_time() - t0, objects)
+    objects.flush()
+    return Stream(frames, episode, step, action, reward, finished, time.process_time() - t0, objects.path)
 
 
 def _play(job: tuple[AtariConfig, int, int, int, Path | None]) -> tuple[int, int, Stream]:
@@ -130,7 +131,7 @@ def collect_plain(cfg: AtariConfig, labels: list[int], scratch: Path | None, wor
             reward=reward,
             group=episode,
             level=np.full(len(episode), -1, dtype=np.int64),
-            objects=stream_objects([r.objects for r in streams], [len(r.step) for r in streams]),
+            objects=None if streams[0].objects is None else [r.objects for r in streams],
             stats={
                 "policy": cfg.policy_for(label).name,
                 "rom": resolve_game(game),

@@ -1,8 +1,9 @@
 """Per-game frames -> the train/val dataset folders of docs/design.md, split by episode (or by state lineage).
 
-The collectors leave each stream's frames in a file of their own (a scratch folder beside the dataset); this
-module splits every game by group and copies the frames chunk by chunk into both split files at once, deleting
-each scratch file once copied: memory stays one chunk, and disk one dataset plus one stream.
+The collectors leave each stream's frames, and their object boxes, in files of their own (a scratch folder beside
+the dataset); this module splits every game by group and copies the frames and the boxes chunk by chunk into both
+splits at once, deleting each scratch file once copied: memory stays one chunk, and disk one dataset plus one
+stream.
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vqgan.data.dataset import open_split, read_rows, rows_per_chunk
+from vqgan.data.dataset import SplitWriter, open_split, read_rows, rows_per_chunk
 
 from .config import AtariConfig
-from .objects import object_classes
+from .objects import RECORD_DTYPE, object_classes, read_records, record_table
 
 
 class CollectError(RuntimeError):
@@ -37,8 +38,8 @@ class GameFrames:
     group: np.ndarray       # (N,) int64: the unit that may not cross splits (episode, or root lineage)
     level: np.ndarray       # (N,) int64: level/maze where the game exposes it, -1 where unknown
     stats: dict[str, Any] = field(default_factory=dict)  # per-game record for the manifest (coverage, timing)
-    objects: pd.DataFrame | None = None  # object boxes (objects.csv columns), `frame` = row in this game's frames;
-                                         # None for a game without RAM rules (atari_collect/objects.py)
+    objects: list[Path] | None = None  # per part, its frames' object boxes (ObjectRecorder records, `frame` = row
+                                       # in the part); None for a game without RAM rules (atari_collect/objects.py)
 
     def __len__(self) -> int:
         return len(self.episode)
@@ -68,30 +69,6 @@ def split_by_group(group: np.ndarray, val_fraction: float, rng: np.random.Genera
     return np.isin(group, taken)
 
 
-def stream_objects(recorders: list, counts: list[int]) -> pd.DataFrame | None:
-    """One game's object table from its streams' (or lineages') ObjectRecorders, frames numbered through the game
-    in stream order (as the images are concatenated); None when the game has no RAM rules."""
-    if not recorders or recorders[0] is None or not recorders[0].active:
-        return None
-    offsets = np.cumsum([0, *counts[:-1]])
-    return pd.concat([r.rows(int(o)) for r, o in zip(recorders, offsets)], ignore_index=True)
-
-
-def split_objects(chosen: list[tuple[GameFrames, np.ndarray]]) -> pd.DataFrame | None:
-    """The object rows of one split: each game's rows of the frames in its mask, `frame` renumbered to the split's
-    image rows (games one after another, in collection order, as the images are); None when no game has truth."""
-    parts, start = [], 0
-    for g, m in chosen:
-        if g.objects is not None:
-            row = np.cumsum(m) - 1 + start  # the split row of each of the game's frames (where m is True)
-            frames = g.objects["frame"].to_numpy()
-            part = g.objects[m[frames]].copy()
-            part["frame"] = row[part["frame"].to_numpy()]
-            parts.append(part)
-        start += int(m.sum())
-    return pd.concat(parts, ignore_index=True) if parts else None
-
-
 def object_truth_record(games: list[GameFrames]) -> dict[str, Any]:
     """The manifest's `object_truth`: which games have object boxes in objects.csv, and their classes."""
     have = [g.game for g in games if g.objects is not None]
@@ -109,7 +86,8 @@ def write_dataset(out: str | Path, cfg: AtariConfig, games: list[GameFrames], ma
     """Split every game by group and write `{out}/train` and `{out}/val` with the shared dataset contract.
 
     Both splits are written in one pass over the scratch files: train is every game's non-val frames in
-    collection order, game after game, val the same for the val frames (as concatenating them would give).
+    collection order, game after game, val the same for the val frames (as concatenating them would give), and
+    the same for their object boxes (objects.csv: a header whenever some game has them).
     """
     import ale_py
     import gymnasium
@@ -124,16 +102,26 @@ def write_dataset(out: str | Path, cfg: AtariConfig, games: list[GameFrames], ma
     chunk = rows_per_chunk(cfg.resolution)
     with open_split(out / "train", sum(int(m.sum()) for m in masks["train"]), cfg.resolution) as train, \
             open_split(out / "val", sum(int(m.sum()) for m in masks["val"]), cfg.resolution) as val:
+        if any(g.objects is not None for g in games):
+            for writer in (train, val):
+                writer.write_objects(record_table(np.zeros(0, RECORD_DTYPE), ()))
+        first = {"train": 0, "val": 0}  # the split row of the game's first frame
         for g, v in zip(games, is_val):
+            # the split row of each of the game's frames, in the split it goes to
+            split_row = {"train": np.cumsum(~v) - 1 + first["train"], "val": np.cumsum(v) - 1 + first["val"]}
             at = 0
-            for path, rows in g.parts:
+            for k, (path, rows) in enumerate(g.parts):
                 for lo in range(0, rows, chunk):
                     block = read_rows(path, lo, lo + chunk)
                     sel = v[at + lo : at + lo + len(block)]
                     train.write(block[~sel])
                     val.write(block[sel])
                 path.unlink()  # copied: free its disk before the next one is read
+                if g.objects is not None:
+                    copy_objects(g.objects[k], at, object_classes(g.game), v, split_row, train, val)
+                    g.objects[k].unlink()
                 at += rows
+            first = {"train": first["train"] + int((~v).sum()), "val": first["val"] + int(v.sum())}
         written = {}
         for split, writer in (("train", train), ("val", val)):
             chosen = list(zip(games, masks[split]))
@@ -159,9 +147,21 @@ def write_dataset(out: str | Path, cfg: AtariConfig, games: list[GameFrames], ma
                 "created_unix": int(time.time()),
                 "object_truth": object_truth_record([g for g, _ in chosen]),
                 **(extra or {}),
-            }, objects=split_objects(chosen))
+            })
             written[split] = out / split
     return written
+
+
+def copy_objects(path: Path, at: int, classes: tuple[str, ...], is_val: np.ndarray, split_row: dict[str, np.ndarray],
+                 train: SplitWriter, val: SplitWriter) -> None:
+    """One part's object records (the file `path`, its frames from row `at` of the game's frames on) into both
+    splits' objects.csv, a chunk at a time, `frame` renumbered by `split_row` to the image row in the split."""
+    for rec in read_records(path):
+        frame = rec["frame"] + at  # the row in the game's frames
+        for split, writer, mask in (("train", train, ~is_val[frame]), ("val", val, is_val[frame])):
+            part = rec[mask]
+            part["frame"] = split_row[split][frame[mask]]
+            writer.write_objects(record_table(part, classes))
 
 
 def _meta(chosen: list[tuple[GameFrames, np.ndarray]]) -> pd.DataFrame:

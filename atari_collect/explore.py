@@ -40,7 +40,7 @@ from tqdm import tqdm
 from vqgan.data.dataset import ImageFile
 
 from .config import AtariConfig
-from .dataset import GameFrames, stream_objects
+from .dataset import GameFrames
 from .emulator import Emulator
 from .frames import crop_resize
 from .games import resolve_game
@@ -225,7 +225,9 @@ class LevelFrames:
     Memory: the columns take 40 bytes a candidate; the frames (2 * `emit` a level) live in a raw file beside
     `spill` when one is given (a dataset being collected: 256 px, emit 2500 would be ~1 GB a level), else in
     memory. A dropped candidate's slot is reused, so frames are written once and never moved; `write_chosen`
-    streams the chosen ones out in chunks. Peak memory so does not grow with the number of frames.
+    streams the chosen ones out in chunks. The candidates' object boxes go to a file as well (the lineage's
+    ObjectRecorder; every candidate's, dropped ones too: ~7 KB a Breakout frame on disk), and `keep_chosen_objects`
+    copies the chosen ones. Peak memory so does not grow with the number of frames.
     """
 
     COLUMNS = {"order": np.int64, "episode": np.int64, "step": np.int64, "action": np.int64, "reward": np.float32}
@@ -320,25 +322,21 @@ class LevelFrames:
                 Path(s["path"]).unlink(missing_ok=True)
 
 
-class ChosenObjects:
-    """The object boxes of the chosen frames, for `stream_objects` (an ObjectRecorder's `active` and `rows`).
+def keep_chosen_objects(recorder: ObjectRecorder, order: np.ndarray, path: Path) -> Path:
+    """The object records of the chosen frames into the file `path`, numbered by their row in the lineage's frames.
 
     The recorder holds the boxes of every candidate frame, numbered by step (candidates are recorded when they are
-    rendered, before it is known which are kept); `rows` keeps those of the chosen steps `order` and numbers them
-    by their row in the lineage's frames."""
-
-    def __init__(self, recorder: ObjectRecorder, order: np.ndarray):
-        self.recorder, self.order, self.active = recorder, order, recorder.active
-
-    def rows(self, frame_offset: int = 0):
-        rows = self.recorder.rows()
-        if not len(self.order):
-            return rows.iloc[:0]
-        row = np.searchsorted(self.order, rows["frame"].to_numpy())  # `order` is sorted: steps in trajectory order
-        kept = (row < len(self.order)) & (self.order[np.minimum(row, len(self.order) - 1)] == rows["frame"])
-        rows = rows[kept].reset_index(drop=True)
-        rows["frame"] = row[kept] + frame_offset
-        return rows
+    rendered, before it is known which are kept); `order` holds the chosen steps, sorted (trajectory order). Read
+    and written a chunk at a time: Breakout's candidates carry ~109 objects each."""
+    with open(path, "wb") as f:
+        for rec in recorder.records():
+            row = np.searchsorted(order, rec["frame"])
+            kept = row < len(order)
+            kept[kept] = order[row[kept]] == rec["frame"][kept]
+            rec = rec[kept]
+            rec["frame"] = row[kept]
+            f.write(rec.tobytes())
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------- one lineage
@@ -356,7 +354,8 @@ class Lineage:
     reward: np.ndarray
     level: np.ndarray
     stats: dict[str, Any] = field(default_factory=dict)
-    objects: ChosenObjects | None = None  # the emitted frames' object boxes, for games with RAM rules
+    objects: Path | None = None  # the emitted frames' object boxes (ObjectRecorder records), for games with RAM
+                                 # rules whose frames are kept
 
 
 def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emit: int,
@@ -364,22 +363,27 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
     """Grow one archive from a reset for `budget` agent steps (or `seconds`, or until the policy's level target is
     met), emitting `emit` frames balanced over the levels reached (`LevelFrames`) into the .npy `frames` (None:
     the frames are not kept, e.g. for coverage measurements)."""
-    # frames being kept for a dataset spill to disk beside their file (see LevelFrames)
-    candidates = LevelFrames(emit, cfg.resolution,
-                             spill=frames.with_name(frames.name + ".candidates") if frames else None)
+    # frames being kept for a dataset spill to disk beside their file (see LevelFrames), and so do the candidates'
+    # object boxes
+    spill = frames.with_name(frames.name + ".candidates") if frames else None
+    candidates = LevelFrames(emit, cfg.resolution, spill=spill)
+    candidate_objects = spill.with_name(spill.name + ".objects") if spill else None
     try:
-        return _grow_lineage(cfg, label, lineage, budget, seconds, progress, frames, candidates)
+        return _grow_lineage(cfg, label, lineage, budget, seconds, progress, frames, candidates, candidate_objects)
     finally:
         candidates.close()
+        if candidate_objects is not None:
+            candidate_objects.unlink(missing_ok=True)
 
 
 def _grow_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, seconds: float | None,
-                  progress: bool, frames: Path | None, candidates: LevelFrames) -> Lineage:
+                  progress: bool, frames: Path | None, candidates: LevelFrames,
+                  candidate_objects: Path | None) -> Lineage:
     p = cfg.policy_for(label)
     rom = resolve_game(cfg.games[label])
     ss = np.random.SeedSequence([cfg.seed, label, lineage, 0x60E])
     rng_emu, rng_pol, rng_sel = (np.random.default_rng(s) for s in ss.spawn(3))
-    emu, objects = emulator_with_objects(cfg, label, rng_emu)
+    emu, objects = emulator_with_objects(cfg, label, rng_emu, candidate_objects)
     cells = make_cells(rom, p.cell)
     policy = StickyRandom(emu.n_actions, p.repeat_prob, rng_pol)
     archive = Archive(ms_pacman_weights=isinstance(cells, MsPacmanCells))
@@ -482,10 +486,13 @@ def _grow_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, secon
         "frames_per_level": {str(k): int(v) for k, v in zip(*np.unique(out["level"], return_counts=True))},
         "curve": curve,  # [steps, cells, best score, boards cleared, highest maze index]
     }
-    if frames is not None:  # the chosen frames go to the lineage's own file (see collect.py)
+    chosen_objects = None
+    if frames is not None:  # the chosen frames and their objects go to the lineage's own files (see collect.py)
         candidates.write_chosen(out, frames)
+        if objects.active:
+            chosen_objects = keep_chosen_objects(objects, out["order"], frames.with_suffix(".objects"))
     return Lineage(frames, out["episode"], out["step"], out["action"], out["reward"], out["level"], stats,
-                   ChosenObjects(objects, out["order"]))
+                   chosen_objects)
 
 
 # ---------------------------------------------------------------------------------------------------- a dataset
@@ -554,7 +561,7 @@ def collect_explore(cfg: AtariConfig, labels: list[int], scratch: Path | None, w
             group=np.concatenate([np.full(len(ln.step), i, dtype=np.int64) for i, ln in enumerate(parts)]),
             level=level,
             stats=stats,
-            objects=stream_objects([ln.objects for ln in parts], [len(ln.step) for ln in parts]),
+            objects=None if parts[0].objects is None else [ln.objects for ln in parts],
         )
     return games
 

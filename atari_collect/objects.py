@@ -40,9 +40,10 @@ has been seen among the fruits (the other fruit colours, used by `visible`, are 
 """
 from __future__ import annotations
 
-from array import array
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -344,6 +345,12 @@ def detect_objects_from_pixels(game: str, screen: np.ndarray, min_pixels: int = 
 # ---------------------------------------------------------------------------------------------------- recording
 # The per-frame object table the collectors write beside a dataset split (vqgan/data/dataset.py: objects.csv).
 RECORD_COLUMNS = ("frame", "class", "id", "x0", "y0", "x1", "y1", "visible")
+# One recorded object as a fixed-size record (`class` as the index into the game's class list). Recorders append
+# these to a file beside the stream's frames, and the split writer streams them into objects.csv, so no table of
+# all objects is held in memory: Breakout has ~109 objects a frame, 7 KB a frame in this form.
+RECORD_DTYPE = np.dtype([("frame", "<i8"), ("class", "<i8"), ("id", "<i8"), ("x0", "<f8"), ("y0", "<f8"),
+                         ("x1", "<f8"), ("y1", "<f8"), ("visible", "<i8")])
+RECORD_CHUNK = 1 << 16  # records held before they go to the file, and read back at a time (4 MB)
 # Classes whose RAM rule agrees with the screen on every frame (Breakout's bricks: 810000 of 810000 cells, see
 # docs/objects.md): `visible` is taken as True without counting pixels, which would cost ~4 ms per Breakout frame.
 _ALWAYS_DRAWN = {("breakout", "brick")}
@@ -353,17 +360,21 @@ class ObjectRecorder:
     """Object boxes of one stream of frames, in the dataset image's pixel coordinates (after crop and resize).
 
     `add(frame, ram, screen)` per recorded frame, with the RAM the screen was drawn from (Emulator.drawn_ram) and
-    the native screen (for `visible`); `rows()` gives them as a table with RECORD_COLUMNS, `frame` counting the
-    stream's frames from 0. A game without RAM rules records nothing (`active` False). Columns are kept in typed
-    arrays: Breakout has ~109 objects per frame, and python tuples would cost ~250 bytes a row.
+    the native screen (for `visible`); `frame` numbers the stream's frames. A game without RAM rules records
+    nothing (`active` False). Records (RECORD_DTYPE) go to the file `path` every RECORD_CHUNK objects, so memory
+    does not grow with the stream; without a path they stay in memory. `records()` reads them back in chunks.
     """
 
-    def __init__(self, game: str, crop: Sequence[int] | None, resolution: int):
+    def __init__(self, game: str, crop: Sequence[int] | None, resolution: int, path: str | os.PathLike | None = None):
         self.game, self.crop, self.resolution = game, crop, resolution
         self.active = has_object_rules(game)
         self.classes = object_classes(game) if self.active else ()
-        self._ints = {k: array("q") for k in ("frame", "class", "id", "visible")}
-        self._boxes = array("d")
+        self.path = Path(path) if path is not None and self.active else None
+        if self.path is not None:
+            self.path.write_bytes(b"")  # a fresh file: records are appended
+        self._buffer: np.ndarray | None = None  # made at the first object: a game without rules needs none
+        self._n = 0  # records in the buffer
+        self._kept: list[np.ndarray] = []  # full buffers, without a path
 
     def add(self, frame: int, ram: np.ndarray, screen: np.ndarray) -> None:
         if not self.active:
@@ -375,27 +386,46 @@ class ObjectRecorder:
                 continue
             # the pixel count is on the native screen, in the native box
             visible = (rom, o.cls) in _ALWAYS_DRAWN or colour_pixels(screen, o.box, object_colours(rom, o)) >= 2
-            for key, value in (("frame", frame), ("class", self.classes.index(o.cls)), ("id", o.id),
-                               ("visible", int(visible))):
-                self._ints[key].append(value)
-            self._boxes.extend(box)
+            if self._buffer is None:
+                self._buffer = np.empty(RECORD_CHUNK, RECORD_DTYPE)
+            self._buffer[self._n] = (frame, self.classes.index(o.cls), o.id, *box, int(visible))
+            self._n += 1
+            if self._n == RECORD_CHUNK:
+                self.flush()
 
-    def __len__(self) -> int:
-        return len(self._ints["frame"])
+    def flush(self) -> None:
+        """Move the buffered records to the file (or, without one, to the records kept in memory)."""
+        if not self._n:
+            return
+        if self.path is None:
+            self._kept.append(self._buffer[: self._n].copy())
+        else:
+            with open(self.path, "ab") as f:
+                f.write(self._buffer[: self._n].tobytes())
+        self._n = 0
 
-    def rows(self, frame_offset: int = 0):
-        """A pandas DataFrame with RECORD_COLUMNS (frame + `frame_offset`), in recording order."""
-        import pandas as pd
+    def records(self) -> Iterator[np.ndarray]:
+        """All records so far, in recording order, as RECORD_DTYPE arrays of at most RECORD_CHUNK."""
+        self.flush()
+        yield from read_records(self.path) if self.path is not None else iter(self._kept)
 
-        boxes = np.frombuffer(self._boxes, dtype=np.float64).reshape(-1, 4)
-        ints = {k: np.frombuffer(v, dtype=np.int64) for k, v in self._ints.items()}
-        return pd.DataFrame({
-            "frame": ints["frame"] + frame_offset,
-            "class": np.asarray(self.classes or ("",), dtype=object)[ints["class"]],
-            "id": ints["id"].copy(),
-            **{k: boxes[:, j].copy() for j, k in enumerate(("x0", "y0", "x1", "y1"))},
-            "visible": ints["visible"].copy(),
-        }, columns=list(RECORD_COLUMNS))
+
+def read_records(path: str | os.PathLike, chunk: int = RECORD_CHUNK) -> Iterator[np.ndarray]:
+    """The records (RECORD_DTYPE) of a file written by an ObjectRecorder, `chunk` at a time."""
+    with open(path, "rb") as f:
+        while len(block := np.fromfile(f, dtype=RECORD_DTYPE, count=chunk)):
+            yield block
+
+
+def record_table(records: np.ndarray, classes: Sequence[str]):
+    """Records as a pandas DataFrame with RECORD_COLUMNS (`class` as its name in `classes`, the game's list)."""
+    import pandas as pd
+
+    return pd.DataFrame({
+        "frame": records["frame"],
+        "class": np.asarray(tuple(classes) or ("",), dtype=object)[records["class"]],
+        **{k: records[k] for k in ("id", "x0", "y0", "x1", "y1", "visible")},
+    }, columns=list(RECORD_COLUMNS))
 
 
 # ---------------------------------------------------------------------------------------------------- playing

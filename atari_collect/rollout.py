@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -72,10 +73,12 @@ def run_jobs(fn, jobs: list, workers: int | None = None, done=None) -> list:
     return out
 
 
-def emulator_with_objects(cfg: AtariConfig, label: int, rng: np.random.Generator) -> tuple[Emulator, ObjectRecorder]:
-    """The game's emulator, keeping the RAM its screens are drawn from, and the recorder of its object boxes."""
+def emulator_with_objects(cfg: AtariConfig, label: int, rng: np.random.Generator,
+                          objects_file: Path | None = None) -> tuple[Emulator, ObjectRecorder]:
+    """The game's emulator, keeping the RAM its screens are drawn from, and the recorder of its object boxes
+    (into `objects_file`; None: in memory)."""
     rom = resolve_game(cfg.games[label])
-    objects = ObjectRecorder(rom, cfg.crop, cfg.resolution)
+    objects = ObjectRecorder(rom, cfg.crop, cfg.resolution, objects_file)
     lag = ram_lag(rom) if objects.active else 0
     return Emulator(rom, rng, cfg.frame_skip, cfg.sticky_actions, ram_lag=lag), objects
 

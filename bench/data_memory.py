@@ -14,8 +14,10 @@ it under a cgroup limit instead of killing the job.
   size selects from the same annotation file and only the number of images prepared changes.
   `--coco-full-annotations` adds a run that selects 1000 images from an annotation file with as many images as
   train2017 (118,287) and their annotations: the fixed cost of pycocotools' index that a real run pays.
-- Atari: `--atari-games` (MsPacman with the go_explore collector, Pong with sticky-random play) with
-  frames_per_game = each size.
+- Atari: `--atari-games` (default MsPacman and Pong) with frames_per_game = each size; the games in
+  `--go-explore` (default MsPacman) with the go_explore collector, the others with sticky-random play.
+  `--atari-games Breakout Pong --go-explore Breakout` measures the most object truth (~109 objects a Breakout
+  frame) through the explorer's candidates.
 
 Exits 1 when the larger size peaks above `--max-ratio` (1.2) times the smaller.
 """
@@ -142,15 +144,17 @@ def bench_coco(work: Path, sizes: list[int], resolution: int, workers: int, full
 # Atari
 
 
-def bench_atari(work: Path, sizes: list[int], resolution: int, workers: int, games: list[str]) -> list[dict]:
+def bench_atari(work: Path, sizes: list[int], resolution: int, workers: int, games: list[str],
+                explore: list[str]) -> list[dict]:
     rows = []
     for n in sizes:
         out = work / f"atari_out_{n}"
         cfg = {"kind": "atari", "resolution": resolution, "games": games, "frames_per_game": n,
-               "val_fraction": 0.1, "game_policy": {"MsPacman": {"name": "go_explore"}} if "MsPacman" in games else {}}
+               "val_fraction": 0.1, "game_policy": {g: {"name": "go_explore"} for g in explore if g in games}}
         m = measure([sys.executable, "-m", "atari_collect", "--config", json.dumps(cfg), "--out", str(out),
                      "--workers", str(workers), "--no-progress"])
-        rows.append({"stage": "collect_atari", "size": n, "what": f"{len(games)} games x {n} frames",
+        what = " + ".join(g + " (go_explore)" * (g in explore) for g in games)
+        rows.append({"stage": "collect_atari", "size": n, "what": f"{what} x {n} frames",
                      "images": n * len(games), "gb_written": n * len(games) * resolution * resolution * 3 / 1e9, **m})
         subprocess.run(["rm", "-rf", str(out)], check=True)
     return rows
@@ -164,6 +168,8 @@ def main() -> int:
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--workers", type=int, default=2, help="decoding / emulator processes")
     p.add_argument("--atari-games", nargs="+", default=["MsPacman", "Pong"])
+    p.add_argument("--go-explore", nargs="*", default=["MsPacman"], metavar="GAME",
+                   help="games of --atari-games collected with go_explore (the others: sticky-random)")
     p.add_argument("--coco-full-annotations", action="store_true",
                    help="also measure a selection from an annotation file as large as train2017's")
     p.add_argument("--max-ratio", type=float, default=1.2)
@@ -178,7 +184,7 @@ def main() -> int:
         for which in args.which:
             rows = (bench_coco(work, args.sizes, args.resolution, args.workers, args.coco_full_annotations)
                     if which == "coco" else bench_atari(work, args.sizes, args.resolution, args.workers,
-                                                        args.atari_games))
+                                                        args.atari_games, args.go_explore))
             for r in rows:
                 print(f"{r['stage']:14s} {r['what']:55s} {r['images']:7d} images {r['gb_written']:6.2f} GB "
                       f"{r['seconds']:7.1f} s  peak RSS: {r['peak_tree_mb']:7.0f} MB all processes, "

@@ -272,3 +272,24 @@ def test_draw_boxes_outlines_without_covering_the_object():
     ring[6:10, 5:9] = False  # the box itself stays untouched; the outline is the ring just outside it
     assert (green == ring).all()
     assert not img.any(), "draw_boxes must not modify its input"
+
+
+def test_recorder_spills_to_its_file_and_reads_back_what_it_holds_in_memory(played, tmp_path, monkeypatch):
+    """With a file, at most RECORD_CHUNK records wait in memory (Breakout: ~109 objects a frame, so a whole
+    stream's would grow with it); the file holds the same records, in order, as a recorder without one."""
+    monkeypatch.setattr(ob, "RECORD_CHUNK", 500)
+    frames = played["breakout"][:40]
+    spilled = ob.ObjectRecorder("breakout", [34, 0, 160, 160], 64, tmp_path / "s.objects")
+    held = ob.ObjectRecorder("breakout", [34, 0, 160, 160], 64)
+    for i, (screen, ram) in enumerate(frames):
+        for r in (spilled, held):
+            r.add(i, ram, screen)
+        assert spilled._n < 500
+    on_disk = (tmp_path / "s.objects").stat().st_size // ob.RECORD_DTYPE.itemsize
+    a, b = np.concatenate(list(spilled.records())), np.concatenate(list(held.records()))
+    assert len(a) > 1000 and on_disk == len(a) - len(a) % 500 and np.array_equal(a, b)
+    assert np.array_equal(np.unique(a["frame"]), np.arange(len(frames)))
+    table = ob.record_table(a, ob.object_classes("breakout"))
+    assert list(table.columns) == list(ob.RECORD_COLUMNS) and set(table["class"]) == {"paddle", "ball", "brick"}
+    assert ob.ObjectRecorder("seaquest", None, 64, tmp_path / "q.objects").path is None  # no rules: no file
+    assert not (tmp_path / "q.objects").exists()

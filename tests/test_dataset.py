@@ -69,3 +69,36 @@ def test_open_split_leaves_nothing_without_finish_or_beyond_capacity(tmp_path):
             w.write(rows)
             w.finish(pd.DataFrame({"source_id": [0]}), {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_objects_streamed_in_chunks_are_the_table_written_at_once_and_checked_as_they_come(tmp_path):
+    from vqgan.data.dataset import OBJECTS, open_split
+
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    meta = pd.DataFrame({"source_id": range(4)})
+    table = pd.DataFrame({"frame": [0, 0, 2, 3, 3], "class": ["ball", "player", "ball", "brick", "ball"],
+                          "id": [0, 0, 0, 7, 0], "x0": [0.5, 1, 2, 3, 1 / 3], "y0": [1, 2, 0, 0, 0],
+                          "x1": [2.5, 8, 3, 4, 1], "y1": [3, 4, 1, 1, 2], "visible": [1, 0, 1, 1, 1]})
+    write_split(tmp_path / "whole", images, meta, {}, objects=table)
+    with open_split(tmp_path / "chunks", 4, 8) as w:
+        w.write(images)
+        for lo, hi in ((0, 0), (0, 2), (2, 2), (2, 5)):  # empty chunks too: the header comes with the first call
+            w.write_objects(table.iloc[lo:hi])
+        w.finish(meta, {})
+    assert (tmp_path / "chunks" / OBJECTS).read_bytes() == (tmp_path / "whole" / OBJECTS).read_bytes()
+
+    with open_split(tmp_path / "none", 4, 8) as w:  # truth, but no object on screen: the header only
+        w.write(images)
+        w.write_objects(table.iloc[:0])
+        w.finish(meta, {})
+    assert read_split(tmp_path / "none").objects.empty
+    with pytest.raises(DatasetError, match=r"objects.csv: row 4 .*x0 < x1 <= 8"):  # the file's row, not the chunk's
+        with open_split(tmp_path / "bad", 4, 8) as w:
+            w.write_objects(table.iloc[:2])
+            w.write_objects(table.iloc[2:].assign(x1=9.0))
+    with pytest.raises(DatasetError, match="an object on frame 3, but only 3 images"):  # fewer images than opened for
+        with open_split(tmp_path / "short", 4, 8) as w:
+            w.write(images[:3])
+            w.write_objects(table)
+            w.finish(meta.iloc[:3], {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunks", "none", "whole"]

@@ -22,8 +22,9 @@ rules (atari_collect/objects.py; the manifest's `object_truth` says which games 
     visible        optional, 0/1: the object is drawn on this frame (0: e.g. a flickered-out Ms. Pac-Man ghost)
 A game without object truth has no rows; a split where no game has it has no objects.csv (`Split.objects` None).
 
-Writers stream: `open_split` fills images.npy chunk by chunk (`ImageFile`), so preparing a split needs memory
-for one chunk, not for the split (118k COCO images at 256 px are 23 GB; see bench/data_memory.py).
+Writers stream: `open_split` fills images.npy chunk by chunk (`ImageFile`), and objects.csv too
+(`SplitWriter.write_objects`), so preparing a split needs memory for one chunk, not for the split (118k COCO
+images at 256 px are 23 GB; see bench/data_memory.py).
 """
 from __future__ import annotations
 
@@ -140,9 +141,11 @@ def fill_split(folder: Path, images: np.ndarray, meta: pd.DataFrame, manifest: d
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def check_objects(objects: pd.DataFrame, n_images: int, resolution: int, where: str | os.PathLike) -> pd.DataFrame:
+def check_objects(objects: pd.DataFrame, n_images: int, resolution: int, where: str | os.PathLike,
+                  first_row: int = 0) -> pd.DataFrame:
     """The object table if it follows the contract (columns, frames in range, boxes inside the image), else a
-    DatasetError naming `where` (the file) and the first bad row."""
+    DatasetError naming `where` (the file) and the first bad row (`objects` being the file's rows from
+    `first_row` on)."""
     missing = [c for c in OBJECT_COLUMNS if c not in objects.columns]
     if missing:
         raise DatasetError(f"{where}: missing column(s) {missing}; expected {list(OBJECT_COLUMNS)} (+ visible)")
@@ -163,9 +166,9 @@ def check_objects(objects: pd.DataFrame, n_images: int, resolution: int, where: 
         bad |= ~objects["visible"].isin([0, 1]).to_numpy()
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise DatasetError(f"{where}: row {i + 2} {objects.iloc[i].to_dict()} breaks the contract: frame must be a "
-                           f"row of images.npy (0..{n_images - 1}), 0 <= x0 < x1 <= {resolution} and the same for "
-                           "y, visible 0 or 1; rerun the data stage")
+        raise DatasetError(f"{where}: row {first_row + i + 2} {objects.iloc[i].to_dict()} breaks the contract: "
+                           f"frame must be a row of images.npy (0..{n_images - 1}), 0 <= x0 < x1 <= {resolution} "
+                           "and the same for y, visible 0 or 1; rerun the data stage")
     return objects
 
 
@@ -324,6 +327,8 @@ class SplitWriter:
         self.tmp, self.path = tmp, path
         self.images = ImageFile(tmp / IMAGES, capacity, resolution)
         self.finished = False
+        self._objects = None                # objects.csv while `write_objects` streams into it
+        self._object_rows, self._object_max_frame = 0, -1
 
     def __len__(self) -> int:
         return self.images.count
@@ -336,12 +341,42 @@ class SplitWriter:
             raise DatasetError(f"{self.path}: images must be square, got {images.shape[1]}x{images.shape[2]}")
         self.images.write(images)
 
+    def write_objects(self, objects: pd.DataFrame) -> None:
+        """Append rows to objects.csv, checked as they come (frames against the images the split was opened for;
+        `finish` checks them against those written): a table of any length in the memory of one chunk. The first
+        call writes the header, so a split whose games have object truth but no object on screen calls this once
+        with no rows."""
+        check_objects(objects, self.images.capacity, self.images.row_shape[0], self.path / OBJECTS,
+                      first_row=self._object_rows)
+        first = self._objects is None
+        if first:
+            self._objects = open(self.tmp / OBJECTS, "w", newline="")
+            self._object_columns = list(objects.columns)
+        elif list(objects.columns) != self._object_columns:
+            raise DatasetError(f"{self.path / OBJECTS}: columns {list(objects.columns)} after "
+                               f"{self._object_columns}; every chunk needs the same columns")
+        objects.to_csv(self._objects, index=False, header=first, float_format="%.10g")
+        self._object_rows += len(objects)
+        if len(objects):
+            self._object_max_frame = max(self._object_max_frame, int(objects["frame"].max()))
+
+    def close(self) -> None:
+        """Close the files being written (idempotent; `open_split` does this)."""
+        self.images.close()
+        if self._objects is not None:
+            self._objects.close()
+
     def finish(self, meta: pd.DataFrame, manifest: dict[str, Any], objects: pd.DataFrame | None = None) -> None:
-        """Write meta.csv, objects.csv (when given) and manifest.json (with `count` and `resolution` filled in from
-        the images written)."""
+        """Write meta.csv, objects.csv (when given, or streamed by `write_objects`) and manifest.json (with `count`
+        and `resolution` filled in from the images written)."""
         if len(meta) != len(self):
             raise DatasetError(f"{self.path}: {len(self)} images but {len(meta)} meta rows")
-        self.images.close()
+        if objects is not None and self._objects is not None:
+            raise DatasetError(f"{self.path}: objects given to finish() after write_objects(); use one of them")
+        if self._object_max_frame >= len(self):
+            raise DatasetError(f"{self.path / OBJECTS}: an object on frame {self._object_max_frame}, but only "
+                               f"{len(self)} images were written; rerun the data stage")
+        self.close()
         manifest = {**manifest, "count": len(self), "resolution": self.images.row_shape[0]}
         meta.to_csv(self.tmp / META, index=False)
         if objects is not None:
@@ -366,7 +401,7 @@ def open_split(path: str | os.PathLike, capacity: int, resolution: int) -> Itera
         try:
             yield w
         finally:
-            w.images.close()
+            w.close()
         if not w.finished:
             raise DatasetError(f"{path}: the writer was left without finish(meta, manifest); nothing was written")
 
