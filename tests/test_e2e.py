@@ -134,8 +134,8 @@ def test_rule_logs_hold_plain_progress_lines_not_redrawn_bars(run):
     redrawn = sorted(name for name, text in logs.items() if b"\r" in text)
     assert not redrawn, f"carriage returns in {redrawn}: e.g. {logs[redrawn[0]][:300]!r}"
     # the bars did write there: the guard against a test passing because no bar ran
-    finished = {name.split("/")[1] for name, text in logs.items() if re.search(rb"^[\w ().-]+: 100% (\d+)/\1 \[", text, re.M)}
-    assert finished >= {"collect_atari", "train_vqgan", "eval_vqgan", "encode", "train_transformer", "sample"}, finished
+    finished = {name.split("/")[1] for name, text in logs.items() if re.search(rb"^[\w ()./-]+: 100% (\d+)/\1 \[", text, re.M)}
+    assert finished >= {"collect_atari", "train_vqgan", "eval_vqgan", "encode", "train_transformer", "sample", "fid"}, finished
 
 
 def test_atari_samples_are_further_from_coco_than_from_atari(run):
