@@ -391,7 +391,7 @@ def prepare_split(
     results = pool.imap(_load_task, tasks, chunksize=4) if pool is not None else map(_load_task, tasks)
     with contextlib.ExitStack() as here:
         writer = (stack or here).enter_context(open_split(out, len(records), ds.resolution))
-        for i, (record, (array, info)) in enumerate(zip(records, progress_bar(results, **bar))):
+        for i, (record, (array, info)) in enumerate(zip(records, progress_bar(results, **bar), strict=True)):
             if array is None:
                 skipped.append({"source_id": int(record["id"]), "file_name": record["file_name"], "error": info})
                 continue
