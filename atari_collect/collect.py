@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from vqgan.data.dataset import ImageFile
+from vqgan.io.progress import progress_bar
 
 from .config import AtariConfig
 from .dataset import GameFrames
@@ -108,7 +108,7 @@ def collect_plain(cfg: AtariConfig, labels: list[int], scratch: Path | None, wor
     jobs = [(cfg, label, s, int(quota[s]), Path(scratch) / f"game{label}-stream{s}.npy" if scratch else None)
             for label in labels for s in range(ne)]
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.frames_per_game * len(labels), desc="collect (plain policies)", unit="frame",
+    bar = progress_bar(total=cfg.frames_per_game * len(labels), desc="collect (plain policies)", unit="frame",
                disable=not progress, mininterval=2)
     results = {(label, s): r for label, s, r in run_jobs(_play, jobs, workers, lambda r: bar.update(len(r[2].step)))}
     bar.close()

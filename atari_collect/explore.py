@@ -35,9 +35,9 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from vqgan.data.dataset import ImageFile
+from vqgan.io.progress import progress_bar
 
 from .config import AtariConfig
 from .dataset import GameFrames
@@ -408,7 +408,7 @@ def _grow_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, secon
     every = max(budget // 100, 1)
     levels_first_step: dict[int, int] = {}
     returns: list[float] = []  # game score at the end of every exploration
-    bar = tqdm(total=budget, desc=f"{cfg.games[label]} lineage {lineage}", unit="step", disable=not progress,
+    bar = progress_bar(total=budget, desc=f"{cfg.games[label]} lineage {lineage}", unit="step", disable=not progress,
                mininterval=5, leave=False)
     while done < budget and time.perf_counter() < deadline and not (target and levels_done >= target):
         cell = archive.select(rng_sel)
@@ -457,7 +457,7 @@ def _grow_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, secon
         returns.append(score)
         episodes += 1
         bar.update(done - bar.n)
-        bar.set_postfix(cells=len(archive), best=best_score, boards=max_board, refresh=False)
+        bar.set_postfix(cells=len(archive), best=int(best_score), boards=max_board, refresh=False)  # not "1e+3"
     bar.close()
     secs = time.perf_counter() - t0
 

@@ -125,6 +125,19 @@ def test_tiny_dag_writes_the_fid_table_with_sane_values(run):
     assert list(coco["subset"]) == ["all"] and "object recall not available" in coco["notes"].iloc[0]
 
 
+def test_rule_logs_hold_plain_progress_lines_not_redrawn_bars(run):
+    """A rule's `log:` is not a terminal: progress bars write one line per interval there (vqgan/io/progress.py),
+    not a stream of '\\r'-separated redraws."""
+    workdir, _ = run
+    logs = {str(p.relative_to(workdir)): p.read_bytes() for p in sorted((workdir / "logs").rglob("*")) if p.is_file()}
+    assert len(logs) > 10, f"the run wrote few rule logs: {sorted(logs)}"
+    redrawn = sorted(name for name, text in logs.items() if b"\r" in text)
+    assert not redrawn, f"carriage returns in {redrawn}: e.g. {logs[redrawn[0]][:300]!r}"
+    # the bars did write there: the guard against a test passing because no bar ran
+    finished = {name.split("/")[1] for name, text in logs.items() if re.search(rb"^[\w ()./-]+: 100% (\d+)/\1 \[", text, re.M)}
+    assert finished >= {"collect_atari", "train_vqgan", "eval_vqgan", "encode", "train_transformer", "sample", "fid"}, finished
+
+
 def test_atari_samples_are_further_from_coco_than_from_atari(run):
     workdir, _ = run
     results = workdir / "results"

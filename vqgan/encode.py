@@ -27,6 +27,7 @@ from vqgan.io.checkpoint import load_vqgan
 from vqgan.io.cli import command
 from vqgan.io.files import prepare_output, write_json_atomic
 from vqgan.io.images import to_tensor
+from vqgan.io.progress import progress_bar
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -39,13 +40,11 @@ def encode_images(model, images: np.ndarray, batch_size: int = 64, device="cpu",
     `precision="bf16"` runs the encoder under bf16 autocast (the code lookup stays fp32): ~2.4x the images/s
     on a CPU with bf16 instructions, but about 1% of the codes differ from fp32's (bench/inference.py measures
     both), which is why fp32 is the default."""
-    from tqdm.auto import tqdm
-
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}: choose one of {PRECISIONS}")
     device = torch.device(device)
     out = []
-    for lo in tqdm(range(0, len(images), batch_size), desc=desc, file=sys.stderr, dynamic_ncols=True):
+    for lo in progress_bar(range(0, len(images), batch_size), desc=desc, file=sys.stderr, dynamic_ncols=True):
         x = to_tensor(np.array(images[lo : lo + batch_size]), device)  # a copy: memory maps are read-only
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             out.append(model.encode_to_indices(x).cpu().numpy())

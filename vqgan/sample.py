@@ -33,6 +33,7 @@ from vqgan.io.checkpoint import CheckpointError, load_gpt, load_vqgan
 from vqgan.io.cli import UsageError, command, load_config_arg
 from vqgan.io.files import atomic_dir, prepare_output, write_json_atomic
 from vqgan.io.images import grid, save_png, to_uint8
+from vqgan.io.progress import progress_bar
 from vqgan.models.gpt import GPT
 
 GRID_PER_CLASS = 8
@@ -97,11 +98,9 @@ def safe_name(name: str) -> str:
 @torch.no_grad()
 def sample_codes(gpt: GPT, labels: list[int], cfg: SampleConfig, device, desc: str = "sample") -> torch.Tensor:
     """(N,) class ids -> (N, block_size) codes, in batches of `cfg.batch_size`, one generator for all."""
-    from tqdm.auto import tqdm
-
     g = torch.Generator(device=device).manual_seed(int(cfg.seed))
     out = []
-    for lo in tqdm(range(0, len(labels), cfg.batch_size), desc=desc, file=sys.stderr, dynamic_ncols=True):
+    for lo in progress_bar(range(0, len(labels), cfg.batch_size), desc=desc, file=sys.stderr, dynamic_ncols=True):
         y = torch.tensor(labels[lo : lo + cfg.batch_size], dtype=torch.long, device=device)
         out.append(gpt.generate(y, len(y), temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                                 generator=g).cpu())

@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from vqgan.data.dataset import open_split, prepare_splits
 from vqgan.data.download import VerificationError, download, extract_members
 from vqgan.io.cli import command, load_config_arg
 from vqgan.io.files import prepare_output, write_json_atomic
+from vqgan.io.progress import progress_bar
 
 SPLITS = ("train", "val")
 COCO_BASE_URL = "http://images.cocodataset.org"
@@ -391,7 +391,7 @@ def prepare_split(
     results = pool.imap(_load_task, tasks, chunksize=4) if pool is not None else map(_load_task, tasks)
     with contextlib.ExitStack() as here:
         writer = (stack or here).enter_context(open_split(out, len(records), ds.resolution))
-        for i, (record, (array, info)) in enumerate(zip(records, tqdm(results, **bar))):
+        for i, (record, (array, info)) in enumerate(zip(records, progress_bar(results, **bar), strict=True)):
             if array is None:
                 skipped.append({"source_id": int(record["id"]), "file_name": record["file_name"], "error": info})
                 continue
@@ -551,7 +551,7 @@ def _fetch_images(records: list[dict[str, Any]], split: str, folder: Path, cfg: 
                       cfg.retries, verify=_verify_image, progress=False, hint=OFFLINE_HINT): r
             for r in records
         }
-        for fut in tqdm(as_completed(futures), total=len(futures), desc=f"download {split}2017", unit="img",
+        for fut in progress_bar(as_completed(futures), total=len(futures), desc=f"download {split}2017", unit="img",
                         disable=not progress):
             try:
                 fut.result()

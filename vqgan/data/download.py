@@ -19,9 +19,8 @@ import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from vqgan.io.hashing import sha256_file
+from vqgan.io.progress import progress_bar
 
 CHUNK = 1 << 20  # 1 MiB reads: big enough for speed, small enough for a live progress bar
 USER_AGENT = "taming-pipeline/0.1 (+urllib)"
@@ -160,7 +159,7 @@ def _fetch(url: str, part: Path, offset: int, timeout: float, progress: bool) ->
         if offset and resp.status != 206:
             offset = 0  # the server ignored Range and sends the whole file: start the .part over
         total = _total_from_headers(resp, offset)
-        with open(part, "ab" if offset else "wb") as f, tqdm(
+        with open(part, "ab" if offset else "wb") as f, progress_bar(
             total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
             desc=part.name[:-5][:40], disable=not progress, leave=False,
         ) as bar:
@@ -200,7 +199,8 @@ def extract_members(
             missing = wanted - {i.filename for i in chosen}
             if missing:
                 raise DownloadError(f"{zip_path}: lacks {len(missing)} wanted member(s), e.g. {sorted(missing)[:3]}")
-        for info in tqdm(chosen, desc=f"extract {zip_path.name}", unit="file", disable=not progress, leave=False):
+        for info in progress_bar(chosen, desc=f"extract {zip_path.name}", unit="file", disable=not progress,
+                                 leave=False):
             target = (dest_dir / info.filename).resolve()
             if not target.is_relative_to(root):
                 raise DownloadError(f"{zip_path}: member {info.filename!r} would be written outside {dest_dir}")

@@ -42,6 +42,7 @@ from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
 from vqgan.io.cli import command, load_config_arg
 from vqgan.io.files import atomic_dir, atomic_file, prepare_output, write_json_atomic
 from vqgan.io.hashing import sha256_file
+from vqgan.io.progress import progress_bar
 
 # clean-fid's standard network, as NVIDIA published it (StyleGAN2-ADA metrics); the `.layers` submodule takes
 # images in [-1, 1] at 299 px and returns the 2048-d pool features.
@@ -352,13 +353,17 @@ def select_files(folder: str | os.PathLike, cfg: FIDConfig, resolution: int, wha
 def files_features(
     files: Sequence[Path], extractor: InceptionFeatures, batch_size: int, description: str, workers: int = 0
 ) -> np.ndarray:
-    """clean-fid's own loader and resize (`mode="clean"`) on a list of files, with our extractor."""
-    from cleanfid.fid import get_files_features
+    """clean-fid's own loader and resize (`mode="clean"`) on a list of files, with our extractor.
 
-    feats = get_files_features(
-        [str(f) for f in files], model=extractor, num_workers=workers, batch_size=batch_size,
-        device=extractor.device, mode="clean", description=description, verbose=True,
-    )
+    The loop of `cleanfid.fid.get_files_features`, with our progress bar instead of its tqdm (which redraws with
+    '\\r' into a rule's log)."""
+    from cleanfid.fid import get_batch_features
+    from cleanfid.utils import ResizeDataset
+
+    loader = torch.utils.data.DataLoader(ResizeDataset([str(f) for f in files], mode="clean"), batch_size=batch_size,
+                                         shuffle=False, drop_last=False, num_workers=workers)
+    feats = np.concatenate([get_batch_features(batch, extractor, extractor.device)
+                            for batch in progress_bar(loader, desc=description)])
     return _check_features(description, feats)
 
 

@@ -41,6 +41,7 @@ from vqgan.io.checkpoint import load_vqgan
 from vqgan.io.cli import UsageError, command, load_config_arg
 from vqgan.io.files import prepare_output, write_json_atomic
 from vqgan.io.images import PngFolderWriter, abs_diff, grid, save_png, to_tensor, to_uint8
+from vqgan.io.progress import progress_bar
 from vqgan.io.weights import lpips_state_dict
 from vqgan.models.lpips import LPIPS
 
@@ -238,10 +239,8 @@ def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalC
     seen = 0  # position within eval_idx (the grid picks among evaluated images)
 
     # Usage is over the WHOLE val split; reconstructions and pixel metrics over the evaluated subset.
-    from tqdm.auto import tqdm
-
     with torch.inference_mode():
-        for b0 in tqdm(range(0, len(val_images), cfg.batch_size), desc="eval", file=sys.stderr):
+        for b0 in progress_bar(range(0, len(val_images), cfg.batch_size), desc="eval", file=sys.stderr):
             batch = np.asarray(val_images[b0 : b0 + cfg.batch_size])
             x = to_tensor(batch, device)
             idx = model.encode_to_indices(x)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -73,8 +74,10 @@ def resolve_vgg16_weights(weights_dir: str | os.PathLike | None = "resources/wei
         dest_dir = weights_dir if weights_dir is not None else hub_checkpoint_dir()
         dest_dir.mkdir(parents=True, exist_ok=True)
         dest = dest_dir / VGG16_FILE
-        # download_url_to_file writes to a temp file, checks the hash prefix, then moves it into place
-        torch.hub.download_url_to_file(VGG16_URL, str(dest), hash_prefix=VGG16_SHA256_PREFIX, progress=True)
+        # download_url_to_file writes to a temp file, checks the hash prefix, then moves it into place. Its own
+        # bar redraws with '\r': only on a terminal, not into a rule's log (vqgan/io/progress.py)
+        torch.hub.download_url_to_file(VGG16_URL, str(dest), hash_prefix=VGG16_SHA256_PREFIX,
+                                       progress=sys.stderr.isatty())
         return dest
     raise VGGWeightsNotFound(not_found_message(weights_dir, candidates))
 

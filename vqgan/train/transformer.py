@@ -44,6 +44,7 @@ from vqgan.io.checkpoint import CONFIG, WEIGHTS, save_model
 from vqgan.io.cli import command, load_config_arg
 from vqgan.io.files import prepare_output, write_json_atomic
 from vqgan.io.hashing import config_hash, sha256_bytes
+from vqgan.io.progress import progress_bar
 from vqgan.models.gpt import GPT, GPTConfig
 from vqgan.train.loop import (
     CheckpointManager,
@@ -211,8 +212,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_data, val_data) -> int:
-    from tqdm.auto import tqdm
-
     # A changed config or changed codes get a fresh state folder; the same ones resume (how often it logs, evaluates
     # and checkpoints is left out: state_key). The codes themselves are hashed: a VQGAN retrained with another
     # config writes the same codes.json, and its new codes must not resume (or, finished, silently re-export) a
@@ -264,7 +263,7 @@ def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_dat
     t_start, meter, interval, guard = time.perf_counter(), Throughput(), IntervalMeans(accelerator), FiniteGuard(
         accelerator)
     val_loss = None
-    bar = tqdm(total=tc.steps, initial=start, desc="transformer", disable=not accelerator.is_local_main_process,
+    bar = progress_bar(total=tc.steps, initial=start, desc="transformer", disable=not accelerator.is_local_main_process,
                dynamic_ncols=True, file=sys.stderr)
     model.train()
     for step in range(start, tc.steps):

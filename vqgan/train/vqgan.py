@@ -31,6 +31,7 @@ from vqgan.io.checkpoint import CONFIG, WEIGHTS, save_model
 from vqgan.io.cli import command, load_config_arg
 from vqgan.io.files import prepare_output, write_json_atomic
 from vqgan.io.hashing import config_hash, state_dict_hash
+from vqgan.io.progress import progress_bar
 from vqgan.io.weights import lpips_state_dict
 from vqgan.models.losses import LossConfig, VQLoss
 from vqgan.models.lpips import LPIPS
@@ -230,8 +231,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(args, sections, tc: TrainConfig, split) -> int:
-    from tqdm.auto import tqdm
-
     # A changed config or dataset gets a fresh state folder; the same one resumes (timings and timestamps in the
     # manifest are left out: re-collecting identical data must not restart training).
     run_dir = Path(args.state_dir) / config_hash(state_key(sections), data_identity(split.manifest))
@@ -285,7 +284,7 @@ def train(args, sections, tc: TrainConfig, split) -> int:
     # NaN/inf check reads its flag at log and checkpoint steps only (FiniteGuard).
     t_start, meter, interval, guard = time.perf_counter(), Throughput(), IntervalMeans(accelerator), FiniteGuard(
         accelerator)
-    bar = tqdm(total=tc.steps, initial=start, desc="vqgan", disable=not accelerator.is_local_main_process,
+    bar = progress_bar(total=tc.steps, initial=start, desc="vqgan", disable=not accelerator.is_local_main_process,
                dynamic_ncols=True, file=sys.stderr)
     model.train()
     disc.train()
