@@ -3,6 +3,8 @@ licences in .test/data/ATTRIBUTION.tsv), all inside the repository."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,12 +29,37 @@ def tiny_coco() -> Path:
     return TINY_COCO
 
 
-def run_snakemake(*args: str, cwd: Path = REPO, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
+def snakemake_env(**extra: str) -> dict[str, str]:
+    """The environment of a Snakemake run: this venv's tools first on PATH (rules call `python -m vqgan...`)."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+
+
+def run_snakemake(*args: str, cwd: Path = REPO, check: bool = True, timeout: float = 1800,
+                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run Snakemake with this venv's tools first on PATH (rules call `python -m vqgan...`)."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = env or snakemake_env()
     proc = subprocess.run(
         [str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def readme_commands() -> list[str]:
+    """The README's ```bash blocks, in order."""
+    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S)]
+
+
+def repo_copy(dest: Path) -> Path:
+    """What a user's clone holds for the README's commands (the workflow, its profiles and configs), copied into
+    `dest`, so that `snakemake ...` runs there exactly as typed; the tiny CI data (.test) is linked."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "workflow", "profiles", "config"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+    (dest / ".test").symlink_to(REPO / ".test")
+    return dest

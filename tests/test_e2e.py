@@ -8,14 +8,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, TEST_CONFIG, TINY_COCO, run_snakemake
+from conftest import BIN, REPO, TEST_CONFIG, TINY_COCO, readme_commands, repo_copy, run_snakemake, snakemake_env
 
 pytestmark = pytest.mark.e2e
 
@@ -245,3 +247,54 @@ def test_report_from_the_readme_commands_shows_every_figure(run):
     assert html.count("recon.png") >= runs, "a reconstruction grid is missing"
     assert html.count("grid.png") >= runs * len(cfg["sample"]["seeds"]), "a sample grid is missing"
     assert not missing, f"the report lacks {missing}"
+
+
+# Wall times are the resumed run's own; every other column must come out equal.
+WALL_TIME_COLUMNS = ["vqgan_wall_s", "transformer_wall_s"]
+
+
+# One more tiny DAG in all (the kill lands early: nearly everything runs after it), plus `run` when selected alone
+@pytest.mark.timeout(3600)
+def test_kill_9_mid_training_then_the_readmes_recovery_words_give_the_same_table(run, tmp_path):
+    """The README's main command on the tiny experiment in a fresh clone, SIGKILLed (Snakemake and all its jobs: the
+    process group, as a closed terminal or a power loss would) while a VQGAN trains, after its first checkpoint.
+    Then the README's words after a crash, as written: the plain rerun stops with LockException, `snakemake --unlock
+    && <the command>` finishes, the killed training resumes, and the table is the uninterrupted run's (`run`)."""
+    command = readme_commands()[0].split("&&")[-1].split()  # snakemake --cores all results/fid_table.csv
+    recovery = next(c for c in readme_commands() if "--unlock" in c)
+    unlock, again = (c.split() for c in recovery.split("&&"))
+    assert unlock == ["snakemake", "--unlock"] and again == command, recovery
+    tiny = ["--configfile", ".test/config/config.yaml"]  # the README's way to run another experiment
+    clone = repo_copy(tmp_path / "clone")
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen([str(BIN / "snakemake"), *command[1:], *tiny], cwd=clone, env=snakemake_env(),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 900
+    while not (checkpoints := list(clone.glob("results/vqgan/*/*/state/*/checkpoint-*/train_state.json"))):
+        if proc.poll() is not None or time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("no VQGAN checkpoint before the run ended:\n" + (tmp_path / "killed.log").read_text()[-3000:])
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    runs = {c.parents[3] for c in checkpoints}  # results/vqgan/{ds}/{variant}
+    interrupted = sorted(r.relative_to(clone / "results" / "vqgan") for r in runs
+                         if not (r / "model.safetensors").exists())
+    assert interrupted, "the VQGAN had finished before the kill: the test proved nothing"
+
+    blocked = run_snakemake(*command[1:], *tiny, cwd=clone, check=False)
+    assert blocked.returncode != 0 and "LockException" in blocked.stdout + blocked.stderr, blocked.stdout[-3000:]
+    run_snakemake(*unlock[1:], cwd=clone)
+    run_snakemake(*again[1:], *tiny, cwd=clone)
+    for name in interrupted:
+        log = (clone / "logs" / "train_vqgan" / name).with_suffix(".log").read_text()
+        assert "resumed from step" in log, f"{name} was trained again from step 0:\n{log[-2000:]}"
+
+    table = pd.read_csv(clone / "results" / "fid_table.csv")
+    uninterrupted = pd.read_csv(run[0] / "results" / "fid_table.csv")
+    # `run` adds an external eval set to the same experiment: its rows are the only difference
+    uninterrupted = uninterrupted[~uninterrupted["subset"].str.startswith("eval_set:")]
+    pd.testing.assert_frame_equal(table.drop(columns=WALL_TIME_COLUMNS).reset_index(drop=True),
+                                  uninterrupted.drop(columns=WALL_TIME_COLUMNS).reset_index(drop=True),
+                                  check_exact=True)
+    print(f"killed while training {[str(n) for n in interrupted]}; recovered table = uninterrupted table")

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY_COCO
+from conftest import BIN, REPO, TINY_COCO, readme_commands, repo_copy, snakemake_env
 
 from vqgan.data.dataset import DatasetError, data_identity, prepare_splits, write_split
 from vqgan.io.checkpoint import CheckpointError, save_model
@@ -412,3 +414,40 @@ def test_the_transformer_state_key_includes_the_codes(tmp_path, w):
                         "--state-dir", str(tmp_path / "state")]) == 0
         assert json.loads((tmp_path / "out" / "train.json").read_text())["resumed_from_step"] == 0
     assert len(list((tmp_path / "state").iterdir())) == 1, "the first run's state should have been pruned"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fail fast
+
+
+@pytest.mark.parametrize("cores", ["all", "8"])  # as written; and more cores than the download jobs take
+def test_the_readmes_first_command_offline_stops_within_30_s_saying_why(tmp_path, cores):
+    """The README's main command in a fresh clone on a machine without network (every HTTP(S) request goes to a
+    proxy port nothing listens on): the COCO download fails at once, its one line reaches the terminal, and no
+    long job was started beside it, which Snakemake would let finish (minutes) before stopping."""
+    command = readme_commands()[0].split("&&")[-1].split()
+    assert command[:3] == ["snakemake", "--cores", "all"], command
+    command[2] = cores
+    clone = repo_copy(tmp_path / "clone")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{s.getsockname()[1]}"
+    offline = snakemake_env(http_proxy=proxy, https_proxy=proxy, HTTP_PROXY=proxy, HTTPS_PROXY=proxy, no_proxy="",
+                            NO_PROXY="")
+    t0 = time.perf_counter()
+    # its own process group: if the run does not stop, the kill below reaches the jobs it started too
+    proc = subprocess.Popen([str(BIN / "snakemake"), *command[1:]], cwd=clone, env=offline, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        terminal, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        terminal, _ = proc.communicate()
+    seconds = time.perf_counter() - t0
+    assert proc.returncode != 0, terminal[-3000:]
+    assert re.search(r"^error: could not download http://images\.cocodataset\.org/\S+ .*set `coco\.root`", terminal,
+                     re.M), terminal[-3000:]
+    started = re.findall(r"^(?:local)?rule (\w+):$", terminal, re.M)
+    assert set(started) <= {"download_coco", "fetch_weights"}, f"started beside the download: {started}"
+    assert seconds < 30, f"the run took {seconds:.0f} s to stop"
+    print(f"--cores {cores}: stopped after {seconds:.1f} s; jobs started: {started}")

@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,73 +34,11 @@ import torch
 
 from vqgan.io.checkpoint import CheckpointError
 from vqgan.io.files import TMP_MARK, atomic_file, clean_stale, to_json, write_text_atomic
+from vqgan.train.config import LoopConfig, per_device_batch  # the train sections' keys: torch-free, see there
 
 TRAIN_STATE = "train_state.json"
 METRICS = "metrics.jsonl"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The optimisation settings every loop shares
-
-
-@dataclass
-class LoopConfig:
-    """Keys of a `<stage>.train` section common to every loop; each loop subclasses it with its own defaults
-    and extra keys. Batch size is global: per-device = batch_size / processes / grad_accum."""
-
-    SECTION = "train"  # the config path named in error messages
-
-    steps: int = 1000
-    batch_size: int = 16
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    lr_schedule: str = "cosine"  # "cosine" (to min_lr_ratio x lr at `steps`) or "constant"
-    min_lr_ratio: float = 0.1
-    grad_accum: int = 1
-    grad_clip: float | None = 1.0  # max global grad norm; None or 0 disables
-    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (autocast; bf16 needs no loss scaling)
-    seed: int = 0
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-
-    POSITIVE = ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every")
-
-    def problems(self) -> list[str]:
-        """What is wrong with the values; subclasses extend the list with their own keys."""
-        out = []
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            out.append(f"mixed_precision={self.mixed_precision!r} (use 'no', 'bf16' or 'fp16')")
-        if self.lr_schedule not in ("cosine", "constant"):
-            out.append(f"lr_schedule={self.lr_schedule!r} (use 'cosine' or 'constant')")
-        for k in self.POSITIVE:
-            v = getattr(self, k)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                out.append(f"{k}={v!r} (must be an integer >= 1)")
-        if len(self.betas) != 2:
-            out.append(f"betas={list(self.betas)} (need two numbers)")
-        return out
-
-    def __post_init__(self):
-        self.betas = tuple(float(b) for b in self.betas)
-        problems = self.problems()
-        if problems:
-            raise ValueError(f"invalid {self.SECTION} config: " + "; ".join(problems))
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None):
-        d = dict(d or {})
-        known = sorted(f.name for f in fields(cls))
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ValueError(f"unknown {cls.SECTION} keys {unknown}; known: {known}")
-        try:
-            return cls(**d)
-        except TypeError as e:  # a value of the wrong type, e.g. betas: 0.9
-            raise ValueError(f"invalid {cls.SECTION} config {d}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -133,31 +71,6 @@ def seed_rank(seed: int, rank: int) -> None:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Batch sizes, data order, learning rate
-
-
-def per_device_batch(global_batch: int, world_size: int, grad_accum: int) -> int:
-    """Global batch = per-device batch x processes x accumulation steps; refuse sizes that don't divide."""
-    denom = world_size * grad_accum
-    if global_batch < denom or global_batch % denom:
-        raise ValueError(
-            f"train.batch_size={global_batch} (global) must be a multiple of world size {world_size} x "
-            f"train.grad_accum {grad_accum} = {denom}; change batch_size, grad_accum or the number of processes"
-        )
-    return global_batch // denom
-
-
-def check_batch(tc: LoopConfig, n: int, what: str, world_size: int | None = None) -> int:
-    """The per-device batch, checked against the data before anything is built, loaded or written (the first
-    thing a run does after reading its data): a ValueError naming the key when the batch does not divide or one
-    micro-batch needs more samples than there are. `world_size` defaults to the launcher's WORLD_SIZE."""
-    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    per_device = per_device_batch(tc.batch_size, world, tc.grad_accum)
-    if n < per_device * world:
-        raise ValueError(
-            f"{tc.SECTION}.batch_size={tc.batch_size}: one micro-batch (batch_size / grad_accum {tc.grad_accum}) "
-            f"takes {per_device * world} samples, more than the {n} {what}; lower batch_size or use more data"
-        )
-    return per_device
 
 
 def make_accelerator(run_dir: Path, tc: LoopConfig):

@@ -31,7 +31,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +46,16 @@ from vqgan.io.files import prepare_output, write_json_atomic
 from vqgan.io.hashing import config_hash, sha256_bytes
 from vqgan.io.progress import progress_bar
 from vqgan.models.gpt import GPT, GPTConfig
+from vqgan.train.config import TransformerTrainConfig as TrainConfig
+from vqgan.train.config import check_batch
 from vqgan.train.loop import (
     CheckpointManager,
     FiniteGuard,
     IntervalMeans,
-    LoopConfig,
     MetricsLog,
     NonFiniteLossError,
     StepBatchSampler,
     Throughput,
-    check_batch,
     lr_at,
     make_accelerator,
     prune_state_dirs,
@@ -68,32 +68,6 @@ from vqgan.train.loop import (
 LN2 = math.log(2.0)
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "dropout", "bias")
 OUTPUTS = ("metrics.csv", "codes.json", "train.json", WEIGHTS, CONFIG)  # what --out receives, in writing order
-
-
-@dataclass
-class TrainConfig(LoopConfig):
-    """`transformer.train` keys (the shared ones are documented on LoopConfig)."""
-
-    SECTION = "transformer.train"
-
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 4.5e-4
-    betas: tuple[float, float] = (0.9, 0.95)  # GPT-style: a short beta2 reacts faster to loss spikes
-    weight_decay: float = 0.01  # on Linear weight matrices only (GPT.configure_optimizers)
-    eval_every: int = 500  # val loss every N steps (and always at the last step)
-    pkeep: float = 1.0  # keep each input code with this probability, else replace it by a random code
-    p_uncond: float = 0.1  # train the unconditional token on this fraction of sequences
-
-    POSITIVE = LoopConfig.POSITIVE + ("eval_every",)
-
-    def problems(self) -> list[str]:
-        out = super().problems()
-        if not 0.0 < self.pkeep <= 1.0:
-            out.append(f"pkeep={self.pkeep} (must be in (0, 1]; 1 = no corruption)")
-        if not 0.0 <= self.p_uncond < 1.0:
-            out.append(f"p_uncond={self.p_uncond} (must be in [0, 1))")
-        return out
 
 
 # Keys that do not change what is learned: editing them must not throw away a run's state (as in the VQGAN loop).

@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +36,16 @@ from vqgan.io.weights import lpips_state_dict
 from vqgan.models.losses import LossConfig, VQLoss
 from vqgan.models.lpips import LPIPS
 from vqgan.models.vqgan import VQGAN, VQGANConfig
+from vqgan.train.config import VQGANTrainConfig as TrainConfig
+from vqgan.train.config import check_batch
 from vqgan.train.loop import (
     CheckpointManager,
     FiniteGuard,
     IntervalMeans,
-    LoopConfig,
     MetricsLog,
     NonFiniteLossError,
     StepBatchSampler,
     Throughput,
-    check_batch,
     lr_at,
     make_accelerator,
     prune_state_dirs,
@@ -56,33 +56,6 @@ from vqgan.train.loop import (
 )
 
 OUTPUTS = ("metrics.csv", "train.json", WEIGHTS, CONFIG)  # what --out receives, in the order it is written
-
-
-@dataclass
-class TrainConfig(LoopConfig):
-    """`vqgan.train` keys (the shared ones are documented on LoopConfig)."""
-
-    SECTION = "vqgan.train"
-
-    lr: float = 2e-4                   # absolute (the seed scaled 4.5e-6 x batch; 2e-4 is its value at batch 44)
-    betas: tuple[float, float] = (0.5, 0.9)   # GAN-style Adam, as in the paper
-    warmup_steps: int = 100            # linear warm-up; early large steps are what kill codes
-    disc_lr: float | None = None       # None: same as lr
-    num_workers: int = 0               # the data is a memory map; workers only help with heavy augmentation
-    augment: str = "none"              # "none" | "hflip" (fine for COCO; mirrors Atari score digits)
-
-    def problems(self) -> list[str]:
-        out = super().problems()
-        if self.augment not in ("none", "hflip"):
-            out.append(f"augment={self.augment!r} (use 'none' or 'hflip')")
-        if self.mixed_precision == "fp16":
-            # Two optimizers (G and D) would share accelerate's one loss scaler, which updates its scale after
-            # each of them, and the adaptive GAN weight divides gradient norms taken by autograd.grad on the
-            # unscaled loss: in fp16 those under/overflow. bf16 has fp32's range and needs no scaler.
-            out.append("mixed_precision='fp16' (the VQGAN loop has two optimizers, G and D, and an adaptive loss "
-                       "weight from raw gradient norms: fp16 would need a loss scaler per optimizer; use 'bf16' on "
-                       "GPUs that have it (A100, H100, ...) or 'no')")
-        return out
 
 
 SECTIONS = ("model", "quantizer", "loss", "train", "eval")

@@ -14,6 +14,8 @@ rule collect_atari:
     conda:
         ENV
     threads: 4  # capped at --cores by Snakemake
+    resources:
+        downloads_first=2,  # profiles/default: not beside a download, so offline a run stops in seconds
     params:
         cfg=lambda w: dataset_json(w.ds),
         out=lambda w: f"results/data/{w.ds}",

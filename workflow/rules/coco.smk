@@ -16,6 +16,8 @@ rule download_coco:
     priority: 100
     conda:
         ENV
+    resources:
+        downloads_first=1,  # profiles/default: collect_atari waits for it
     params:
         coco=json.dumps(config["coco"], sort_keys=True),
         datasets=json.dumps(

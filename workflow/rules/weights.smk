@@ -18,6 +18,8 @@ rule fetch_weights:
     priority: 100
     conda:
         ENV
+    resources:
+        downloads_first=1,  # profiles/default: collect_atari waits for it
     params:
         weights=lambda w, output: os.path.dirname(output.features),
     shell:

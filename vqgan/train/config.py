@@ -1,0 +1,197 @@
+"""The `train` sections of both loops, and the checks a run can make from its data before torch is imported.
+
+No torch here on purpose: `vqgan.train.launch` runs `check_data` first thing in a job, so a batch larger than the
+data fails in a fraction of a second, instead of after torch's import (5-9 s on a busy machine) -- and before any
+process is started for a multi-process run. The loops check again with what they load (`check_batch`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from vqgan.io.cli import load_config_arg
+
+
+@dataclass
+class LoopConfig:
+    """Keys of a `<stage>.train` section common to every loop; each loop subclasses it with its own defaults
+    and extra keys. Batch size is global: per-device = batch_size / processes / grad_accum."""
+
+    SECTION = "train"  # the config path named in error messages
+
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    lr_schedule: str = "cosine"  # "cosine" (to min_lr_ratio x lr at `steps`) or "constant"
+    min_lr_ratio: float = 0.1
+    grad_accum: int = 1
+    grad_clip: float | None = 1.0  # max global grad norm; None or 0 disables
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (autocast; bf16 needs no loss scaling)
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+
+    POSITIVE = ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every")
+
+    def problems(self) -> list[str]:
+        """What is wrong with the values; subclasses extend the list with their own keys."""
+        out = []
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            out.append(f"mixed_precision={self.mixed_precision!r} (use 'no', 'bf16' or 'fp16')")
+        if self.lr_schedule not in ("cosine", "constant"):
+            out.append(f"lr_schedule={self.lr_schedule!r} (use 'cosine' or 'constant')")
+        for k in self.POSITIVE:
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                out.append(f"{k}={v!r} (must be an integer >= 1)")
+        if len(self.betas) != 2:
+            out.append(f"betas={list(self.betas)} (need two numbers)")
+        return out
+
+    def __post_init__(self):
+        self.betas = tuple(float(b) for b in self.betas)
+        problems = self.problems()
+        if problems:
+            raise ValueError(f"invalid {self.SECTION} config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None):
+        d = dict(d or {})
+        known = sorted(f.name for f in fields(cls))
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"unknown {cls.SECTION} keys {unknown}; known: {known}")
+        try:
+            return cls(**d)
+        except TypeError as e:  # a value of the wrong type, e.g. betas: 0.9
+            raise ValueError(f"invalid {cls.SECTION} config {d}: {e}") from None
+
+
+@dataclass
+class VQGANTrainConfig(LoopConfig):
+    """`vqgan.train` keys (the shared ones are documented on LoopConfig)."""
+
+    SECTION = "vqgan.train"
+
+    lr: float = 2e-4                   # absolute (the seed scaled 4.5e-6 x batch; 2e-4 is its value at batch 44)
+    betas: tuple[float, float] = (0.5, 0.9)   # GAN-style Adam, as in the paper
+    warmup_steps: int = 100            # linear warm-up; early large steps are what kill codes
+    disc_lr: float | None = None       # None: same as lr
+    num_workers: int = 0               # the data is a memory map; workers only help with heavy augmentation
+    augment: str = "none"              # "none" | "hflip" (fine for COCO; mirrors Atari score digits)
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.augment not in ("none", "hflip"):
+            out.append(f"augment={self.augment!r} (use 'none' or 'hflip')")
+        if self.mixed_precision == "fp16":
+            # Two optimizers (G and D) would share accelerate's one loss scaler, which updates its scale after
+            # each of them, and the adaptive GAN weight divides gradient norms taken by autograd.grad on the
+            # unscaled loss: in fp16 those under/overflow. bf16 has fp32's range and needs no scaler.
+            out.append("mixed_precision='fp16' (the VQGAN loop has two optimizers, G and D, and an adaptive loss "
+                       "weight from raw gradient norms: fp16 would need a loss scaler per optimizer; use 'bf16' on "
+                       "GPUs that have it (A100, H100, ...) or 'no')")
+        return out
+
+
+@dataclass
+class TransformerTrainConfig(LoopConfig):
+    """`transformer.train` keys (the shared ones are documented on LoopConfig)."""
+
+    SECTION = "transformer.train"
+
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 4.5e-4
+    betas: tuple[float, float] = (0.9, 0.95)  # GPT-style: a short beta2 reacts faster to loss spikes
+    weight_decay: float = 0.01  # on Linear weight matrices only (GPT.configure_optimizers)
+    eval_every: int = 500  # val loss every N steps (and always at the last step)
+    pkeep: float = 1.0  # keep each input code with this probability, else replace it by a random code
+    p_uncond: float = 0.1  # train the unconditional token on this fraction of sequences
+
+    POSITIVE = LoopConfig.POSITIVE + ("eval_every",)
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if not 0.0 < self.pkeep <= 1.0:
+            out.append(f"pkeep={self.pkeep} (must be in (0, 1]; 1 = no corruption)")
+        if not 0.0 <= self.p_uncond < 1.0:
+            out.append(f"p_uncond={self.p_uncond} (must be in [0, 1))")
+        return out
+
+
+def per_device_batch(global_batch: int, world_size: int, grad_accum: int) -> int:
+    """Global batch = per-device batch x processes x accumulation steps; refuse sizes that don't divide."""
+    denom = world_size * grad_accum
+    if global_batch < denom or global_batch % denom:
+        raise ValueError(
+            f"train.batch_size={global_batch} (global) must be a multiple of world size {world_size} x "
+            f"train.grad_accum {grad_accum} = {denom}; change batch_size, grad_accum or the number of processes"
+        )
+    return global_batch // denom
+
+
+def check_batch(tc: LoopConfig, n: int, what: str, world_size: int | None = None) -> int:
+    """The per-device batch, checked against the data before anything is built, loaded or written (the first
+    thing a run does after reading its data): a ValueError naming the key when the batch does not divide or one
+    micro-batch needs more samples than there are. `world_size` defaults to the launcher's WORLD_SIZE."""
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    per_device = per_device_batch(tc.batch_size, world, tc.grad_accum)
+    if n < per_device * world:
+        raise ValueError(
+            f"{tc.SECTION}.batch_size={tc.batch_size}: one micro-batch (batch_size / grad_accum {tc.grad_accum}) "
+            f"takes {per_device * world} samples, more than the {n} {what}; lower batch_size or use more data"
+        )
+    return per_device
+
+
+
+# What each training module is given its data with, the data's size, and the config class of its `train` section.
+def _images(folder: str) -> int | None:
+    """`count` from the split's manifest.json (written last, checked against images.npy by read_split)."""
+    try:
+        return int(json.loads((Path(folder) / "manifest.json").read_text())["count"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _train_sequences(folder: str) -> int | None:
+    """`counts.train` from codes.json (written last by vqgan.encode)."""
+    try:
+        return int(json.loads((Path(folder) / "codes.json").read_text())["counts"]["train"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+DATA = {
+    "vqgan.train.vqgan": ("--data", _images, "images of {}", VQGANTrainConfig),
+    "vqgan.train.transformer": ("--codes", _train_sequences, "train sequences of {}", TransformerTrainConfig),
+}
+
+
+def check_data(module: str, args: list[str], world_size: int | None = None) -> None:
+    """The batch-vs-data check of `python -m module args`, from the config and the data's JSON alone: a ValueError
+    naming the key (the loop's own message) when the batch does not divide or outgrows the data. Whatever cannot be
+    read here (a missing or broken file, another module) is left to the run, which reports it in full."""
+    if module not in DATA:
+        return
+    flag, size, what, cls = DATA[module]
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config")
+    p.add_argument(flag, dest="data")
+    a, _ = p.parse_known_args(args)
+    if a.config is None or a.data is None:
+        return
+    train = load_config_arg(a.config).get("train")
+    n = size(a.data)
+    if n is None or not isinstance(train, (dict, type(None))):
+        return
+    check_batch(cls.from_dict(train), n, what.format(a.data), world_size)
