@@ -39,7 +39,8 @@ from typing import Any
 
 from vqgan.io.checkpoint import load_vqgan
 
-# The model both variants train: the recommended default-experiment VQGAN (f = 8: 64 px -> 8x8 = 64 tokens).
+# The model every variant trains unless it says otherwise: the default experiment's VQGAN before issue #13's
+# f = 4 (f = 8: 64 px -> 8x8 = 64 tokens); the f4 variants below are today's default grid.
 MODEL = {"ch": 32, "ch_mult": [1, 2, 2, 4], "num_res_blocks": 1, "attn_resolutions": [8], "z_channels": 64}
 LOSS = {"perceptual_weight": 0.0}  # no VGG16 weights offline; the GAN never starts within this budget
 VARIANTS: dict[str, dict[str, Any]] = {
