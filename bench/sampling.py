@@ -127,7 +127,7 @@ def greedy_agreement(model, labels, n_tokens: int) -> tuple[float, int | None]:
     return float((fast == slow).float().mean()), (int(diff[0]) if len(diff) else None)
 
 
-def read_bandwidth(dev, threads_note: str = "") -> float:
+def read_bandwidth(dev) -> float:
     """Bytes/s this process reads from memory: best of 5 sums over a 512 MB float32 tensor (far above any cache)."""
     x = torch.ones(128 * 2**20, device=dev)
     best = math.inf
