@@ -216,3 +216,12 @@ def test_perceptual_term_enters_the_generator_loss_with_gradient(random_vgg_dir,
     g.backward()
     assert xrec.grad is not None and xrec.grad.abs().sum() > 0
     assert all(p.grad is None for p in loss.perceptual.parameters()), "LPIPS is frozen"
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_discriminator_min_input_is_the_smallest_side_with_a_logit(n_layers):
+    d = NLayerDiscriminator(3, 4, n_layers).eval()
+    n = NLayerDiscriminator.min_input(n_layers)
+    assert d(torch.zeros(1, 3, n, n)).shape[-1] == 1
+    with pytest.raises(RuntimeError):
+        d(torch.zeros(1, 3, n - 1, n - 1))

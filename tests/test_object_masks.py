@@ -57,3 +57,34 @@ def test_a_split_without_objects_csv_is_refused_with_the_folder_and_key(tmp_path
                        {"source": "test"})
     with pytest.raises(ValueError, match=r"(?s)train: no objects\.csv.*object_weight: 0"):
         ObjectMasks.from_split(read_split(path))
+
+
+def test_object_crops_hold_a_uniformly_chosen_object_and_plain_crops_cover_the_frame():
+    from vqgan.data.object_masks import crop_windows
+
+    res, size, n = 32, 8, 4000
+    rng = np.random.default_rng(0)
+    # frame 0: a big paddle and a 1-px ball; frame 1: no object
+    paddle, ball = np.array([2, 2, 6, 20]), np.array([27, 29, 28, 30])
+    boxes = [np.stack([paddle, ball])] * n + [np.zeros((0, 4), np.int16)] * n
+    corners = crop_windows(boxes, res, size, 1.0, rng.random((2 * n, 4)))
+    assert corners.min() >= 0 and corners.max() <= res - size
+
+    def holds_centre(c, box):
+        cy, cx = (box[1] + box[3]) // 2, (box[0] + box[2]) // 2
+        return c[0] <= cy < c[0] + size and c[1] <= cx < c[1] + size
+
+    with_ball = np.array([holds_centre(c, ball) for c in corners[:n]])
+    with_paddle = np.array([holds_centre(c, paddle) for c in corners[:n]])
+    assert (with_ball | with_paddle).all(), "every object crop must hold its object's centre"
+    assert 0.45 < with_ball.mean() < 0.55, "objects are chosen uniformly, not by their area"
+    assert len({tuple(c) for c in corners[:n][with_ball]}) > 4, "the object is not always at the same place"
+    # no object: uniform over every corner, both ends included
+    plain = corners[n:]
+    assert {plain[:, 0].min(), plain[:, 0].max(), plain[:, 1].min(), plain[:, 1].max()} == {0, res - size}
+    assert abs(plain[:, 0].mean() - (res - size) / 2) < 0.5
+    # share 0: objects are ignored
+    uniform = crop_windows(boxes[:n], res, size, 0.0, rng.random((n, 4)))
+    assert np.mean([holds_centre(c, ball) for c in uniform]) < 0.2
+    with pytest.raises(ValueError, match="crop size 40"):
+        crop_windows(boxes[:1], res, 40, 1.0, rng.random((1, 4)))

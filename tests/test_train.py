@@ -235,6 +235,41 @@ def test_object_masks_travel_with_their_images_and_flip_with_them(object_split):
     assert not torch.equal(m[0], m[0].flip(-1)), "a symmetric mask would not test the flip"
 
 
+def test_object_crops_cut_frames_and_masks_together_around_the_sprite(object_split):
+    from vqgan.data.dataset import read_split
+    from vqgan.data.object_masks import ObjectMasks, crop_windows
+    from vqgan.train.vqgan import ImageBatches, crop_batch, to_mask_input, to_model_input
+
+    split = read_split(object_split)
+    masks = ObjectMasks.from_split(split)
+    idx = list(range(24))
+    images, m = ImageBatches(split.images, masks).__getitems__(idx)
+    corners = crop_windows([masks.boxes_of(i) for i in idx], 16, 8, 1.0, np.random.default_rng(0).random((24, 4)))
+    images, m = crop_batch(images, m, corners, 8)
+    assert images.shape == (24, 8, 8, 3) and m.shape == (24, 8, 8)
+    x, m = to_model_input(images, None, "cpu"), to_mask_input(m, None, "cpu")
+    assert torch.equal((x[:, 0:1] > 0.5).float(), m), "the crop's mask must cover exactly the crop's sprite pixels"
+    assert (m.sum((1, 2, 3)) == 16).all(), "an 8-px crop centred on a 4-px sprite (+-2 px) holds all of it"
+    assert len({tuple(c) for c in corners.tolist()}) > 12
+
+
+@pytest.mark.parametrize("loss, train, message", [
+    ({}, {"crop": 7}, "vqgan.train.crop=7: must be at most the data's resolution (16 px) and a multiple of"),
+    ({}, {"crop": 32}, "vqgan.train.crop=32"),
+    ({}, {"object_crops": 0.5}, "object_crops=0.5 needs crop > 0"),
+    ({"foreground_weight": 4.0}, {"crop": 8}, "set foreground_weight: 0"),
+    ({"disc_start": 99}, {"crop": 8, "object_crops": 0.5}, "no objects.csv"),
+    ({}, {"crop": 8, "steps": 4}, "smaller than the discriminator's smallest input (12 px for loss.disc_layers=2)"),
+])
+def test_bad_crop_settings_are_refused_before_training(train_split, tmp_path, loss, train, message):
+    cfg = json.loads(config_with(**{"steps": 2, **train}))
+    cfg["loss"].update(loss)
+    proc = run(train_cmd(json.dumps(cfg), train_split, tmp_path / "out", tmp_path / "state"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert not (tmp_path / "state").exists()
+
+
 def test_object_weight_without_objects_csv_is_refused_before_training(train_split, tmp_path):
     cfg = json.loads(config_with(steps=2))
     cfg["loss"]["object_weight"] = 5.0
@@ -244,9 +279,10 @@ def test_object_weight_without_objects_csv_is_refused_before_training(train_spli
     assert not (tmp_path / "state").exists()
 
 
-def test_two_process_run_with_object_weight_and_flips_keeps_ranks_equal(object_split, tmp_path):
+@pytest.mark.parametrize("crops", [{}, {"crop": 12, "object_crops": 0.5}], ids=["frames", "object_crops"])
+def test_two_process_run_with_object_weight_and_flips_keeps_ranks_equal(object_split, tmp_path, crops):
     dump = tmp_path / "dump"
-    cfg = json.loads(config_with(steps=3, checkpoint_every=3, augment="hflip"))
+    cfg = json.loads(config_with(steps=3, checkpoint_every=3, augment="hflip", **crops))
     cfg["loss"]["object_weight"] = 20.0
     proc = run(train_cmd(json.dumps(cfg), object_split, tmp_path / "out", tmp_path / "state",
                          "--debug-dump-weights", str(dump), processes=2))

@@ -61,11 +61,40 @@ class ObjectMasks:
                       for i in range(0, self.n_images, 1024))
         return covered / max(1, self.n_images * self.resolution ** 2)
 
+    def boxes_of(self, i: int) -> np.ndarray:
+        """(k, 4) int16 half-open boxes (x0, y0, x1, y1) of the kept objects on frame i."""
+        return self.boxes[self.offsets[i]:self.offsets[i + 1]]
+
     def __call__(self, indices: np.ndarray) -> np.ndarray:
         """(B, H, W) uint8 masks of the frames `indices`: 1 on every pixel a kept object tints."""
         indices = np.asarray(indices, np.int64)
         out = np.zeros((len(indices), self.resolution, self.resolution), np.uint8)
         for b, i in enumerate(indices):
-            for x0, y0, x1, y1 in self.boxes[self.offsets[i]:self.offsets[i + 1]]:
+            for x0, y0, x1, y1 in self.boxes_of(i):
                 out[b, y0:y1, x0:x1] = 1
         return out
+
+
+def crop_windows(boxes: list[np.ndarray], resolution: int, size: int, object_share: float,
+                 u: np.ndarray) -> np.ndarray:
+    """(B, 2) top-left corners (y, x) of `size` x `size` training crops of `resolution`-pixel frames.
+
+    With probability `object_share` (and when the frame has a kept object) a crop is centred on one of the frame's
+    object boxes, chosen uniformly, so a 1-pixel ball is as likely as a 20-pixel paddle, and shifted by up to a
+    quarter of the crop so the object is not always in the same place; otherwise it lies uniformly in the frame.
+    `u` is (B, 4) uniforms in [0, 1): the caller's deterministic stream (same crops after a resume).
+    """
+    if not 0 < size <= resolution:
+        raise ValueError(f"crop size {size} must be in (0, {resolution}]")
+    span = resolution - size
+    out = np.empty((len(boxes), 2), np.int64)
+    for b, (frame_boxes, (u_obj, u_pick, u_y, u_x)) in enumerate(zip(boxes, u)):
+        if len(frame_boxes) and u_obj < object_share:
+            x0, y0, x1, y1 = frame_boxes[min(int(u_pick * len(frame_boxes)), len(frame_boxes) - 1)]
+            jitter = size // 4
+            cy = (int(y0) + int(y1)) // 2 + int(np.floor((u_y - 0.5) * 2 * jitter))
+            cx = (int(x0) + int(x1)) // 2 + int(np.floor((u_x - 0.5) * 2 * jitter))
+            out[b] = np.clip([cy - size // 2, cx - size // 2], 0, span)
+        else:
+            out[b] = np.minimum((u_y * (span + 1), u_x * (span + 1)), span).astype(np.int64)
+    return out

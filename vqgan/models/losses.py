@@ -98,6 +98,12 @@ class NLayerDiscriminator(nn.Module):
         self.apply(self._init)
 
     @staticmethod
+    def min_input(n_layers: int = 3) -> int:
+        """The smallest side that leaves one logit: each 4x4 stride-2 conv (padding 1) halves (floor), the two
+        stride-1 ones take one pixel each, so floor(n / 2^n_layers) - 2 >= 1."""
+        return 3 * 2**n_layers
+
+    @staticmethod
     def _init(m):
         # the seed's (DCGAN) init: N(0, 0.02) convs, N(1, 0.02) BatchNorm scales
         if isinstance(m, nn.Conv2d):

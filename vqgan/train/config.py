@@ -87,11 +87,23 @@ class VQGANTrainConfig(LoopConfig):
     disc_lr: float | None = None       # None: same as lr
     num_workers: int = 0               # the data is a memory map; workers only help with heavy augmentation
     augment: str = "none"              # "none" | "hflip" (fine for COCO; mirrors Atari score digits)
+    # Train on square crops of the frames (0: whole frames). The model is convolutional, so it is evaluated and
+    # used on whole frames all the same; a crop of side s costs (s / resolution)^2 of a frame per image.
+    crop: int = 0
+    # Share of the crops centred on one of the frame's objects (objects.csv boxes, loss.object_ignore left out):
+    # sprites are ~3% of an Atari frame, so whole frames spend nearly every FLOP on the background.
+    object_crops: float = 0.0
 
     def problems(self) -> list[str]:
         out = super().problems()
         if self.augment not in ("none", "hflip"):
             out.append(f"augment={self.augment!r} (use 'none' or 'hflip')")
+        if not isinstance(self.crop, int) or isinstance(self.crop, bool) or self.crop < 0:
+            out.append(f"crop={self.crop!r} (an integer side in pixels, or 0 for whole frames)")
+        if not 0.0 <= self.object_crops <= 1.0:
+            out.append(f"object_crops={self.object_crops!r} (a share in [0, 1])")
+        elif self.object_crops > 0 and not self.crop:
+            out.append(f"object_crops={self.object_crops!r} needs crop > 0 (the side of the crops to centre)")
         if self.mixed_precision == "fp16":
             # Two optimizers (G and D) would share accelerate's one loss scaler, which updates its scale after
             # each of them, and the adaptive GAN weight divides gradient norms taken by autograd.grad on the
@@ -152,6 +164,13 @@ def check_batch(tc: LoopConfig, n: int, what: str, world_size: int | None = None
         )
     return per_device
 
+
+def check_crop(tc: VQGANTrainConfig, resolution: int, downsample: int) -> None:
+    """ValueError naming vqgan.train.crop when the crop does not fit the data or the model's token grid."""
+    if tc.crop and (tc.crop > resolution or tc.crop % downsample):
+        raise ValueError(f"vqgan.train.crop={tc.crop}: must be at most the data's resolution ({resolution} px) and a "
+                         f"multiple of the model's downsampling factor f = {downsample} (whole tokens); e.g. "
+                         f"{max(downsample, resolution // 2 // downsample * downsample)}, or 0 for whole frames")
 
 
 # What each training module is given its data with, the data's size, and the config class of its `train` section.

@@ -117,12 +117,16 @@ class StepBatchSampler:
         lo = pos * self.global_micro + self.rank * self.per_device
         return perm[lo : lo + self.per_device].tolist()
 
-    def coin(self, micro_step: int, salt: int = 1, p: float = 0.5) -> np.ndarray:
-        """Per-sample random booleans for this rank's slice of a micro-batch (e.g. horizontal flips), also a pure
-        function of (seed, micro-step), so augmentation replays identically after a resume."""
-        u = np.random.default_rng([self.seed, salt, micro_step]).random(self.global_micro)
+    def uniforms(self, micro_step: int, salt: int, k: int = 1) -> np.ndarray:
+        """(per_device, k) uniforms in [0, 1) for this rank's slice of a micro-batch: a pure function of (seed,
+        salt, micro-step), so augmentation replays identically after a resume and on any world size."""
+        u = np.random.default_rng([self.seed, salt, micro_step]).random((self.global_micro, k))
         lo = self.rank * self.per_device
-        return u[lo : lo + self.per_device] < p
+        return u[lo : lo + self.per_device]
+
+    def coin(self, micro_step: int, salt: int = 1, p: float = 0.5) -> np.ndarray:
+        """Per-sample random booleans for this rank's slice of a micro-batch (e.g. horizontal flips)."""
+        return self.uniforms(micro_step, salt)[:, 0] < p
 
     def __iter__(self) -> Iterator[list[int]]:
         m = self.start

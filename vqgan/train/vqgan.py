@@ -26,18 +26,18 @@ import numpy as np
 import torch
 
 from vqgan.data.dataset import data_identity, read_split
-from vqgan.data.object_masks import ObjectMasks
+from vqgan.data.object_masks import ObjectMasks, crop_windows
 from vqgan.io.checkpoint import CONFIG, WEIGHTS, save_model
 from vqgan.io.cli import command, load_config_arg
 from vqgan.io.files import prepare_output, write_json_atomic
 from vqgan.io.hashing import config_hash, state_dict_hash
 from vqgan.io.progress import progress_bar
 from vqgan.io.weights import lpips_state_dict
-from vqgan.models.losses import LossConfig, VQLoss
+from vqgan.models.losses import LossConfig, NLayerDiscriminator, VQLoss
 from vqgan.models.lpips import LPIPS
 from vqgan.models.vqgan import VQGAN, VQGANConfig
 from vqgan.train.config import VQGANTrainConfig as TrainConfig
-from vqgan.train.config import check_batch
+from vqgan.train.config import check_batch, check_crop
 from vqgan.train.loop import (
     CheckpointManager,
     FiniteGuard,
@@ -107,6 +107,13 @@ def to_model_input(batch: torch.Tensor, flip: np.ndarray | None, device) -> torc
         m = to_device(flip, device)
         x = torch.where(m[:, None, None, None], x.flip(-1), x)
     return x.contiguous(memory_format=_memory_format(x.device))
+
+
+def crop_batch(images: torch.Tensor, masks: torch.Tensor | None, corners: np.ndarray, size: int):
+    """Cut a `size`-pixel square at each (y, x) corner from (B, H, W, 3) frames and their (B, H, W) masks."""
+    def cut(t):
+        return torch.stack([t[b, y:y + size, x:x + size] for b, (y, x) in enumerate(corners.tolist())])
+    return cut(images), None if masks is None else cut(masks)
 
 
 def to_mask_input(masks: torch.Tensor, flip: np.ndarray | None, device) -> torch.Tensor:
@@ -180,10 +187,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def object_masks(split, loss_section: dict[str, Any]) -> ObjectMasks | None:
-    """The split's object masks when loss.object_weight > 0 (ValueError naming the folder without objects.csv)."""
+def object_masks(split, loss_section: dict[str, Any], tc: TrainConfig) -> ObjectMasks | None:
+    """The split's object masks when loss.object_weight > 0 or train.object_crops > 0 (ValueError naming the
+    folder without objects.csv)."""
     cfg = LossConfig.from_dict(loss_section)
-    if cfg.object_weight <= 0:
+    if cfg.object_weight <= 0 and tc.object_crops <= 0:
         return None
     return ObjectMasks.from_split(split, cfg.object_ignore)
 
@@ -195,7 +203,22 @@ def main(argv: list[str] | None = None) -> int:
     tc = TrainConfig.from_dict(sections["train"])
     split = read_split(args.data)
     check_batch(tc, len(split), f"images of {args.data}")  # before the state folder, models or outputs are touched
-    object_masks(split, sections["loss"])  # no objects.csv with object_weight > 0: fail before anything is touched
+    model_cfg = VQGANConfig.from_dict({"model": sections["model"], "quantizer": sections["quantizer"],
+                                       "resolution": split.resolution})
+    check_crop(tc, split.resolution, model_cfg.downsample)
+    loss_cfg = LossConfig.from_dict(sections["loss"])
+    smallest = NLayerDiscriminator.min_input(loss_cfg.disc_layers)
+    if tc.crop and tc.crop < smallest and loss_cfg.disc_start < tc.steps and loss_cfg.disc_weight > 0:
+        raise ValueError(f"vqgan.train.crop={tc.crop} is smaller than the discriminator's smallest input ({smallest} px "
+                         f"for loss.disc_layers={loss_cfg.disc_layers}), and the GAN starts at loss.disc_start="
+                         f"{loss_cfg.disc_start} < train.steps={tc.steps}; crop >= {smallest}, fewer disc_layers, or "
+                         "no GAN (disc_start >= steps)")
+    if tc.crop and loss_cfg.foreground_weight > 0:
+        raise ValueError(f"vqgan.train.crop={tc.crop} with vqgan.loss.foreground_weight > 0: the foreground mask "
+                         "compares each image with the median of its batch neighbours, which crops from different "
+                         "places of the frame do not share; set foreground_weight: 0 (use loss.object_weight, "
+                         "from the exact object boxes) or crop: 0")
+    object_masks(split, sections["loss"], tc)  # no objects.csv with object_weight > 0: fail before anything is touched
     try:
         return train(args, sections, tc, split)
     except NonFiniteLossError as e:
@@ -247,7 +270,8 @@ def train(args, sections, tc: TrainConfig, split) -> int:
         initial = weight_hashes(raw_model, disc)
 
     sampler = StepBatchSampler(len(split), per_device, rank, world, tc.seed, start=start * tc.grad_accum)
-    masks = object_masks(split, sections["loss"])
+    masks = object_masks(split, sections["loss"], tc)
+    weight_objects = loss.cfg.object_weight > 0
     loader = torch.utils.data.DataLoader(ImageBatches(split.images, masks), batch_sampler=sampler, collate_fn=_keep,
                                          num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,
                                          pin_memory=accelerator.device.type == "cuda")  # async host-to-GPU copies
@@ -273,7 +297,13 @@ def train(args, sections, tc: TrainConfig, split) -> int:
             batch, objects = next(batches), None
             if masks is not None:
                 batch, objects = batch
-                objects = to_mask_input(objects, flip, accelerator.device)
+            if tc.crop:
+                boxes = [masks.boxes_of(i) for i in sampler.indices(micro)] if masks is not None else \
+                    [()] * batch.shape[0]
+                corners = crop_windows(boxes, split.resolution, tc.crop, tc.object_crops,
+                                       sampler.uniforms(micro, salt=2, k=4))
+                batch, objects = crop_batch(batch, objects, corners, tc.crop)
+            objects = to_mask_input(objects, flip, accelerator.device) if weight_objects else None
             x = to_model_input(batch, flip, accelerator.device)
             row: dict[str, torch.Tensor | float] = {}
             with accelerator.accumulate(model, loss.discriminator):
