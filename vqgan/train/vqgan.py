@@ -209,10 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     loss_cfg = LossConfig.from_dict(sections["loss"])
     smallest = NLayerDiscriminator.min_input(loss_cfg.disc_layers)
     if tc.crop and tc.crop < smallest and loss_cfg.disc_start < tc.steps and loss_cfg.disc_weight > 0:
-        raise ValueError(f"vqgan.train.crop={tc.crop} is smaller than the discriminator's smallest input ({smallest} px "
-                         f"for loss.disc_layers={loss_cfg.disc_layers}), and the GAN starts at loss.disc_start="
-                         f"{loss_cfg.disc_start} < train.steps={tc.steps}; crop >= {smallest}, fewer disc_layers, or "
-                         "no GAN (disc_start >= steps)")
+        raise ValueError(f"vqgan.train.crop={tc.crop} is smaller than the discriminator's smallest input "
+                         f"({smallest} px for loss.disc_layers={loss_cfg.disc_layers}), and the GAN starts at "
+                         f"loss.disc_start={loss_cfg.disc_start} < train.steps={tc.steps}; crop >= {smallest}, "
+                         "fewer disc_layers, or no GAN (disc_start >= steps)")
     if tc.crop and loss_cfg.foreground_weight > 0:
         raise ValueError(f"vqgan.train.crop={tc.crop} with vqgan.loss.foreground_weight > 0: the foreground mask "
                          "compares each image with the median of its batch neighbours, which crops from different "
