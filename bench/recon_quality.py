@@ -4,14 +4,16 @@
     python bench/recon_quality.py --data /tmp/rq/atari --steps 200  # reuse a collection (OUT/train, OUT/val)
     python bench/recon_quality.py --variants ours --steps 800 --threads 2
 
-Both variants train the same VQGAN (same encoder/decoder, batch, LR schedule, steps, bf16 autocast, no LPIPS, no
-GAN: the default experiment's budget is far below `disc_start`) through the pipeline's own CLI
-(`python -m vqgan.train.vqgan`), and are evaluated with `vqgan.eval.recon.evaluate` (the numbers of `recon.json`):
+Every variant trains through the pipeline's own CLI (`python -m vqgan.train.vqgan`) at the same budget (steps,
+batch, LR schedule, bf16 autocast; no LPIPS and no GAN unless the variant says so) and is evaluated with
+`vqgan.eval.recon.evaluate` (the numbers of `recon.json`). The variants (VARIANTS below, each with its reason):
 - paper: the paper's quantizer (`taming`: uniform +-1/K init, nearest neighbour in code_dim = z_channels, the
   seed's beta placement), plain L1;
 - ours: `l2` (cosine lookup in a low dimension) + k-means init + dead-code restart, L1 with foreground weighting;
 - objN (issue #13): ours + `object_weight` N (L1 x (1 + N) inside the exact objects.csv boxes, bricks excepted);
-- obj30_gan: obj30 + the PatchGAN from half the budget on (`disc_start` = steps // 2, adaptive weight).
+- obj30_gan: obj30 + the PatchGAN from half the budget on (`disc_start` = steps // 2, adaptive weight);
+- f4*: the f = 4 token grid (16x16 codes, 1024 codes; today's default) alone, with object weights, instance-balanced
+  object weights, the GAN or LPIPS on top, or trained on (object-centred) crops.
 
 The table prints, per variant, whole-image PSNR beside the per-pixel-mean baseline of the training split, object
 recall (the share of game objects the reconstruction keeps; vqgan/eval/object_scores.py) beside the mean image's,
@@ -42,7 +44,7 @@ from vqgan.io.checkpoint import load_vqgan
 # The model every variant trains unless it says otherwise: the default experiment's VQGAN before issue #13's
 # f = 4 (f = 8: 64 px -> 8x8 = 64 tokens); the f4 variants below are today's default grid.
 MODEL = {"ch": 32, "ch_mult": [1, 2, 2, 4], "num_res_blocks": 1, "attn_resolutions": [8], "z_channels": 64}
-LOSS = {"perceptual_weight": 0.0}  # no VGG16 weights offline; the GAN never starts within this budget
+LOSS = {"perceptual_weight": 0.0}  # LPIPS only where a variant sets it (its VGG16 pass costs ~2.5x a step)
 VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {"quantizer": {"kind": "taming", "n_codes": 512, "code_dim": 64, "legacy_beta": True},
               "loss": {}},
@@ -71,6 +73,17 @@ VARIANTS.update({
     "f4": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024}, "loss": {"foreground_weight": 4.0}},
     "f4_obj10": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024},
                  "loss": {"foreground_weight": 4.0, "object_weight": 10.0}},
+    "f4_obj30": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024},
+                 "loss": {"foreground_weight": 4.0, "object_weight": 30.0}},
+    # every instance weighs the same (box weight x median area / area): the balls are 1-4 px boxes
+    "f4_obj10_bal": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024},
+                     "loss": {"foreground_weight": 4.0, "object_weight": 10.0, "object_balance": True}},
+    # the paper's other two losses on top: the PatchGAN (hinge, adaptive weight) from half the budget, and LPIPS
+    # (VGG16 trunk; needs --weights-dir with the converted weights: python -m vqgan.weights --lpips)
+    "f4_obj10_gan": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024},
+                     "loss": {"foreground_weight": 4.0, "object_weight": 10.0, "disc_start": "half"}},
+    "f4_obj10_lpips": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024},
+                       "loss": {"foreground_weight": 4.0, "object_weight": 10.0, "perceptual_weight": 1.0}},
 })
 # issue #13, the object signal per FLOP: train on crops (32x32: a quarter of a frame, so batch 64 costs what batch 16
 # frames cost; 16x16 and batch 256 likewise), 3/4 of them centred on an object box (a uniformly chosen object of
@@ -182,10 +195,12 @@ class Run:
     config: dict[str, Any]
 
 
-def train(run: Run, data: Path, threads: int) -> dict[str, Any]:
+def train(run: Run, data: Path, threads: int, weights_dir: str | None = None) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "vqgan.train.vqgan", "--config", json.dumps(run.config), "--data", str(data / "train"),
            "--out", str(run.out), "--state-dir", str(run.out / "state")]
+    if weights_dir:
+        cmd += ["--weights-dir", weights_dir]
     print(f"[{run.name}] training: {' '.join(cmd[:3])} ... --out {run.out}", flush=True)
     t0 = time.perf_counter()
     run.out.mkdir(parents=True, exist_ok=True)
@@ -233,6 +248,8 @@ def parse_args(argv):
                    "machine both then see the same load; use --threads 1)")
     p.add_argument("--variants", default="paper,ours_nofg,ours", help=f"comma-separated, of {sorted(VARIANTS)}")
     p.add_argument("--json", default=None, help="also write the table's rows here")
+    p.add_argument("--weights-dir", default=None, help="LPIPS weights for variants with a perceptual loss "
+                   "(python -m vqgan.weights --lpips --weights-dir DIR converts them offline)")
     return p.parse_args(argv)
 
 
@@ -251,9 +268,9 @@ def main(argv=None) -> int:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(len(runs)) as pool:
-            infos = list(pool.map(lambda r: train(r, data, args.threads), runs))
+            infos = list(pool.map(lambda r: train(r, data, args.threads, args.weights_dir), runs))
     else:
-        infos = [train(r, data, args.threads) for r in runs]
+        infos = [train(r, data, args.threads, args.weights_dir) for r in runs]
     rows = []
     for name, run, info in zip(names, runs, infos):
         for r in evaluate_run(run, data, args.threads):

@@ -88,3 +88,20 @@ def test_object_crops_hold_a_uniformly_chosen_object_and_plain_crops_cover_the_f
     assert np.mean([holds_centre(c, ball) for c in uniform]) < 0.2
     with pytest.raises(ValueError, match="crop size 40"):
         crop_windows(boxes[:1], res, 40, 1.0, rng.random((1, 4)))
+
+
+def test_balanced_masks_give_every_box_the_same_total_weight_within_the_clip():
+    objects = table([
+        (0, "paddle", 0, 0.0, 0.0, 2.0, 8.0, 1),    # 16 px
+        (0, "ball", 1, 10.0, 10.0, 11.0, 11.0, 1),  # 1 px
+        (1, "ghost", 2, 4.0, 4.0, 8.0, 6.0, 1),     # 8 px: the median area
+        (1, "ghost", 3, 5.0, 5.0, 9.0, 7.0, 1),     # 8 px, overlapping the other ghost
+    ])
+    plain = ObjectMasks(objects, 2, 16)
+    m = ObjectMasks(objects, 2, 16, balance=True)(np.array([0, 1]))
+    assert m.dtype == np.float32
+    assert m[0, :8, :2].sum() == pytest.approx(8.0)          # 16 px x 8/16
+    assert m[0, 10, 10] == pytest.approx(8.0)                # 1 px x 8/1 (at the clip's top, 8)
+    assert set(np.unique(m[1])) == {0.0, 1.0}                # median-sized boxes keep weight 1, overlap not summed
+    np.testing.assert_array_equal(m > 0, plain(np.array([0, 1])) > 0)
+    assert ObjectMasks(objects, 2, 16, balance=True).fraction() == pytest.approx(plain.fraction())

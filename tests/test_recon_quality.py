@@ -134,11 +134,15 @@ def test_variants_differ_only_where_they_say_and_parse_as_training_configs():
                                        "resolution": 64})
         loss = LossConfig.from_dict(sections["loss"])
         train = TrainConfig.from_dict(sections["train"])
-        assert loss.perceptual_weight == 0, name  # what runs offline
+        # LPIPS only where the variant's name says so
+        assert (loss.perceptual_weight > 0) == name.endswith("_lpips"), name
         # the GAN variants start D at half the budget, the others never within it
         assert loss.disc_start == (3 if name.endswith("_gan") else 2000), name
         # the f4 variants change the token grid (16x16 codes at 64 px), every other variant keeps the model
         assert train.steps == 7 and train.lr == 1e-3 and model.grid == (16 if name.startswith("f4") else 8), name
+        # crops keep the pixels per step: batch x crop^2 = 4 x 64^2
+        assert train.batch_size * (train.crop or 64) ** 2 == 4 * 64**2, name
+        assert (train.crop > 0) == ("crop" in name), name
         if not name.startswith("f4"):
             assert cfgs[name]["model"] == cfgs["ours"]["model"], name
     assert cfgs["paper"]["model"] == cfgs["ours"]["model"]

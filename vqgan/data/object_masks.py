@@ -7,6 +7,7 @@ N x H x W bytes (12k 64-px frames: 50 MB); instead the boxes are kept as one com
 
     masks = ObjectMasks.from_split(split, ignore_classes=("brick",))
     m = masks(np.array([3, 17, 42]))       # (3, H, W) uint8, 1 inside a kept object's box
+    ObjectMasks.from_split(split, balance=True)(idx)  # float32: median box area / the box's area, clipped
 """
 from __future__ import annotations
 
@@ -34,7 +35,10 @@ class ObjectMasks:
     """Rasterises the boxes of the objects drawn on given frames (rows with visible = 0 and `ignore_classes` are
     left out: a flickered-out ghost is not in the picture, Breakout's brick wall is a third of the frame)."""
 
-    def __init__(self, objects: pd.DataFrame, n_images: int, resolution: int, ignore_classes: Iterable[str] = ()):
+    BALANCE_CLIP = (0.125, 8.0)
+
+    def __init__(self, objects: pd.DataFrame, n_images: int, resolution: int, ignore_classes: Iterable[str] = (),
+                 balance: bool = False):
         keep = ~objects["class"].isin(list(ignore_classes)).to_numpy()
         if "visible" in objects.columns:
             keep &= objects["visible"].to_numpy() == 1
@@ -43,21 +47,25 @@ class ObjectMasks:
         order = np.argsort(frame, kind="stable")
         boxes = outward_boxes(*(o[c].to_numpy() for c in ("x0", "y0", "x1", "y1")), resolution)
         self.boxes = boxes[order].astype(np.int16)  # (k, 4) x0, y0, x1, y1 half-open, sorted by frame
+        self.balance = bool(balance)
+        area = ((self.boxes[:, 2] - self.boxes[:, 0]) * (self.boxes[:, 3] - self.boxes[:, 1])).astype(np.float64)
+        self.weights = (np.clip(np.median(area) / area, *self.BALANCE_CLIP).astype(np.float32) if balance and len(area)
+                        else np.ones(len(area), np.float32))  # per box: what its pixels get in the mask
         self.offsets = np.searchsorted(frame[order], np.arange(n_images + 1))  # frame i: boxes[off[i]:off[i+1]]
         self.n_images, self.resolution = int(n_images), int(resolution)
 
     @classmethod
-    def from_split(cls, split, ignore_classes: Iterable[str] = ()) -> "ObjectMasks":
+    def from_split(cls, split, ignore_classes: Iterable[str] = (), balance: bool = False) -> "ObjectMasks":
         """From a `vqgan.data.dataset.Split`; ValueError naming the folder if it has no objects.csv."""
         if split.objects is None:
             raise ValueError(f"{split.path}: no objects.csv, so there are no object boxes to weight; set "
                              "vqgan.loss.object_weight: 0 for this dataset, or recollect it with a collector that "
                              "records objects (Atari games with RAM rules: docs/objects.md)")
-        return cls(split.objects, len(split), split.resolution, ignore_classes)
+        return cls(split.objects, len(split), split.resolution, ignore_classes, balance)
 
     def fraction(self) -> float:
         """Share of all pixels inside some kept box (overlaps counted once), over the whole split."""
-        covered = sum(int(self(np.arange(i, min(i + 1024, self.n_images))).sum())
+        covered = sum(int((self(np.arange(i, min(i + 1024, self.n_images))) > 0).sum())
                       for i in range(0, self.n_images, 1024))
         return covered / max(1, self.n_images * self.resolution ** 2)
 
@@ -66,12 +74,17 @@ class ObjectMasks:
         return self.boxes[self.offsets[i]:self.offsets[i + 1]]
 
     def __call__(self, indices: np.ndarray) -> np.ndarray:
-        """(B, H, W) uint8 masks of the frames `indices`: 1 on every pixel a kept object tints."""
+        """(B, H, W) masks of the frames `indices`: uint8 1 on every pixel a kept object tints; with `balance`,
+        float32, each box's weight (the largest where boxes overlap)."""
         indices = np.asarray(indices, np.int64)
-        out = np.zeros((len(indices), self.resolution, self.resolution), np.uint8)
+        out = np.zeros((len(indices), self.resolution, self.resolution), np.float32 if self.balance else np.uint8)
         for b, i in enumerate(indices):
-            for x0, y0, x1, y1 in self.boxes_of(i):
-                out[b, y0:y1, x0:x1] = 1
+            lo, hi = self.offsets[i], self.offsets[i + 1]
+            for (x0, y0, x1, y1), w in zip(self.boxes[lo:hi], self.weights[lo:hi]):
+                if self.balance:
+                    np.maximum(out[b, y0:y1, x0:x1], w, out=out[b, y0:y1, x0:x1])
+                else:
+                    out[b, y0:y1, x0:x1] = 1
         return out
 
 

@@ -25,7 +25,9 @@ w = 0 gives exactly the plain loss.
 Object weighting (issue #13): with ``object_weight = w > 0`` the caller passes ``objects=`` a (B, 1, H, W) mask of
 the pixels inside the exact object boxes (from objects.csv, `vqgan.data.object_masks`), and the per-pixel error is
 further multiplied by ``1 + w * objects``. Not renormalised either (w = 0 is the plain loss; a frame with no object
-keeps weight 1 everywhere).
+keeps weight 1 everywhere). With ``object_balance`` the mask holds, per box, ``a / area`` (a = the split's median
+box area, clipped to [1/8, 8]) instead of 1: every object instance then weighs about the same in the loss, whatever
+its size -- object recall counts instances, and a 1-pixel ball otherwise weighs a twentieth of a ghost.
 
 Usage with Accelerate (the discriminator must run through its DDP wrapper so its gradients are synchronised):
     loss = VQLoss(loss_cfg, perceptual=lpips_module)                # a frozen vqgan.models.lpips.LPIPS, or None
@@ -58,6 +60,7 @@ class LossConfig:
     foreground_threshold: float = 0.1  # colour distance (in [-1, 1] units) that counts as foreground
     object_weight: float = 0.0         # extra rec weight inside the exact object boxes (needs objects.csv)
     object_ignore: tuple[str, ...] = ("brick",)  # object classes not weighted (Breakout's wall: 1/3 of the frame)
+    object_balance: bool = False       # weight each box by median area / its area: instances weigh the same
 
     def __post_init__(self):
         if self.rec not in ("l1", "l2"):

@@ -117,7 +117,7 @@ def crop_batch(images: torch.Tensor, masks: torch.Tensor | None, corners: np.nda
 
 
 def to_mask_input(masks: torch.Tensor, flip: np.ndarray | None, device) -> torch.Tensor:
-    """(B, H, W) uint8 object masks -> (B, 1, H, W) float, mirrored with the same coin as their images."""
+    """(B, H, W) object masks (uint8, or float weights) -> (B, 1, H, W) float, mirrored like their images."""
     m = masks.to(device, non_blocking=True)[:, None].float()
     if flip is not None and flip.any():
         f = to_device(flip, device)
@@ -193,7 +193,7 @@ def object_masks(split, loss_section: dict[str, Any], tc: TrainConfig) -> Object
     cfg = LossConfig.from_dict(loss_section)
     if cfg.object_weight <= 0 and tc.object_crops <= 0:
         return None
-    return ObjectMasks.from_split(split, cfg.object_ignore)
+    return ObjectMasks.from_split(split, cfg.object_ignore, balance=cfg.object_balance)
 
 
 @command
