@@ -5,8 +5,8 @@ to the faster ones, with each one's share of the bf16 matmul peak and how far it
         [--transformer results/transformer/atari64]
     python bench/inference.py            # random weights and images: speeds only, the agreement is meaningless
 
-Models default to the default experiment's (config/config.yaml: VQGAN ch 32, ch_mult 1,2,2,4, l2 512 codes;
-GPT 4 x 256, 64 tokens), random-initialised unless a trained folder is given; speed does not depend on the
+Models default to the default experiment's (config/config.yaml: VQGAN ch 32, ch_mult 1,2,4 (f = 4), l2 1024
+codes; GPT 4 x 256, 256 tokens), random-initialised unless a trained folder is given; speed does not depend on the
 weights, agreement does (a random model has many near-tie codes). Images are the first --n of the val split.
 
 What each stage times, per image (the model work of the stage; PNG reading/writing and metrics are left out):
@@ -47,8 +47,8 @@ from vqgan.io.images import to_tensor, to_uint8
 from vqgan.models.gpt import GPT, GPTConfig
 from vqgan.models.vqgan import VQGAN, VQGANConfig
 
-DEFAULT_VQGAN = dict(resolution=64, ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(8,),
-                     z_channels=64, quantizer="l2", n_codes=512, code_dim=16)
+DEFAULT_VQGAN = dict(resolution=64, ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(),
+                     z_channels=64, quantizer="l2", n_codes=1024, code_dim=16)
 DEFAULT_GPT = dict(n_layer=4, n_head=4, n_embd=256)
 
 

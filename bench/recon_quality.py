@@ -80,10 +80,12 @@ VARIANTS.update({
                      "loss": {"foreground_weight": 4.0, "object_weight": 10.0, "object_balance": True}},
     # the paper's other two losses on top: the PatchGAN (hinge, adaptive weight) from half the budget, and LPIPS
     # (VGG16 trunk; needs --weights-dir with the converted weights: python -m vqgan.weights --lpips)
-    "f4_obj10_gan": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024},
-                     "loss": {"foreground_weight": 4.0, "object_weight": 10.0, "disc_start": "half"}},
-    "f4_obj10_lpips": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024},
-                       "loss": {"foreground_weight": 4.0, "object_weight": 10.0, "perceptual_weight": 1.0}},
+    "f4_bal_gan": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024},
+                   "loss": {"foreground_weight": 4.0, "object_weight": 10.0, "object_balance": True,
+                            "disc_start": "half"}},
+    "f4_bal_lpips": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024},
+                     "loss": {"foreground_weight": 4.0, "object_weight": 10.0, "object_balance": True,
+                              "perceptual_weight": 1.0}},
 })
 # issue #13, the object signal per FLOP: train on crops (32x32: a quarter of a frame, so batch 64 costs what batch 16
 # frames cost; 16x16 and batch 256 likewise), 3/4 of them centred on an object box (a uniformly chosen object of
@@ -157,14 +159,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     def ok(v):
         return "-" if v is None else ("yes" if v else "NO")
 
-    head = (f"{'variant':<10}{'rows':<18}{'N':>6}{'PSNR':>7}{'base':>7}{'gain':>7}{'recall':>8}{'base':>6}"
+    w = max([10] + [len(r["variant"]) + 1 for r in rows])  # the variant column fits the longest name
+    head = (f"{'variant':<{w}}{'rows':<18}{'N':>6}{'PSNR':>7}{'base':>7}{'gain':>7}{'recall':>8}{'base':>6}"
             f"{'N obj':>7}{'boxMAE':>7}{'base':>7}{'usage':>7}{'ppl':>6}{'train s':>8}{'img/s':>6}  +5dB box/2 use80")
     lines = [head, "-" * len(head)]
     for r in rows:
         t = targets_met(r)
         gain = None if r.get("psnr") is None else r["psnr"] - r["psnr_baseline_mean"]
         lines.append(
-            f"{r['variant']:<10}{r['group']:<18}{r['n_images']:>6}{f(r.get('psnr'), '.2f'):>7}"
+            f"{r['variant']:<{w}}{r['group']:<18}{r['n_images']:>6}{f(r.get('psnr'), '.2f'):>7}"
             f"{f(r.get('psnr_baseline_mean'), '.2f'):>7}{f(gain, '+.2f'):>7}{f(r.get('object_recall'), '.3f'):>8}"
             f"{f(r.get('object_recall_baseline_mean'), '.2f'):>6}{f(r.get('n_objects_scored'), 'd'):>7}"
             f"{f(r.get('box_mae'), '.1f'):>7}{f(r.get('box_mae_baseline_mean'), '.1f'):>7}"
