@@ -253,6 +253,19 @@ def test_object_crops_cut_frames_and_masks_together_around_the_sprite(object_spl
     assert len({tuple(c) for c in corners.tolist()}) > 12
 
 
+def test_training_masks_follow_the_loss_and_train_sections(object_split):
+    from vqgan.data.dataset import read_split
+    from vqgan.train.vqgan import TrainConfig, object_masks
+
+    split, frames, crops = read_split(object_split), TrainConfig(), TrainConfig(crop=8, object_crops=1.0)
+    assert object_masks(split, {}, frames) is None                       # nothing needs the boxes
+    assert object_masks(split, {}, crops) is not None                    # object-centred crops do
+    plain = object_masks(split, {"object_weight": 2.0}, frames)(np.arange(4))
+    balanced = object_masks(split, {"object_weight": 2.0, "object_balance": True}, frames)(np.arange(4))
+    assert plain.dtype == np.uint8 and balanced.dtype == np.float32
+    np.testing.assert_array_equal(balanced, plain)  # every sprite has the median area: weight 1
+
+
 @pytest.mark.parametrize("loss, train, message", [
     ({}, {"crop": 7}, "vqgan.train.crop=7: must be at most the data's resolution (16 px) and a multiple of"),
     ({}, {"crop": 32}, "vqgan.train.crop=32"),
