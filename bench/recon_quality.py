@@ -80,6 +80,10 @@ VARIANTS.update({
                      "loss": {"foreground_weight": 4.0, "object_weight": 10.0, "object_balance": True}},
     # the paper's other two losses on top: the PatchGAN (hinge, adaptive weight) from half the budget, and LPIPS
     # (VGG16 trunk; needs --weights-dir with the converted weights: python -m vqgan.weights --lpips)
+    # a larger codebook: a 4x4-px token of a sprite over a maze (4 maze colour schemes, 5 ghost colours) has many
+    # combinations; 1024 codes were all in use (usage 100%)
+    "f4_bal_4096": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 4096},
+                    "loss": {"foreground_weight": 4.0, "object_weight": 10.0, "object_balance": True}},
     "f4_bal_gan": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024},
                    "loss": {"foreground_weight": 4.0, "object_weight": 10.0, "object_balance": True,
                             "disc_start": "half"}},
