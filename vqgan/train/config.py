@@ -165,13 +165,6 @@ def check_batch(tc: LoopConfig, n: int, what: str, world_size: int | None = None
     return per_device
 
 
-def check_crop(tc: VQGANTrainConfig, resolution: int, downsample: int) -> None:
-    """ValueError naming vqgan.train.crop when the crop does not fit the data or the model's token grid."""
-    if tc.crop and (tc.crop > resolution or tc.crop % downsample):
-        raise ValueError(f"vqgan.train.crop={tc.crop}: must be at most the data's resolution ({resolution} px) and a "
-                         f"multiple of the model's downsampling factor f = {downsample} (whole tokens); e.g. "
-                         f"{max(downsample, resolution // 2 // downsample * downsample)}, or 0 for whole frames")
-
 
 # What each training module is given its data with, the data's size, and the config class of its `train` section.
 def _images(folder: str) -> int | None:

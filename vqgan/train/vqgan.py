@@ -37,7 +37,7 @@ from vqgan.models.losses import LossConfig, NLayerDiscriminator, VQLoss
 from vqgan.models.lpips import LPIPS
 from vqgan.models.vqgan import VQGAN, VQGANConfig
 from vqgan.train.config import VQGANTrainConfig as TrainConfig
-from vqgan.train.config import check_batch, check_crop
+from vqgan.train.config import check_batch
 from vqgan.train.loop import (
     CheckpointManager,
     FiniteGuard,
@@ -196,6 +196,31 @@ def object_masks(split, loss_section: dict[str, Any], tc: TrainConfig) -> Object
     return ObjectMasks.from_split(split, cfg.object_ignore, balance=cfg.object_balance)
 
 
+def check_crop(tc: TrainConfig, sections: dict[str, dict[str, Any]], resolution: int) -> None:
+    """ValueError naming vqgan.train.crop when crops do not fit the data, the token grid, the discriminator (once
+    the GAN runs) or the batch-neighbour foreground weight."""
+    if not tc.crop:
+        return
+    f = VQGANConfig.from_dict({"model": sections["model"], "quantizer": sections["quantizer"],
+                               "resolution": resolution}).downsample
+    if tc.crop > resolution or tc.crop % f:
+        raise ValueError(f"vqgan.train.crop={tc.crop}: must be at most the data's resolution ({resolution} px) and a "
+                         f"multiple of the model's downsampling factor f = {f} (whole tokens); e.g. "
+                         f"{max(f, resolution // 2 // f * f)}, or 0 for whole frames")
+    loss = LossConfig.from_dict(sections["loss"])
+    smallest = NLayerDiscriminator.min_input(loss.disc_layers)
+    if tc.crop < smallest and loss.disc_start < tc.steps and loss.disc_weight > 0:
+        raise ValueError(f"vqgan.train.crop={tc.crop} is smaller than the discriminator's smallest input "
+                         f"({smallest} px for loss.disc_layers={loss.disc_layers}), and the GAN starts at "
+                         f"loss.disc_start={loss.disc_start} < train.steps={tc.steps}; crop >= {smallest}, "
+                         "fewer disc_layers, or no GAN (disc_start >= steps)")
+    if loss.foreground_weight > 0:
+        raise ValueError(f"vqgan.train.crop={tc.crop} with vqgan.loss.foreground_weight > 0: the foreground mask "
+                         "compares each image with the median of its batch neighbours, which crops from different "
+                         "places of the frame do not share; set foreground_weight: 0 (use loss.object_weight, "
+                         "from the exact object boxes) or crop: 0")
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -203,21 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     tc = TrainConfig.from_dict(sections["train"])
     split = read_split(args.data)
     check_batch(tc, len(split), f"images of {args.data}")  # before the state folder, models or outputs are touched
-    model_cfg = VQGANConfig.from_dict({"model": sections["model"], "quantizer": sections["quantizer"],
-                                       "resolution": split.resolution})
-    check_crop(tc, split.resolution, model_cfg.downsample)
-    loss_cfg = LossConfig.from_dict(sections["loss"])
-    smallest = NLayerDiscriminator.min_input(loss_cfg.disc_layers)
-    if tc.crop and tc.crop < smallest and loss_cfg.disc_start < tc.steps and loss_cfg.disc_weight > 0:
-        raise ValueError(f"vqgan.train.crop={tc.crop} is smaller than the discriminator's smallest input "
-                         f"({smallest} px for loss.disc_layers={loss_cfg.disc_layers}), and the GAN starts at "
-                         f"loss.disc_start={loss_cfg.disc_start} < train.steps={tc.steps}; crop >= {smallest}, "
-                         "fewer disc_layers, or no GAN (disc_start >= steps)")
-    if tc.crop and loss_cfg.foreground_weight > 0:
-        raise ValueError(f"vqgan.train.crop={tc.crop} with vqgan.loss.foreground_weight > 0: the foreground mask "
-                         "compares each image with the median of its batch neighbours, which crops from different "
-                         "places of the frame do not share; set foreground_weight: 0 (use loss.object_weight, "
-                         "from the exact object boxes) or crop: 0")
+    check_crop(tc, sections, split.resolution)
     object_masks(split, sections["loss"], tc)  # no objects.csv with object_weight > 0: fail before anything is touched
     try:
         return train(args, sections, tc, split)
