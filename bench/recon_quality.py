@@ -69,27 +69,27 @@ VARIANTS.update({
 # a larger codebook. At f = 8 a token is an 8x8 patch of maze *and* whatever sprite crosses it: the ~256 background
 # patches of the mazes fill a 512-code book, and no code is left for "this patch with a ghost in it".
 F4 = {"ch_mult": [1, 2, 4], "attn_resolutions": []}  # no attention at 16x16: 256 positions, local objects
+OBJ10 = {"foreground_weight": 4.0, "object_weight": 10.0}
+BAL = {**OBJ10, "object_balance": True}  # every instance weighs the same (box weight x median area / area)
+
+
+def f4(loss: dict[str, Any], n_codes: int = 1024, **train: Any) -> dict[str, Any]:
+    """A variant on the f = 4 grid with our quantizer."""
+    return {"model": F4, "quantizer": {**OURS_Q, "n_codes": n_codes}, "loss": loss, **({"train": train} if train else {})}
+
+
 VARIANTS.update({
-    "f4": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024}, "loss": {"foreground_weight": 4.0}},
-    "f4_obj10": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024},
-                 "loss": {"foreground_weight": 4.0, "object_weight": 10.0}},
-    "f4_obj30": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024},
-                 "loss": {"foreground_weight": 4.0, "object_weight": 30.0}},
-    # every instance weighs the same (box weight x median area / area): the balls are 1-4 px boxes
-    "f4_obj10_bal": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024},
-                     "loss": {"foreground_weight": 4.0, "object_weight": 10.0, "object_balance": True}},
-    # the paper's other two losses on top: the PatchGAN (hinge, adaptive weight) from half the budget, and LPIPS
-    # (VGG16 trunk; needs --weights-dir with the converted weights: python -m vqgan.weights --lpips)
+    "f4": f4({"foreground_weight": 4.0}),
+    "f4_obj10": f4(OBJ10),
+    "f4_obj30": f4({**OBJ10, "object_weight": 30.0}),
+    "f4_obj10_bal": f4(BAL),  # the balls are 1-4 px boxes, the ghosts 16
     # a larger codebook: a 4x4-px token of a sprite over a maze (4 maze colour schemes, 5 ghost colours) has many
     # combinations; 1024 codes were all in use (usage 100%)
-    "f4_bal_4096": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 4096},
-                    "loss": {"foreground_weight": 4.0, "object_weight": 10.0, "object_balance": True}},
-    "f4_bal_gan": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024},
-                   "loss": {"foreground_weight": 4.0, "object_weight": 10.0, "object_balance": True,
-                            "disc_start": "half"}},
-    "f4_bal_lpips": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024},
-                     "loss": {"foreground_weight": 4.0, "object_weight": 10.0, "object_balance": True,
-                              "perceptual_weight": 1.0}},
+    "f4_bal_4096": f4(BAL, n_codes=4096),
+    # the paper's other two losses on top: the PatchGAN (hinge, adaptive weight) from half the budget, and LPIPS
+    # (VGG16 trunk; needs --weights-dir with the converted weights: python -m vqgan.weights --lpips)
+    "f4_bal_gan": f4({**BAL, "disc_start": "half"}),
+    "f4_bal_lpips": f4({**BAL, "perceptual_weight": 1.0}),
 })
 # issue #13, the object signal per FLOP: train on crops (32x32: a quarter of a frame, so batch 64 costs what batch 16
 # frames cost; 16x16 and batch 256 likewise), 3/4 of them centred on an object box (a uniformly chosen object of
@@ -97,10 +97,8 @@ VARIANTS.update({
 # batch neighbours, meaningless for crops); the model is still evaluated on whole frames. Object pixels (bricks
 # aside) are 0.7% of a whole 64-px frame, 1.6% of such 32-px crops, 4.1% of 16-px ones.
 VARIANTS.update({
-    "f4_crop32": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024}, "loss": {"object_weight": 10.0},
-                  "train": {"crop": 32, "object_crops": 0.75, "batch_scale": 4}},
-    "f4_crop16": {"model": F4, "quantizer": {**OURS_Q, "n_codes": 1024}, "loss": {"object_weight": 10.0},
-                  "train": {"crop": 16, "object_crops": 0.75, "batch_scale": 16}},
+    "f4_crop32": f4({"object_weight": 10.0}, crop=32, object_crops=0.75, batch_scale=4),
+    "f4_crop16": f4({"object_weight": 10.0}, crop=16, object_crops=0.75, batch_scale=16),
 })
 COLLECT = {"kind": "atari", "resolution": 64, "games": ["MsPacman", "Pong", "Breakout"], "frames_per_game": 3000}
 

@@ -229,15 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     split = read_split(args.data)
     check_batch(tc, len(split), f"images of {args.data}")  # before the state folder, models or outputs are touched
     check_crop(tc, sections, split.resolution)
-    object_masks(split, sections["loss"], tc)  # no objects.csv with object_weight > 0: fail before anything is touched
+    masks = object_masks(split, sections["loss"], tc)  # no objects.csv when needed: fail before anything is touched
     try:
-        return train(args, sections, tc, split)
+        return train(args, sections, tc, split, masks)
     except NonFiniteLossError as e:
         print(f"\nerror: {e}", file=sys.stderr, flush=True)
         return 3
 
 
-def train(args, sections, tc: TrainConfig, split) -> int:
+def train(args, sections, tc: TrainConfig, split, masks: ObjectMasks | None) -> int:
     # A changed config or dataset gets a fresh state folder; the same one resumes (timings and timestamps in the
     # manifest are left out: re-collecting identical data must not restart training).
     run_dir = Path(args.state_dir) / config_hash(state_key(sections), data_identity(split.manifest))
@@ -281,7 +281,6 @@ def train(args, sections, tc: TrainConfig, split) -> int:
         initial = weight_hashes(raw_model, disc)
 
     sampler = StepBatchSampler(len(split), per_device, rank, world, tc.seed, start=start * tc.grad_accum)
-    masks = object_masks(split, sections["loss"], tc)
     weight_objects = loss.cfg.object_weight > 0
     loader = torch.utils.data.DataLoader(ImageBatches(split.images, masks), batch_sampler=sampler, collate_fn=_keep,
                                          num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,
