@@ -236,6 +236,43 @@ def test_benchmark_table_averages_repeats_and_labels_by_rule(tmp_path):
     assert plots.plot_benchmarks(files, tmp_path / "bench.png").stat().st_size > 1000
 
 
+def test_benchmark_throughput_counts_each_jobs_images_from_its_own_outputs(tmp_path):
+    import json
+
+    from vqgan.eval import plots
+
+    r = tmp_path / "results"
+
+    def put(rel, obj):
+        (r / rel).parent.mkdir(parents=True, exist_ok=True)
+        (r / rel).write_text(json.dumps(obj))
+
+    for split, n in (("train", 90), ("val", 10)):
+        put(f"data/atari64/{split}/manifest.json", {"count": n})
+    put("vqgan/atari64/ours/train.json", {"steps": 900, "resumed_from_step": 300, "global_batch": 16})
+    put("codes/atari64/ours/codes.json", {"counts": {"train": 90, "val": 10}})
+    put("vqgan/atari64/ours/recon.json", {"n_images": 5, "codebook_images": 10})
+    put("samples/atari64/ours/seed1/samples.json", {"count": 30})
+    put("fid/atari64/ours.json", {"n_real": 8, "real_features_cached": True, "per_seed": [{"n": 8}, {"n": 8}],
+                                  "n_recon": 8, "n_train": 8})
+    expect = {"collect_atari/atari64": 100, "train_vqgan/atari64/ours": 600 * 16, "encode/atari64/ours": 100,
+              "eval_vqgan/atari64/ours": 15, "sample/atari64/ours/seed1": 30, "fid/atari64/ours": 32}
+    for label, n in expect.items():
+        assert plots.stage_images(label, r) == n, label
+    # a job whose outputs are missing, and a rule with no count, get no throughput instead of failing the figure
+    assert math.isnan(plots.stage_images("train_transformer/atari64/ours", r))
+    assert math.isnan(plots.stage_images("fetch_weights/vgg16", r))
+
+    header = "s\th:m:s\tmax_rss\n"
+    files = []
+    for label, seconds in (("sample/atari64/ours/seed1", 3.0), ("train_transformer/atari64/ours", 9.0)):
+        f = tmp_path / "benchmarks" / f"{label}.tsv"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(header + f"{seconds}\t0:00:03\t100\n")
+        files.append(f)
+    assert plots.plot_benchmarks(files, tmp_path / "bench.png", r).stat().st_size > 1000
+
+
 def test_data_grid_has_one_row_per_class(tmp_path):
     import numpy as np
     from PIL import Image

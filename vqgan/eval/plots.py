@@ -7,11 +7,13 @@
 `curves` reads a `metrics.csv` written by either training loop (one row per logged step; columns missing from one
 loop, e.g. `usage` for the transformer, simply leave their panel out). `benchmarks` reads Snakemake `benchmark:` TSV
 files (columns `s`, `max_rss` in MB, ...); each bar is labelled by the file's path below the common folder, so
-`benchmarks/train_vqgan/coco64.tsv` becomes `train_vqgan/coco64`.
+`benchmarks/train_vqgan/coco64.tsv` becomes `train_vqgan/coco64`. With `--results` each bar also gets the stage's
+throughput in images/s, the images counted from what the job itself wrote (see `STAGE_IMAGES`).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -102,6 +104,59 @@ def plot_curves(metrics: str | os.PathLike, out: str | os.PathLike, title: str |
     return _save(fig, out)
 
 
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _split_count(data: Path) -> int:
+    return sum(_json(data / split / "manifest.json")["count"] for split in ("train", "val"))
+
+
+def _trained_images(train_json: Path) -> int:
+    # this run's share only: a resumed job's benchmark times the steps it ran, not the ones restored
+    d = _json(train_json)
+    return (d["steps"] - d.get("resumed_from_step", 0)) * d["global_batch"]
+
+
+def _eval_images(recon_json: Path) -> int:
+    d = _json(recon_json)
+    return d["n_images"] + d.get("codebook_images", 0)
+
+
+def _fid_images(fid_json: Path) -> int:
+    d = _json(fid_json)
+    real = 0 if d.get("real_features_cached") else d["n_real"]
+    return real + sum(s["n"] for s in d["per_seed"]) + d.get("n_recon", 0) + d.get("n_train", 0)
+
+
+# What one job of each rule counts as its images, read from its own outputs (benchmark label parts -> count):
+# the data rules the images they wrote (both splits), the training rules the images (for the transformer: code grids)
+# this run trained on, encode the images it encoded, eval those it encoded for codebook usage plus those it
+# reconstructed, sample its samples, fid every image it passed through Inception (real unless cached, samples of
+# every seed, reconstructions, the train images of the floor).
+STAGE_IMAGES = {
+    "prepare_coco": lambda r, ds: _split_count(r / "data" / ds),
+    "collect_atari": lambda r, ds: _split_count(r / "data" / ds),
+    "train_vqgan": lambda r, ds, v: _trained_images(r / "vqgan" / ds / v / "train.json"),
+    "encode": lambda r, ds, v: sum(_json(r / "codes" / ds / v / "codes.json")["counts"].values()),
+    "eval_vqgan": lambda r, ds, v: _eval_images(r / "vqgan" / ds / v / "recon.json"),
+    "train_transformer": lambda r, ds, v: _trained_images(r / "transformer" / ds / v / "train.json"),
+    "sample": lambda r, ds, v, seed: _json(r / "samples" / ds / v / seed / "samples.json")["count"],
+    "fid": lambda r, ds, v: _fid_images(r / "fid" / ds / f"{v}.json"),
+}
+
+
+def stage_images(label: str, results: str | os.PathLike) -> float:
+    """Images processed by the job behind a benchmark label (`rule/ds[/variant[/seedN]]`), NaN where the rule is
+    not in STAGE_IMAGES or its outputs are missing or lack the counts (a figure is still made: the bar says n/a)."""
+    rule, *parts = label.split("/")
+    count = STAGE_IMAGES.get(rule)
+    try:
+        return float(count(Path(results), *parts)) if count else float("nan")
+    except (OSError, ValueError, KeyError, TypeError):
+        return float("nan")
+
+
 def read_benchmarks(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     """One row per benchmark file: label, mean seconds and mean max RSS (MB) over its repeats."""
     if not paths:
@@ -123,19 +178,25 @@ def read_benchmarks(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("label", ignore_index=True)
 
 
-def plot_benchmarks(paths: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
-    """Horizontal bars of wall time and peak memory per rule/dataset."""
+def plot_benchmarks(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
+                    results: str | os.PathLike | None = None) -> Path:
+    """Horizontal bars of wall time, throughput (images/s, with `results`) and peak memory per job."""
     df = read_benchmarks(paths)
+    df["images"] = [stage_images(label, results) if results else np.nan for label in df["label"]]
+    df["images_per_s"] = df["images"] / df["seconds"]
     height = max(2.5, 0.35 * len(df) + 1.2)
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, height), sharey=True)
+    fig, (ax_t, ax_r, ax_m) = plt.subplots(1, 3, figsize=(15, height), sharey=True)
     y = np.arange(len(df))
     ax_t.barh(y, df["seconds"], color="tab:blue")
     ax_t.set_yticks(y, df["label"])
     ax_t.invert_yaxis()  # alphabetical from the top
     ax_t.set_xlabel("wall time (s)")
+    ax_r.barh(y, df["images_per_s"].fillna(0), color="tab:orange")
+    ax_r.set_xlabel("images/s (wall)")
     ax_m.barh(y, df["max_rss_mb"].fillna(0), color="tab:green")
     ax_m.set_xlabel("max RSS (MB)")
-    for ax, column, fmt in ((ax_t, "seconds", "{:.0f} s"), (ax_m, "max_rss_mb", "{:.0f} MB")):
+    for ax, column, fmt in ((ax_t, "seconds", "{:.0f} s"), (ax_r, "images_per_s", "{:.3g}/s"),
+                            (ax_m, "max_rss_mb", "{:.0f} MB")):
         for yi, value in zip(y, df[column]):
             ax.text(0 if np.isnan(value) else value, yi, " " + ("n/a" if np.isnan(value) else fmt.format(value)),
                     va="center", fontsize=8)
@@ -171,8 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--metrics", required=True)
     c.add_argument("--out", required=True)
     c.add_argument("--title", help="figure title (default: the metrics file's folder, i.e. the dataset)")
-    b = sub.add_parser("benchmarks", help="time and max RSS per Snakemake benchmark file")
+    b = sub.add_parser("benchmarks", help="time, images/s and max RSS per Snakemake benchmark file")
     b.add_argument("--bench", nargs="+", required=True)
+    b.add_argument("--results", help="the run's results/ folder: adds images/s from each job's outputs")
     b.add_argument("--out", required=True)
     d = sub.add_parser("data-grid", help="a grid of images from a dataset split")
     d.add_argument("--data", required=True, help="split folder (results/data/{ds}/train)")
@@ -184,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "curves":
         plot_curves(args.metrics, args.out, args.title)
     elif args.command == "benchmarks":
-        plot_benchmarks(args.bench, args.out)
+        plot_benchmarks(args.bench, args.out, args.results)
     else:
         plot_data_grid(args.data, args.out, args.per_row, args.rows)
 

@@ -53,5 +53,6 @@ rule plot_benchmarks:
     conda:
         ENV
     shell:
-        "python -m vqgan.eval.plots benchmarks --bench $(find benchmarks -name '*.tsv' | sort) --out {output:q}"
+        "python -m vqgan.eval.plots benchmarks --bench $(find benchmarks -name '*.tsv' | sort) --results results"
+        " --out {output:q}"
         " > {log:q} 2>&1"
