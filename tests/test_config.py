@@ -454,6 +454,35 @@ def test_test_config_builds_the_dag_of_both_datasets(tmp_path):
     assert "download_coco" not in out
 
 
+def _eval_jobs(dry_run_out: str) -> dict[str, str]:
+    """variant -> the `input:` line of its eval_vqgan job on the first dataset, from a dry run's job listing."""
+    jobs = {}
+    for block in dry_run_out.split("\nrule ")[1:]:
+        name = block.split(":", 1)[0]
+        m = re.search(rf"wildcards: ds={next(iter(TEST_CONFIG['datasets']))}, variant=(\w+)", block)
+        if name == "eval_vqgan" and m:
+            jobs[m.group(1)] = re.search(r"^\s*input: (.*)$", block, re.M).group(1)
+    return jobs
+
+
+def test_lpips_weights_are_an_input_of_eval_exactly_when_lpips_is_scored(tmp_path):
+    cfg = copy.deepcopy(TEST_CONFIG)
+    assert cfg["vqgan"]["eval"]["lpips"] is False  # the CI experiment: no conversion per run
+    (tmp_path / "off").mkdir()
+    proc = _dry_run(tmp_path / "off", cfg)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "fetch_weights" not in proc.stdout
+    # on for one variant only (its training stays without the perceptual loss): only its eval waits for the weights
+    _set(cfg, "variants.paper.vqgan.eval", {"lpips": True})
+    (tmp_path / "on").mkdir()
+    proc = _dry_run(tmp_path / "on", cfg)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"^fetch_weights\s+1$", proc.stdout, re.M)
+    jobs = _eval_jobs(proc.stdout)
+    assert set(jobs) == {"paper", "ours"}
+    assert "resources/weights/" in jobs["paper"] and "resources/weights/" not in jobs["ours"]
+
+
 def test_default_config_downloads_coco_when_no_root_is_given(tmp_path):
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     proc = _dry_run(tmp_path, cfg)

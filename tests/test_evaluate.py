@@ -147,10 +147,10 @@ def test_object_boxes_are_rounded_outward_and_drawn_on_the_originals():
     assert (boxed[top][changed[top]] == (255, 255, 255)).all(), "outlines in the first class's colour"
 
 
-def test_recon_json_schema_grid_and_recon_pngs(tmp_path):
+def _eval_tiny_model(tmp_path, eval_cfg: dict, res: int = 16, n_val: int = 10) -> int:
+    """A random 16-px VQGAN, 24 train and `n_val` val frames, and `vqgan.eval.recon`'s CLI run on them."""
     from vqgan.models.vqgan import VQGAN, VQGANConfig
 
-    res, n_val = 16, 10
     meta = lambda n: pd.DataFrame({"source_id": range(n)})  # noqa: E731
     write_split(tmp_path / "train", sprite_video(24, res), meta(24), {"source": "test"})
     write_split(tmp_path / "val", sprite_video(n_val, res, seed=5), meta(n_val), {"source": "test"})
@@ -159,11 +159,17 @@ def test_recon_json_schema_grid_and_recon_pngs(tmp_path):
                                            "z_channels": 8}, "quantizer": {"kind": "l2", "n_codes": 16,
                                                                            "code_dim": 4}, "resolution": res})
     save_model(VQGAN(cfg), tmp_path / "model")
+    return main(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "val"), "--train-data",
+                 str(tmp_path / "train"), "--out-json", str(tmp_path / "recon.json"), "--out-png",
+                 str(tmp_path / "recon.png"), "--recon-dir", str(tmp_path / "recon"),
+                 "--config", json.dumps({"eval": eval_cfg}), "--weights-dir", str(tmp_path / "no-weights"),
+                 "--device", "cpu"])
+
+
+def test_recon_json_schema_grid_and_recon_pngs(tmp_path):
+    res, n_val = 16, 10
+    rc = _eval_tiny_model(tmp_path, {"grid_images": 4, "batch_size": 3}, res, n_val)
     out_json, out_png, recon = tmp_path / "recon.json", tmp_path / "recon.png", tmp_path / "recon"
-    rc = main(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "val"), "--train-data",
-               str(tmp_path / "train"), "--out-json", str(out_json), "--out-png", str(out_png), "--recon-dir",
-               str(recon), "--config", json.dumps({"eval": {"grid_images": 4, "batch_size": 3}}),
-               "--weights-dir", str(tmp_path / "no-weights"), "--device", "cpu"])
     assert rc == 0
     m = json.loads(out_json.read_text())
     numbers = ["psnr", "psnr_baseline_mean", "psnr_baseline_median", "mae", "mae_baseline_mean",
@@ -179,6 +185,20 @@ def test_recon_json_schema_grid_and_recon_pngs(tmp_path):
     assert load_png(out_png).shape == (3 * (64 + 2) + 2, 4 * (64 + 2) + 2, 3)
     pngs = sorted(recon.glob("*.png"))
     assert len(pngs) == n_val and load_png(pngs[0]).shape == (res, res, 3)
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_lpips_off_by_config_is_not_loaded_and_says_so(tmp_path, monkeypatch, on):
+    from vqgan.eval import recon as recon_module
+
+    calls = []
+    monkeypatch.setattr(recon_module, "_load_lpips", lambda *a: calls.append(a) or (None, "no weights here"))
+    assert _eval_tiny_model(tmp_path, {"lpips": on}) == 0
+    m = json.loads((tmp_path / "recon.json").read_text())
+    assert len(calls) == int(on) and m["lpips"] is None and m["eval_config"]["lpips"] is on
+    assert m["lpips_unavailable"] == ("no weights here" if on else "off (vqgan.eval.lpips: false)")
+    with pytest.raises(ValueError, match="invalid vqgan.eval"):
+        recon_module.EvalConfig.from_dict({"lpips": "yes"})
 
 
 def test_baselines_are_per_class_when_labels_are_given():

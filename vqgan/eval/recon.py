@@ -55,6 +55,7 @@ class EvalConfig:
     batch_size: int = 64
     object_min_error: float = 10.0  # 0-255 box MAE of the median image below which an object is not scored
     object_keep_ratio: float = 0.5  # kept: the reconstruction's box MAE < this x the median image's
+    lpips: bool = True              # score LPIPS (the workflow then requires its weights; off: null, "off by config")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "EvalConfig":
@@ -65,7 +66,7 @@ class EvalConfig:
         cfg = cls(**d)
         try:
             bad = (cfg.batch_size < 1 or cfg.grid_images < 0 or not 0 < cfg.object_min_error < 255
-                   or not 0 < cfg.object_keep_ratio <= 1)
+                   or not 0 < cfg.object_keep_ratio <= 1 or not isinstance(cfg.lpips, bool))
         except TypeError:  # a value of the wrong type, e.g. batch_size: "64"
             bad = True
         if bad:
@@ -448,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         if train.manifest.get("source") != "ale":
             raise UsageError(f"--eval-sets: {args.train_data} is not an Atari dataset; eval sets are raw ALE screens")
         sets = check_eval_sets(raw_sets, train.class_names, "--eval-sets")  # EvalSetError: one line, exit 2
-    lpips, why = _load_lpips(args.weights_dir, device)
+    lpips, why = _load_lpips(args.weights_dir, device) if cfg.lpips else (None, "off (vqgan.eval.lpips: false)")
     writer = PngFolderWriter(args.recon_dir) if args.recon_dir else None
     n_classes = len(train.class_names)
     baselines = class_baselines(train.images, train.labels, n_classes)

@@ -576,6 +576,13 @@ def perceptual_weights(wildcards):
     return []
 
 
+def eval_lpips_weights(wildcards):
+    # an input, not a lookup at run time: otherwise a row's LPIPS would depend on whether another job fetched
+    # the weights first
+    vq = DATASETS[wildcards.ds]["_variants"][wildcards.variant]["vqgan"]
+    return list(rules.fetch_weights.output) if vq["eval"]["lpips"] else []
+
+
 # -- targets ------------------------------------------------------------------------------------------------
 
 

@@ -48,6 +48,7 @@ rule eval_vqgan:
         val="results/data/{ds}/val",
         train="results/data/{ds}/train",
         eval_sets=eval_set_folders,  # folders of raw ALE screens (datasets.{ds}.eval_sets)
+        weights=eval_lpips_weights,  # LPIPS (vqgan.eval.lpips)
     output:
         json="results/vqgan/{ds}/{variant}/recon.json",
         grid=report(
