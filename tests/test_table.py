@@ -114,6 +114,18 @@ def test_notes_warn_of_small_data_biased_fid_and_a_dataset_below_its_mean_image(
     assert "configured" not in atari and "FID biased" not in atari  # no manifests given, no FID yet
 
 
+def test_notes_flag_a_collapsed_codebook_and_a_transformer_no_better_than_uniform(results, tmp_path):
+    table = T.build_table(**results).set_index(["dataset", "variant", "subset"])
+    for key in (("coco64", "ours", "all"), ("atari64", "ours", "all")):  # 71% and 20% in use; 7.9 < 9.0 bits
+        assert "collapsed" not in table.loc[key, "notes"] and "uniform" not in table.loc[key, "notes"]
+    collapsed = _write(tmp_path / "c" / "vqgan" / "coco64" / "ours" / "recon.json", {"usage": 0.024})
+    memorised = _write(tmp_path / "c" / "transformer" / "coco64" / "ours" / "train.json",
+                       {"val_bits_per_token": 11.67, "uniform_bits_per_token": 10.0})
+    notes = T.build_table(recon=[collapsed], transformer_train=[memorised]).loc[0, "notes"]
+    assert "codebook collapsed: 2.4% of the codes used on val" in notes
+    assert "transformer val loss 11.67 bits/token >= a uniform guess (10.00)" in notes
+
+
 def test_a_game_below_its_own_mean_image_gets_a_row_that_says_so(results):
     table = T.build_table(**results).query("variant == 'ours'").set_index(["dataset", "subset"])
     pong = table.loc[("atari64", "Pong")]

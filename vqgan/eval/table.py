@@ -16,7 +16,8 @@ or a key an older file lacks, gives an empty (NaN) cell rather than an error: th
 half-finished run should still show what it has. `COLUMNS` says where every column comes from.
 
 `notes` says what a reader must not miss (a split smaller than configured, FID at an N where it is strongly
-biased, a reconstruction below its constant-image baseline, why object scores are missing); the Markdown rendering
+biased, a reconstruction below its constant-image baseline, a collapsed codebook, a transformer no better on val
+than a uniform guess over the codes, why object scores are missing); the Markdown rendering
 lists the notes again under the table, where a wide table's last column would be missed.
 """
 from __future__ import annotations
@@ -177,6 +178,23 @@ def _biased_n_note(fid: dict[str, Any]) -> str | None:
     return None
 
 
+# Below this share of the codebook in use on val the tokenizer has collapsed: its samples can score a fine FID from
+# a handful of background codes (the paper's quantizer does this on Atari frames, docs/results.md).
+COLLAPSED_USAGE = 0.1
+
+
+def _model_notes(recon: dict[str, Any], transformer: dict[str, Any]) -> list[str]:
+    notes = []
+    usage = recon.get("usage")
+    if usage is not None and usage < COLLAPSED_USAGE:
+        notes.append(f"codebook collapsed: {100 * usage:.1f}% of the codes used on val")
+    val, uniform = transformer.get("val_bits_per_token"), transformer.get("uniform_bits_per_token")
+    if val is not None and uniform is not None and val >= uniform:
+        notes.append(f"transformer val loss {val:.2f} bits/token >= a uniform guess ({uniform:.2f}): it memorised "
+                     "the train split")
+    return notes
+
+
 def build_table(
     fid: Sequence[str | os.PathLike] = (),
     recon: Sequence[str | os.PathLike] = (),
@@ -209,7 +227,9 @@ def build_table(
         if isinstance(row["inception_sha256"], str):
             row["inception_sha256"] = row["inception_sha256"][:SHA_PREFIX]
         recon_record = loaded["recon"].get(name, {})
-        rows.append(_with_notes(row, recon_record, [*data_notes.get(ds, []), _biased_n_note(fid_record)]))
+        first = [*data_notes.get(ds, []), _biased_n_note(fid_record),
+                 *_model_notes(recon_record, loaded["transformer_train"].get(name, {}))]
+        rows.append(_with_notes(row, recon_record, first))
         subsets = [(game, rec) for game, rec in (recon_record.get("per_class") or {}).items()]
         subsets += [(f"eval_set:{s}", rec) for s, rec in (recon_record.get("eval_sets") or {}).items()]
         for subset, rec in subsets:
