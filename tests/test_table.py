@@ -15,7 +15,8 @@ REQUIRED = [
     "dataset", "variant", "subset", "comparable_group", "n_seeds", "fid_seed_std", "kid_seed_std", "fid_floor",
     "copy_rate", "kind", "resolution", "n_real", "n_gen", "fid", "kid_mean", "kid_std", "rfid", "psnr",
     "psnr_mean_baseline", "psnr_median_baseline", "psnr_gain_over_mean_db", "object_recall",
-    "object_recall_mean_baseline", "n_objects_scored", "box_psnr", "box_psnr_mean_baseline",
+    "object_recall_mean_baseline", "n_objects_scored", "box_psnr", "box_psnr_mean_baseline", "lpips",
+    "lpips_mean_baseline",
     "box_psnr_median_baseline", "box_mae", "box_mae_median_baseline", "notes", "codebook_usage", "perplexity",
     "vqgan_steps", "transformer_steps", "val_bits_per_token", "inception_sha256",
 ]
@@ -53,7 +54,7 @@ def results(tmp_path):
                 "n_images": 500, "resolution": 64, "psnr": 22.4, "psnr_baseline_mean": 12.1,
                 "psnr_baseline_median": 11.8, "psnr_gain_over_mean_db": 10.3, "object_recall": None,
                 "objects": {"unavailable_reason": "no object truth (no objects.csv)"},
-                "usage": 0.71, "perplexity": 301.2, "n_codes": 512, "lpips": None}),
+                "usage": 0.71, "perplexity": 301.2, "n_codes": 512, "lpips": 0.31, "lpips_baseline_mean": 0.72}),
             _write(r / "vqgan" / "atari64" / "ours" / "recon.json", {
                 "n_images": 300, "resolution": 64, "psnr": 31.0, "psnr_baseline_mean": 24.0,
                 "psnr_baseline_median": 28.0, "psnr_gain_over_mean_db": 7.0, "object_recall": 0.05,
@@ -149,7 +150,7 @@ def test_table_values_come_from_the_right_files(results):
     assert (row["codebook_usage"], row["perplexity"]) == (0.71, 301.2)
     assert (row["vqgan_steps"], row["transformer_steps"], row["val_bits_per_token"]) == (1500, 2000, 7.9)
     assert row["inception_sha256"] == "ab" * 6
-    assert math.isnan(row["lpips"])  # null in the JSON
+    assert (row["lpips"], row["lpips_mean_baseline"]) == (0.31, 0.72)
 
 
 def test_missing_stages_and_keys_are_empty_cells_not_errors(results, tmp_path):
