@@ -568,19 +568,22 @@ def coco_source(wildcards):
     return {"download": rules.download_coco.output.summary}
 
 
-def perceptual_weights(wildcards):
-    # LPIPS needs its weights only when the perceptual loss is on
-    vq = DATASETS[wildcards.ds]["_variants"][wildcards.variant]["vqgan"]
-    if vq["loss"]["perceptual_weight"] > 0:
-        return list(rules.fetch_weights.output)
-    return []
+def lpips_weights_when(needed):
+    """An input function: the LPIPS weights (the fetch_weights rule's outputs) for the jobs whose variant's `vqgan`
+    section needs them, nothing for the others."""
+
+    def inputs(wildcards):
+        vq = DATASETS[wildcards.ds]["_variants"][wildcards.variant]["vqgan"]
+        return list(rules.fetch_weights.output) if needed(vq) else []
+
+    return inputs
 
 
-def eval_lpips_weights(wildcards):
-    # an input, not a lookup at run time: otherwise a row's LPIPS would depend on whether another job fetched
-    # the weights first
-    vq = DATASETS[wildcards.ds]["_variants"][wildcards.variant]["vqgan"]
-    return list(rules.fetch_weights.output) if vq["eval"]["lpips"] else []
+# training needs them only when the perceptual loss is on
+perceptual_weights = lpips_weights_when(lambda vq: vq["loss"]["perceptual_weight"] > 0)
+# evaluation whenever it scores LPIPS: an input, not a lookup at run time, or a row's LPIPS would depend on whether
+# another job had fetched the weights first
+eval_lpips_weights = lpips_weights_when(lambda vq: vq["eval"]["lpips"])
 
 
 # -- targets ------------------------------------------------------------------------------------------------
