@@ -101,8 +101,8 @@ FORMATS = {
     "rkid_std": "{:.4f}", "psnr": "{:.2f}", "psnr_mean_baseline": "{:.2f}", "psnr_median_baseline": "{:.2f}",
     "psnr_gain_over_mean_db": "{:+.2f}", "object_recall": "{:.3f}", "object_recall_mean_baseline": "{:.3f}",
     "box_mae": "{:.1f}", "box_mae_mean_baseline": "{:.1f}", "box_mae_median_baseline": "{:.1f}", "box_psnr": "{:.2f}",
-    "box_psnr_mean_baseline": "{:.2f}", "box_psnr_median_baseline": "{:.2f}", "lpips": "{:.3f}", "lpips_mean_baseline": "{:.3f}",
-    "codebook_usage": "{:.3f}", "perplexity": "{:.1f}", "val_bits_per_token": "{:.3f}",
+    "box_psnr_mean_baseline": "{:.2f}", "box_psnr_median_baseline": "{:.2f}", "lpips": "{:.3f}",
+    "lpips_mean_baseline": "{:.3f}", "codebook_usage": "{:.3f}", "perplexity": "{:.1f}", "val_bits_per_token": "{:.3f}",
     "uniform_bits_per_token": "{:.3f}", "vqgan_wall_s": "{:.0f}", "transformer_wall_s": "{:.0f}",
 }
 
