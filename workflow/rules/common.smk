@@ -243,16 +243,22 @@ def _check_eval_sets(ds, entry):
         raise ConfigError(str(e)) from None
 
 
-def _check_atari(ds, entry):
-    # atari_collect's own parser holds the game-level rules (a game twice in any spelling, game_policy naming a
-    # game not in games, the crop inside the 210x160 screen, RAM cells, budgets): one copy of them, run here too
-    from atari_collect.config import ConfigError as AtariConfigError, parse_config
+def _atari_config(entry):
+    from atari_collect.config import parse_config
 
     plain = {
         k: v for k, v in entry.items() if k not in OVERRIDABLE and not k.startswith("_")
     }
+    return parse_config(copy.deepcopy(plain))
+
+
+def _check_atari(ds, entry):
+    # atari_collect's own parser holds the game-level rules (a game twice in any spelling, game_policy naming a
+    # game not in games, the crop inside the 210x160 screen, RAM cells, budgets): one copy of them, run here too
+    from atari_collect.config import ConfigError as AtariConfigError
+
     try:
-        parse_config(copy.deepcopy(plain))
+        _atari_config(entry)
     except AtariConfigError as e:
         if e.key is None:
             raise ConfigError(f"config key datasets.{ds}: {e}") from None
@@ -589,12 +595,24 @@ eval_lpips_weights = lpips_weights_when(lambda vq: vq["eval"]["lpips"])
 # -- targets ------------------------------------------------------------------------------------------------
 
 
+def explored_datasets():
+    """Atari datasets where some game is collected by Go-Explore: the collector draws their coverage.png."""
+    explored = []
+    for ds in ATARI_DATASETS:
+        cfg = _atari_config(DATASETS[ds])
+        policies = [cfg.policy_for(label).name for label in range(len(cfg.games))]
+        if "go_explore" in policies:
+            explored.append(ds)
+    return explored
+
+
 def all_targets():
     """The table, and the figures the HTML report shows."""
     return [
         "results/fid_table.csv",
         "results/plots/benchmarks.png",
         *expand("results/plots/data_{ds}.png", ds=DATASETS),
+        *expand("results/plots/coverage_{ds}.png", ds=explored_datasets()),
         *per_run("results/plots/vqgan_{ds}_{variant}_curves.png"),
         *per_run("results/plots/transformer_{ds}_{variant}_curves.png"),
         *per_run("results/vqgan/{ds}/{variant}/recon.png"),

@@ -37,6 +37,25 @@ rule plot_data:
         "python -m vqgan.eval.plots data-grid --data {input:q} --out {output:q} > {log:q} 2>&1"
 
 
+rule plot_coverage:
+    # Go-Explore's coverage (cells and levels over steps, kept frames per level and split), drawn by the collector
+    # beside the splits, into the report
+    input:
+        "results/data/{ds}/train",
+    output:
+        report(
+            "results/plots/coverage_{ds}.png",
+            caption="../report/coverage.rst",
+            category="Data",
+        ),
+    log:
+        "logs/plot_coverage/{ds}.log",
+    conda:
+        ENV
+    shell:
+        "cp results/data/{wildcards.ds:q}/coverage.png {output:q} > {log:q} 2>&1"
+
+
 rule plot_benchmarks:
     # Time and peak memory of every compute job, from Snakemake's benchmark: files
     # (benchmarks/<rule>/<ds>[/<variant>[/seed<n>]].tsv).
