@@ -490,6 +490,23 @@ def test_default_config_downloads_coco_when_no_root_is_given(tmp_path):
     assert re.search(r"^download_coco\s+1$", proc.stdout, re.M)
 
 
+def test_the_report_gets_a_coverage_figure_exactly_for_explored_datasets(tmp_path):
+    # the default experiment explores Ms. Pac-Man (game_policy): its coverage figure is a target of `all`
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["coco"]["root"] = str(TINY_COCO)
+    (tmp_path / "default").mkdir()
+    proc = _dry_run(tmp_path / "default", cfg)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"^plot_coverage\s+1$", proc.stdout, re.M)
+    assert "results/plots/coverage_atari64.png" in proc.stdout
+    # the same dataset with the game played sticky-random: no Go-Explore, no coverage.png, no figure
+    del cfg["datasets"]["atari64"]["game_policy"]
+    (tmp_path / "sticky").mkdir()
+    proc = _dry_run(tmp_path / "sticky", cfg)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "plot_coverage" not in proc.stdout
+
+
 def test_schema_defaults_reach_the_rules(tmp_path):
     # the dry run prints the shell commands: omitted keys arrive at the CLI with their schema defaults
     proc = _dry_run(tmp_path, TEST_CONFIG)
