@@ -58,7 +58,8 @@ def not_found_message(weights_dir: Path | None, searched: list[Path]) -> str:
         f"    curl -L -o {target} {VGG16_URL}\n"
         "    (the fetch_weights rule does this on a machine with network access);\n"
         "  - allowing the download in this run (allow_download=True / --allow-download);\n"
-        "  - or training without the perceptual loss: set `vqgan.loss.perceptual_weight: 0` in the config."
+        "  - or doing without LPIPS: set `vqgan.loss.perceptual_weight: 0` (training) and `vqgan.eval.lpips: false`\n"
+        "    (evaluation; both need these weights) in the config."
     )
 
 
