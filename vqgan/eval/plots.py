@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vqgan.data.dataset import DatasetError, evenly_spaced, read_split  # noqa: E402
+from vqgan.data.dataset import MANIFEST, SPLITS, DatasetError, evenly_spaced, read_split  # noqa: E402
 from vqgan.io.cli import command  # noqa: E402
 from vqgan.io.files import atomic_file, prepare_output  # noqa: E402
 from vqgan.io.images import grid, save_png  # noqa: E402
@@ -109,7 +109,7 @@ def _json(path: Path) -> dict:
 
 
 def _split_count(data: Path) -> int:
-    return sum(_json(data / split / "manifest.json")["count"] for split in ("train", "val"))
+    return sum(_json(data / split / MANIFEST)["count"] for split in SPLITS)
 
 
 def _trained_images(train_json: Path) -> int:

@@ -597,13 +597,14 @@ eval_lpips_weights = lpips_weights_when(lambda vq: vq["eval"]["lpips"])
 
 def explored_datasets():
     """Atari datasets where some game is collected by Go-Explore: the collector draws their coverage.png."""
-    explored = []
-    for ds in ATARI_DATASETS:
-        cfg = _atari_config(DATASETS[ds])
-        policies = [cfg.policy_for(label).name for label in range(len(cfg.games))]
-        if "go_explore" in policies:
-            explored.append(ds)
-    return explored
+
+    def explores(cfg):
+        return any(
+            cfg.policy_for(label).name == "go_explore"
+            for label in range(len(cfg.games))
+        )
+
+    return [ds for ds in ATARI_DATASETS if explores(_atari_config(DATASETS[ds]))]
 
 
 def all_targets():
