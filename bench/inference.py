@@ -10,10 +10,12 @@ codes; GPT 4 x 256, 256 tokens), random-initialised unless a trained folder is g
 weights, agreement does (a random model has many near-tie codes). Images are the first --n of the val split.
 
 What each stage times, per image (the model work of the stage; PNG reading/writing and metrics are left out):
-- encode: `vqgan.encode.encode_images` (uint8 -> codes), fp32 (the default) vs `--precision bf16`;
-- eval:   encode + decode, the model part of `vqgan.eval.recon` (always fp32 in the pipeline; bf16 for reference);
+- encode: `vqgan.encode.encode_images` (uint8 -> codes), fp32 (before) vs bf16 autocast (`vqgan.encode.precision`,
+          bf16 in config/config.yaml);
+- eval:   encode + decode, the model part of `vqgan.eval.recon`, fp32 (before) vs bf16 (`vqgan.eval.precision`);
 - sample: `GPT.generate` of one batch (--sample-batch) + VQGAN decode; "main's sampler" is this project's
-          sampler with the speed-ups of the speed branch patched out (bench/sampling.py's ablations);
+          sampler with the speed-ups of the speed branch patched out (bench/sampling.py's ablations), decoding in
+          fp32 (before); then this sampler with bf16 weights, decoding in fp32 and in bf16 (`sample.decode_precision`);
 - fid:    Inception features of clean-fid-resized images: one NCHW batch of --fid-batch (the code before),
           `InceptionFeatures` (channels-last chunks of 8 on CPU: the default now), and bf16 autocast (not used by
           the pipeline: FID moves).
@@ -46,14 +48,11 @@ from vqgan.io.checkpoint import load_gpt, load_vqgan
 from vqgan.io.images import to_tensor, to_uint8
 from vqgan.models.gpt import GPT, GPTConfig
 from vqgan.models.vqgan import VQGAN, VQGANConfig
+from vqgan.precision import autocast
 
 DEFAULT_VQGAN = dict(resolution=64, ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(),
                      z_channels=64, quantizer="l2", n_codes=1024, code_dim=16)
 DEFAULT_GPT = dict(n_layer=4, n_head=4, n_embd=256)
-
-
-def bf16(enabled: bool = True):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
 def interleave(variants: dict, rounds: int) -> dict[str, float]:
@@ -137,31 +136,33 @@ def main(argv=None):
                 codes[precision] = encode_images(vq, images, args.batch_size, "cpu", desc="", precision=precision)
             return f
 
-        secs = interleave({"fp32 (default)": enc("fp32"), "bf16 autocast (--precision bf16)": enc("bf16")},
+        secs = interleave({"fp32 (before)": enc("fp32"), "bf16 autocast (default config)": enc("bf16")},
                           args.rounds)
         same = float((codes["fp32"] == codes["bf16"]).mean())
         report("encode", secs, len(images), enc_flops,
-               {"bf16 autocast (--precision bf16)": f"{100 * same:.2f}% of codes identical to fp32"})
+               {"bf16 autocast (default config)": f"{100 * same:.2f}% of codes identical to fp32"})
 
     if "eval" in stages:
         recs = {}
 
-        def rec(use_bf16):
+        def rec(precision):
             def f():
                 out = []
-                with torch.inference_mode(), bf16(use_bf16):
+                with torch.inference_mode(), autocast("cpu", precision):
                     for lo in range(0, len(images), args.batch_size):
                         xb = to_tensor(images[lo : lo + args.batch_size])
                         out.append(to_uint8(vq.decode_indices(vq.encode_to_indices(xb))))
-                recs[use_bf16] = np.concatenate(out)
+                recs[precision] = np.concatenate(out)
             return f
 
-        secs = interleave({"fp32 (the pipeline)": rec(False), "bf16 autocast": rec(True)}, args.rounds)
-        p32, p16 = psnr_per_image(recs[False], images).mean(), psnr_per_image(recs[True], images).mean()
-        between = psnr_per_image(recs[True], recs[False]).mean()
+        secs = interleave({"fp32 (before)": rec("fp32"), "bf16 autocast (default config)": rec("bf16")},
+                          args.rounds)
+        p32, p16 = psnr_per_image(recs["fp32"], images).mean(), psnr_per_image(recs["bf16"], images).mean()
+        between = psnr_per_image(recs["bf16"], recs["fp32"]).mean()
         report("eval", secs, len(images), rec_flops,
-               {"fp32 (the pipeline)": f"PSNR {p32:.3f} dB",
-                "bf16 autocast": f"PSNR {p16:.3f} dB ({p16 - p32:+.3f}); {between:.1f} dB from fp32's recon"})
+               {"fp32 (before)": f"PSNR {p32:.3f} dB",
+                "bf16 autocast (default config)": f"PSNR {p16:.3f} dB ({p16 - p32:+.3f}); {between:.1f} dB from "
+                "fp32's recon"})
 
     if "sample" in stages:
         if args.transformer:
@@ -176,23 +177,30 @@ def main(argv=None):
         B, grid = args.sample_batch, (vq.cfg.grid, vq.cfg.grid)
         labels = torch.arange(B) % gpt.config.n_classes
 
-        def sample(model, patches=()):
+        decoded = {}
+
+        def sample(model, decode_precision, patches=()):
             def f():
                 with torch.inference_mode(), contextlib.ExitStack() as stack:
                     for patch in patches:
                         stack.enter_context(patch())
                     codes = model.generate(labels, B, top_k=100, generator=torch.Generator().manual_seed(0))
-                    to_uint8(vq.decode_indices(codes.view(B, *grid)))
+                    with autocast("cpu", decode_precision):
+                        decoded[decode_precision] = to_uint8(vq.decode_indices(codes.view(B, *grid)))
             return f
 
         patched = list(ablations().values())
-        secs = interleave({"main's sampler, bf16 weights (the default config)": sample(gpt16, patched),
-                           "this sampler, bf16 weights": sample(gpt16), "this sampler, fp32 weights": sample(gpt)},
+        secs = interleave({"main's sampler, bf16 weights, fp32 decode (before)": sample(gpt16, "fp32", patched),
+                           "this sampler, bf16 weights, fp32 decode": sample(gpt16, "fp32"),
+                           "this sampler, bf16 weights, bf16 decode (default)": sample(gpt16, "bf16")},
                           args.rounds)
+        # the same codes (same generator seed, same sampler) decoded both ways
+        between = psnr_per_image(decoded["bf16"], decoded["fp32"]).mean()
         idx = torch.zeros(B, *grid, dtype=torch.long)
         with torch.no_grad():
             flops = gpt_flops_per_sequence(gpt.config) + flops_of(lambda: vq.decode_indices(idx)) / B
-        report("sample", secs, B, flops, {})
+        report("sample", secs, B, flops,
+               {"this sampler, bf16 weights, bf16 decode (default)": f"decode {between:.1f} dB from fp32's"})
 
     if "fid" in stages:
         from cleanfid.resize import build_resizer
@@ -213,7 +221,7 @@ def main(argv=None):
             feats["chunked"] = torch.cat([ext(c) for c in xs.split(args.fid_batch)])
 
         def chunked_bf16():
-            with bf16():
+            with autocast("cpu", "bf16"):
                 feats["bf16"] = torch.cat([ext(c) for c in xs.split(args.fid_batch)]).float()
 
         secs = interleave({f"fp32, NCHW batches of {args.fid_batch} (before)": plain,

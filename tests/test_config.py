@@ -454,15 +454,21 @@ def test_test_config_builds_the_dag_of_both_datasets(tmp_path):
     assert "download_coco" not in out
 
 
-def _eval_jobs(dry_run_out: str) -> dict[str, str]:
-    """variant -> the `input:` line of its eval_vqgan job on the first dataset, from a dry run's job listing."""
+def _job_blocks(dry_run_out: str, rule: str) -> dict[str, str]:
+    """variant -> the dry run's listing of its `rule` job on the first dataset (its input line, shell command...)."""
     jobs = {}
     for block in dry_run_out.split("\nrule ")[1:]:
         name = block.split(":", 1)[0]
         m = re.search(rf"wildcards: ds={next(iter(TEST_CONFIG['datasets']))}, variant=(\w+)", block)
-        if name == "eval_vqgan" and m:
-            jobs[m.group(1)] = re.search(r"^\s*input: (.*)$", block, re.M).group(1)
+        if name == rule and m:
+            jobs[m.group(1)] = block
     return jobs
+
+
+def _eval_jobs(dry_run_out: str) -> dict[str, str]:
+    """variant -> the `input:` line of its eval_vqgan job on the first dataset."""
+    return {v: re.search(r"^\s*input: (.*)$", b, re.M).group(1)
+            for v, b in _job_blocks(dry_run_out, "eval_vqgan").items()}
 
 
 def test_lpips_weights_are_an_input_of_eval_exactly_when_lpips_is_scored(tmp_path):
@@ -481,6 +487,22 @@ def test_lpips_weights_are_an_input_of_eval_exactly_when_lpips_is_scored(tmp_pat
     jobs = _eval_jobs(proc.stdout)
     assert set(jobs) == {"paper", "ours"}
     assert "resources/weights/" in jobs["paper"] and "resources/weights/" not in jobs["ours"]
+
+
+def test_inference_precision_reaches_each_stage_of_its_variant_only(tmp_path):
+    cfg = copy.deepcopy(TEST_CONFIG)
+    # the CI experiment leaves them at the schema's fp32; the paper variant sets all three to bf16
+    _set(cfg, "variants.paper.vqgan.eval", {"precision": "bf16"})
+    _set(cfg, "variants.paper.vqgan.encode", {"precision": "bf16"})
+    _set(cfg, "variants.paper.sample", {"decode_precision": "bf16"})
+    proc = _dry_run(tmp_path, cfg)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for variant, want in (("paper", "bf16"), ("ours", "fp32")):
+        assert f"--precision {want}" in _job_blocks(proc.stdout, "encode")[variant]
+        assert f'"precision": "{want}"' in _job_blocks(proc.stdout, "eval_vqgan")[variant]
+        sample_jobs = [b for b in proc.stdout.split("\nrule ")[1:] if b.startswith("sample:")
+                       and f"variant={variant}" in b]
+        assert sample_jobs and all(f'"decode_precision": "{want}"' in b for b in sample_jobs)
 
 
 def test_default_config_downloads_coco_when_no_root_is_given(tmp_path):

@@ -201,6 +201,24 @@ def test_lpips_off_by_config_is_not_loaded_and_says_so(tmp_path, monkeypatch, on
         recon_module.EvalConfig.from_dict({"lpips": "yes"})
 
 
+def test_eval_in_bf16_records_it_and_stays_close_to_fp32(tmp_path):
+    got = {}
+    for precision in ("fp32", "bf16"):
+        (tmp_path / precision).mkdir()
+        assert _eval_tiny_model(tmp_path / precision, {"precision": precision, "lpips": False}) == 0
+        got[precision] = json.loads((tmp_path / precision / "recon.json").read_text())
+        assert got[precision]["eval_config"]["precision"] == precision
+    # the same random model on the same frames: bf16 autocast moves the PSNR by far less than a dB ...
+    assert got["bf16"]["psnr"] == pytest.approx(got["fp32"]["psnr"], abs=0.2)
+    assert got["bf16"]["psnr_baseline_mean"] == got["fp32"]["psnr_baseline_mean"]  # baselines are not the model's
+    # ... and the reconstructions themselves are near-identical
+    a = np.stack([load_png(p) for p in sorted((tmp_path / "fp32" / "recon").glob("*.png"))])
+    b = np.stack([load_png(p) for p in sorted((tmp_path / "bf16" / "recon").glob("*.png"))])
+    assert psnr_per_image(b, a).mean() > 30
+    with pytest.raises(ValueError, match="vqgan.eval.precision='fp16'"):
+        EvalConfig.from_dict({"precision": "fp16"})
+
+
 def test_baselines_are_per_class_when_labels_are_given():
     # Two "games" with different constant screens: a pooled mean image is a blend that any model beats,
     # the per-class mean image is exact. Each val image must be compared with its own class's baseline.

@@ -35,6 +35,7 @@ from vqgan.io.files import atomic_dir, prepare_output, write_json_atomic
 from vqgan.io.images import grid, save_png, to_uint8
 from vqgan.io.progress import progress_bar
 from vqgan.models.gpt import GPT
+from vqgan.precision import PRECISIONS, autocast
 
 GRID_PER_CLASS = 8
 
@@ -48,7 +49,8 @@ class SampleConfig:
     top_k: int | None = 100  # taming's default for its samples; null = off
     top_p: float | None = None  # nucleus sampling; null = off
     seed: int = 0
-    precision: str = "fp32"  # transformer weights in "fp32" or "bf16" (faster; the VQGAN always decodes in fp32)
+    precision: str = "fp32"  # transformer weights in "fp32" or "bf16" (faster on CPUs with bf16 and on GPUs)
+    decode_precision: str = "fp32"  # the VQGAN decoder: "fp32" or "bf16" autocast
 
     def __post_init__(self):
         problems = []
@@ -66,8 +68,9 @@ class SampleConfig:
             problems.append(f"top_k={self.top_k} (must be >= 1, or null for off)")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             problems.append(f"top_p={self.top_p} (must be in (0, 1], or null for off)")
-        if self.precision not in ("fp32", "bf16"):
-            problems.append(f"precision={self.precision!r} (use 'fp32' or 'bf16')")
+        for k in ("precision", "decode_precision"):
+            if getattr(self, k) not in PRECISIONS:
+                problems.append(f"{k}={getattr(self, k)!r} (use one of {list(PRECISIONS)})")
         if problems:
             raise ValueError("invalid sample config: " + "; ".join(problems))
 
@@ -108,12 +111,14 @@ def sample_codes(gpt: GPT, labels: list[int], cfg: SampleConfig, device, desc: s
 
 
 @torch.no_grad()
-def decode(vqgan, codes: torch.Tensor, grid_hw: tuple[int, int], batch_size: int, device) -> np.ndarray:
+def decode(vqgan, codes: torch.Tensor, grid_hw: tuple[int, int], batch_size: int, device,
+           precision: str = "fp32") -> np.ndarray:
     """(N, h*w) codes -> (N, H, W, 3) uint8 images."""
     images = []
     for lo in range(0, len(codes), batch_size):
         idx = codes[lo : lo + batch_size].view(-1, *grid_hw).to(device)
-        images.append(to_uint8(vqgan.decode_indices(idx)))
+        with autocast(device, precision):
+            images.append(to_uint8(vqgan.decode_indices(idx)))
     return np.concatenate(images)
 
 
@@ -162,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     codes = sample_codes(gpt, labels, cfg, device)
     sample_s = time.perf_counter() - t0
-    images = decode(vqgan, codes, (h, w), cfg.batch_size, device)
+    images = decode(vqgan, codes, (h, w), cfg.batch_size, device, cfg.decode_precision)
 
     with atomic_dir(out) as tmp:
         rows, names, k = [], [], 0

@@ -44,6 +44,7 @@ from vqgan.io.images import PngFolderWriter, abs_diff, grid, save_png, to_tensor
 from vqgan.io.progress import progress_bar
 from vqgan.io.weights import lpips_state_dict
 from vqgan.models.lpips import LPIPS
+from vqgan.precision import autocast, check_precision
 
 
 @dataclass
@@ -56,6 +57,7 @@ class EvalConfig:
     object_min_error: float = 10.0  # 0-255 box MAE of the median image below which an object is not scored
     object_keep_ratio: float = 0.5  # kept: the reconstruction's box MAE < this x the median image's
     lpips: bool = True              # score LPIPS (the workflow then requires its weights; off: null, "off by config")
+    precision: str = "fp32"         # the VQGAN's encode + decode: "fp32" or "bf16" autocast (LPIPS stays fp32)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "EvalConfig":
@@ -71,6 +73,7 @@ class EvalConfig:
             bad = True
         if bad:
             raise ValueError(f"invalid vqgan.eval config {asdict(cfg)}")
+        check_precision(cfg.precision, "vqgan.eval.precision")
         if cfg.max_images is not None and (not isinstance(cfg.max_images, int) or cfg.max_images < 1):
             raise ValueError(f"vqgan.eval.max_images must be >= 1 or null, got {cfg.max_images}")
         return cfg
@@ -244,13 +247,15 @@ def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalC
         for b0 in progress_bar(range(0, len(val_images), cfg.batch_size), desc="eval", file=sys.stderr):
             batch = np.asarray(val_images[b0 : b0 + cfg.batch_size])
             x = to_tensor(batch, device)
-            idx = model.encode_to_indices(x)
+            with autocast(device, cfg.precision):
+                idx = model.encode_to_indices(x)
             counts += np.bincount(idx.reshape(-1).cpu().numpy(), minlength=n_codes)[:n_codes]
             keep = np.array([b0 + i in eval_set for i in range(len(batch))])
             if not keep.any():
                 continue
             target = batch[keep]
-            rec = to_uint8(model.decode_indices(idx[torch.from_numpy(keep).to(idx.device)]))
+            with autocast(device, cfg.precision):
+                rec = to_uint8(model.decode_indices(idx[torch.from_numpy(keep).to(idx.device)]))
             cls = val_labels[b0 : b0 + len(batch)][keep]
             mean_b, median_b = mean_imgs[cls], median_imgs[cls]  # each image's own class baseline
             preds = {"model": rec, "baseline_mean": mean_b, "baseline_median": median_b}
