@@ -24,7 +24,9 @@ rule encode:
         model=lambda w: f"results/vqgan/{w.ds}/{w.variant}",
         data=lambda w: f"results/data/{w.ds}",
         out=lambda w: f"results/codes/{w.ds}/{w.variant}",
-        precision=lambda w: DATASETS[w.ds]["_variants"][w.variant]["vqgan"]["encode"]["precision"],
+        precision=lambda w: DATASETS[w.ds]["_variants"][w.variant]["vqgan"]["encode"][
+            "precision"
+        ],
     shell:
         gpu_or_cpu(
             "python -m vqgan.encode --model {params.model:q} --data {params.data:q} --out {params.out:q}"
