@@ -239,3 +239,39 @@ def test_baselines_are_per_class_when_labels_are_given():
     assert per["per_class"]["a"]["psnr_gain_over_mean_db"] == pytest.approx(
         per["per_class"]["a"]["psnr"] - per["per_class"]["a"]["psnr_baseline_mean"])
     assert "per class" in per["baselines"] and "per_class" not in pooled
+
+
+def test_levels_of_a_game_are_scored_against_the_games_and_their_own_mean_image():
+    # Game "a" has two levels (two mazes: backgrounds 40 and 120), game "b" one; val also holds a third level of
+    # "a" (background 220) that the training split never reached -- the frames a memorising tokenizer fails on.
+    screens = {(0, 0): 40, (0, 1): 120, (0, 2): 220, (1, 0): 200}
+    train_key = [(0, 0)] * 10 + [(0, 1)] * 10 + [(1, 0)] * 10
+    val_key = [(0, 0), (0, 1), (0, 1), (0, 2), (1, 0), (1, 0)]
+
+    def frames(keys):
+        return np.stack([np.full((8, 8, 3), screens[k], np.uint8) for k in keys])
+
+    train, val = frames(train_key), frames(val_key)
+    labels = lambda keys: np.array([c for c, _ in keys])  # noqa: E731
+    levels = lambda keys: np.array([lv for _, lv in keys])  # noqa: E731
+    cfg = EvalConfig(grid_images=0)
+    m, _ = evaluate(Constant(np.full((8, 8, 3), 120, np.uint8)), val, train, cfg, val_labels=labels(val_key),
+                    train_labels=labels(train_key), class_names=["a", "b"], val_levels=levels(val_key),
+                    train_levels=levels(train_key))
+    per_level = m["per_class"]["a"]["per_level"]
+    assert set(per_level) == {"0", "1", "2"} and "per_level" not in m["per_class"]["b"]  # "b" shows one level
+    assert [per_level[k]["n_images"] for k in "012"] == [1, 2, 1]
+    assert [per_level[k]["n_train_images"] for k in "012"] == [10, 10, 0]
+    # the game's mean image is the blend of its two mazes (80); each maze's own mean image is exact
+    game_mean = psnr_per_image(np.full((8, 8, 3), 80.0), val[:1]).mean()
+    assert per_level["0"]["psnr_baseline_mean"] == pytest.approx(game_mean)
+    assert per_level["0"]["psnr_baseline_level_mean"] == PSNR_CAP_DB
+    assert per_level["2"]["psnr_baseline_level_mean"] is None  # never in training: no such constant
+    # the model (a constant 120 screen) is exact on maze 1 only
+    assert per_level["1"]["psnr"] == PSNR_CAP_DB and per_level["0"]["psnr"] < 20
+    assert per_level["1"]["psnr_gain_over_mean_db"] == pytest.approx(PSNR_CAP_DB - per_level["1"]["psnr_baseline_mean"])
+    # without levels (COCO, or an old dataset) there is no breakdown
+    m, _ = evaluate(Identity(), val, train, cfg, val_labels=labels(val_key), train_labels=labels(train_key),
+                    class_names=["a", "b"])
+    assert "per_level" not in m["per_class"]["a"]
+

@@ -63,6 +63,12 @@ def results(tmp_path):
                 "per_class": {
                     "Pong": {"n_images": 100, "psnr": 28.5, "psnr_baseline_mean": 29.1,
                              "psnr_gain_over_mean_db": -0.6, "object_recall": 0.0, "n_objects_scored": 250},
+                    "MsPacman": {"n_images": 60, "psnr": 27.0, "psnr_baseline_mean": 17.0, "psnr_gain_over_mean_db": 10.0,
+                                 "per_level": {
+                                     "0": {"n_images": 40, "n_train_images": 300, "psnr": 27.5, "psnr_baseline_mean": 17.5,
+                                           "psnr_gain_over_mean_db": 10.0, "psnr_baseline_level_mean": 27.9},
+                                     "3": {"n_images": 20, "n_train_images": 0, "psnr": 16.0, "psnr_baseline_mean": 16.4,
+                                           "psnr_gain_over_mean_db": -0.4, "psnr_baseline_level_mean": None}}},
                     "Seaquest": {"n_images": 200, "psnr": 32.0, "psnr_baseline_mean": 22.0,
                                  "psnr_gain_over_mean_db": 10.0, "object_recall": None, "n_objects": None,
                                  "objects_unavailable_reason": "no object truth (no RAM rules for Seaquest)"}},
@@ -84,7 +90,8 @@ def test_table_has_the_schema_and_one_row_per_dataset_and_variant(results):
     missing = [c for c in REQUIRED if c not in table.columns]
     assert not missing, f"table lacks columns {missing}"
     assert list(zip(table["dataset"], table["variant"], table["subset"])) == [
-        ("atari64", "ours", "all"), ("atari64", "ours", "Pong"), ("atari64", "ours", "Seaquest"),
+        ("atari64", "ours", "all"), ("atari64", "ours", "Pong"), ("atari64", "ours", "MsPacman"),
+        ("atari64", "ours", "MsPacman/level0"), ("atari64", "ours", "MsPacman/level3"), ("atari64", "ours", "Seaquest"),
         ("atari64", "ours", "eval_set:expert"), ("coco64", "ours", "all"), ("coco64", "paper", "all")]
 
 
@@ -136,6 +143,12 @@ def test_a_game_below_its_own_mean_image_gets_a_row_that_says_so(results):
     assert pd.isna(pong["fid"]) and pd.isna(pong["codebook_usage"]), "dataset-level scores stay on the dataset row"
     assert table.loc[("atari64", "all"), "notes"] == "" and table.loc[("atari64", "Seaquest"), "notes"] == (
         "object recall not available: no object truth (no RAM rules for Seaquest)")
+    # a game's levels (Ms. Pac-Man's mazes) get rows of their own, against the game's mean image
+    maze1, maze4 = table.loc[("atari64", "MsPacman/level0")], table.loc[("atari64", "MsPacman/level3")]
+    assert (maze1["n_eval"], maze1["psnr"], maze1["psnr_gain_over_mean_db"]) == (40, 27.5, 10.0)
+    assert maze1["notes"] == "this level's own mean image: 27.90 dB"
+    assert "below its mean image (-0.40 dB)" in maze4["notes"]
+    assert "a level the training split never reached" in maze4["notes"]
     expert = table.loc[("atari64", "eval_set:expert")]
     assert (expert["n_eval"], expert["object_recall"], expert["lpips"]) == (40, 0.4, 0.2)
     assert "object recall not available" in table.loc[("coco64", "all"), "notes"]
@@ -174,7 +187,7 @@ def test_cli_writes_csv_and_markdown(results, tmp_path, capsys):
     assert csv.set_index(["dataset", "variant", "subset"]).loc[("coco64", "ours", "all"), "fid"] == 81.25
     table, notes = md.read_text().split("\n\nNotes:\n")
     lines = table.splitlines()
-    assert len(lines) == 2 + 6  # header, rule, three dataset rows, two games and one eval set of atari64
+    assert len(lines) == 2 + 9  # header, rule, three dataset rows; atari64's three games, two levels, one eval set
     assert lines[0].startswith("| dataset | variant | subset | kind | resolution | comparable_group |")
     group = csv.set_index("variant")["comparable_group"]["paper"]
     # mean ± std over the seeds in one cell, N beside it

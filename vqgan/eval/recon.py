@@ -112,6 +112,30 @@ def class_baselines(train_images: np.ndarray, train_labels: np.ndarray | None,
     return np.stack([m for m, _ in out]), np.stack([d for _, d in out])
 
 
+def level_groups(val_labels: np.ndarray, val_levels: np.ndarray | None, eval_idx: np.ndarray) -> list[tuple[int, int]]:
+    """(class, level) pairs to break down: every level of each class that shows more than one level among the
+    evaluated val images (Ms. Pac-Man's four mazes; not Pong's single court)."""
+    if val_levels is None:
+        return []
+    pairs = sorted(set(zip(np.asarray(val_labels)[eval_idx].tolist(), np.asarray(val_levels)[eval_idx].tolist())))
+    classes = [c for c, _ in pairs]
+    return [(c, lv) for c, lv in pairs if classes.count(c) > 1]
+
+
+def level_mean_images(train_images: np.ndarray, train_labels: np.ndarray | None, train_levels: np.ndarray | None,
+                      groups: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[np.ndarray | None, int]]:
+    """(class, level) -> (the per-pixel mean of that level's training images, their count): each maze's own
+    background, a stronger constant than the game's mean over all its mazes. (None, 0) for a level the training
+    split never reached."""
+    out = {}
+    labels = np.zeros(len(train_images), np.int64) if train_labels is None else np.asarray(train_labels)
+    levels = None if train_levels is None else np.asarray(train_levels)
+    for c, lv in groups:
+        idx = np.array([], np.int64) if levels is None else np.flatnonzero((labels == c) & (levels == lv))
+        out[(c, lv)] = (train_baselines(train_images[idx])[0], len(idx)) if len(idx) else (None, 0)
+    return out
+
+
 def psnr_per_image(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     """PSNR in dB of each image (N, H, W, 3) on the 0-255 scale; `pred` may be one (H, W, 3) image for all."""
     err = (np.asarray(pred, np.float64) - np.asarray(target, np.float64)) ** 2
@@ -216,13 +240,16 @@ def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalC
              lpips=None, recon_writer: PngFolderWriter | None = None, val_labels: np.ndarray | None = None,
              train_labels: np.ndarray | None = None, class_names: list[str] | None = None,
              objects=None, object_truth: dict[str, Any] | None = None,
-             baselines: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict[str, Any], np.ndarray]:
+             baselines: tuple[np.ndarray, np.ndarray] | None = None, val_levels: np.ndarray | None = None,
+             train_levels: np.ndarray | None = None) -> tuple[dict[str, Any], np.ndarray]:
     """Reconstruct val images; return (metrics dict, recon grid image). `model` is a VQGAN in eval mode.
 
     With labels (the Atari game), baselines are per class and `per_class` breaks every number down by class.
     With `objects` (objects.csv rows, `frame` = index into val_images) the object scores are added, overall, per
     class and per object class; `object_truth` (the manifest's record) says which classes (games) have truth.
-    `baselines` = (mean, median) images per class, (C, H, W, 3), when already computed (external frame sets)."""
+    `baselines` = (mean, median) images per class, (C, H, W, 3), when already computed (external frame sets).
+    With `val_levels` (the game's level per frame: Ms. Pac-Man's maze) `per_class` also breaks each game that shows
+    several levels down `per_level`, against the game's mean image and against the level's own (`train_levels`)."""
     class_names = list(class_names or ["all"])
     n_classes = len(class_names) if val_labels is not None and train_labels is not None else 1
     mean_imgs, median_imgs = baselines if baselines is not None else class_baselines(train_images, train_labels,
@@ -235,6 +262,10 @@ def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalC
     grid_idx = set(evenly_spaced(len(eval_idx), cfg.grid_images).tolist()) if cfg.grid_images else set()
     sums = {"model": ErrorSums(), "baseline_mean": ErrorSums(), "baseline_median": ErrorSums()}
     per_class = [{k: ErrorSums() for k in sums} for _ in range(n_classes)]
+    groups = level_groups(val_labels, val_levels, eval_idx)
+    level_means = level_mean_images(train_images, train_labels if n_classes > 1 else None, train_levels, groups)
+    per_level = {g: {"model": ErrorSums(), "baseline_mean": ErrorSums(), "baseline_level_mean": ErrorSums()}
+                 for g in groups}
     index = ObjectIndex(objects, val_labels, class_names, resolution) if objects is not None else None
     scores = ObjectScores(cfg.object_min_error, cfg.object_keep_ratio)
     lp_sums = {"model": 0.0, "baseline_mean": 0.0}
@@ -264,6 +295,14 @@ def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalC
                 for c in np.unique(cls):
                     rows = cls == c
                     per_class[c][name].add(pred[rows], target[rows])
+            if per_level:
+                lv = np.asarray(val_levels)[b0 : b0 + len(batch)][keep]
+                for g in set(zip(cls.tolist(), lv.tolist())) & per_level.keys():
+                    rows = (cls == g[0]) & (lv == g[1])
+                    per_level[g]["model"].add(rec[rows], target[rows])
+                    per_level[g]["baseline_mean"].add(mean_b[rows], target[rows])
+                    if level_means[g][0] is not None:
+                        per_level[g]["baseline_level_mean"].add(level_means[g][0], target[rows])
             if index is not None:
                 images = b0 + np.flatnonzero(keep)  # val indices of `target`, sorted
                 r = index.rows(images)
@@ -336,6 +375,10 @@ def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalC
                 "objects_unavailable_reason": None if has else (why or f"no object truth (no RAM rules for {name})"),
                 "per_object_class": {o: scores.summary(name, o) for o in scores.classes(name)} if has else {},
             }
+            levels = {lv: per_level[(cc, lv)] for cc, lv in groups if cc == c}
+            if levels:
+                metrics["per_class"][name]["per_level"] = {str(lv): level_summary(d, level_means[(c, lv)][1])
+                                                           for lv, d in levels.items()}
     if originals:
         o, r = np.stack(originals), np.stack(recons)
         scale = max(1, min(4, 128 // o.shape[1]))
@@ -345,6 +388,22 @@ def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalC
     else:
         picture = np.zeros((8, 8, 3), np.uint8)
     return metrics, picture
+
+
+def level_summary(sums: dict[str, ErrorSums], n_train: int) -> dict[str, Any]:
+    """One level's numbers: the model against the game's mean image and against the level's own mean image."""
+    model, game_mean = sums["model"].summary(), sums["baseline_mean"].summary()
+    own = sums["baseline_level_mean"].summary() if sums["baseline_level_mean"].psnr else None
+    return {
+        "n_images": int(sum(len(a) for a in sums["model"].psnr)),
+        "n_train_images": int(n_train),  # 0: a level the training split never reached
+        "psnr": model["psnr"],
+        "psnr_baseline_mean": game_mean["psnr"],
+        "psnr_gain_over_mean_db": model["psnr"] - game_mean["psnr"],
+        "psnr_baseline_level_mean": own["psnr"] if own else None,
+        "mae": model["mae"],
+        "mae_baseline_mean": game_mean["mae"],
+    }
 
 
 def format_report(m: dict[str, Any]) -> str:
@@ -386,6 +445,12 @@ def format_report(m: dict[str, Any]) -> str:
                      f" ({c['psnr_gain_over_mean_db']:+.2f} dB){below}; {objects_line(c)}")
         for cls, o in c.get("per_object_class", {}).items():
             lines.append(f"    {cls:<12} {objects_line(o)}")
+        for lv, d in c.get("per_level", {}).items():
+            own = (f"{f(d['psnr_baseline_level_mean'])}" if d["psnr_baseline_level_mean"] is not None
+                   else "n/a: no training frames of this level")
+            lines.append(f"    level {lv:<6} N={d['n_images']:<5} PSNR {f(d['psnr'])} vs the game's mean image "
+                         f"{f(d['psnr_baseline_mean'])} ({d['psnr_gain_over_mean_db']:+.2f} dB), vs this level's own "
+                         f"{own}")
     for name, e in m.get("eval_sets", {}).items():
         lines.append(f"  eval set {name} ({e['game']}, {e['path']}): N={e['n_images']} PSNR {f(e['psnr'])} vs mean "
                      f"image {f(e['psnr_baseline_mean'])} ({e['psnr_gain_over_mean_db']:+.2f} dB), LPIPS "
@@ -411,6 +476,11 @@ def parse_args(argv):
                    help="extra frame sets, {name: {path: folder of raw 210x160 ALE screens (PNG), game: GAME}} "
                         "(datasets.<ds>.eval_sets; see vqgan/eval/eval_sets.py)")
     return p.parse_args(argv)
+
+
+def split_levels(split) -> np.ndarray | None:
+    """The `level` column of a split's meta.csv (Atari: the game's level, Ms. Pac-Man's maze), if it has one."""
+    return split.meta["level"].to_numpy(np.int64) if "level" in split.meta.columns else None
 
 
 def evaluate_eval_sets(model, sets: list[EvalSet], train, baselines, cfg: EvalConfig, device, lpips) -> dict:
@@ -462,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics, picture = evaluate(model, val.images, train.images, cfg, device, lpips, writer,
                                     val_labels=val.labels, train_labels=train.labels, class_names=val.class_names,
                                     objects=val.objects, object_truth=val.manifest.get("object_truth"),
-                                    baselines=baselines)
+                                    baselines=baselines, val_levels=split_levels(val),
+                                    train_levels=split_levels(train))
         if writer is not None:
             writer.close()
     except BaseException:

@@ -231,7 +231,11 @@ def build_table(
         first = [*data_notes.get(ds, []), _biased_n_note(fid_record),
                  *_model_notes(recon_record, loaded["transformer_train"].get(name, {}))]
         rows.append(_with_notes(row, recon_record, first))
-        subsets = [(game, rec) for game, rec in (recon_record.get("per_class") or {}).items()]
+        subsets = []
+        for game, rec in (recon_record.get("per_class") or {}).items():
+            # each level of a game that shows several (Ms. Pac-Man's mazes), against the game's mean image
+            levels = (rec.get("per_level") or {}).items()
+            subsets += [(game, rec), *((f"{game}/level{lv}", lrec) for lv, lrec in levels)]
         subsets += [(f"eval_set:{s}", rec) for s, rec in (recon_record.get("eval_sets") or {}).items()]
         for subset, rec in subsets:
             sub = {"dataset": ds, "variant": variant, "subset": subset, "kind": row["kind"],
@@ -255,6 +259,10 @@ def _with_notes(row: dict[str, Any], recon: dict[str, Any], first: Sequence[str 
     gain = recon.get("psnr_gain_over_mean_db")
     if gain is not None and gain < 0:
         notes.append(f"below its mean image ({gain:+.2f} dB)")
+    if "psnr_baseline_level_mean" in recon:  # a level row: the level's own background is the stronger constant
+        own = recon["psnr_baseline_level_mean"]
+        notes.append("a level the training split never reached" if own is None
+                     else f"this level's own mean image: {own:.2f} dB")
     why = recon.get("objects_unavailable_reason") or (recon.get("objects") or {}).get("unavailable_reason")
     if recon and recon.get("object_recall") is None:
         if why:
