@@ -130,17 +130,20 @@ def variant_config(name: str, steps: int, batch_size: int, lr: float, warmup: in
 
 ROW_KEYS = ("n_images", "psnr", "psnr_baseline_mean", "psnr_baseline_median", "object_recall",
             "object_recall_baseline_mean", "n_objects_scored", "box_mae", "box_mae_baseline_mean",
-            "box_mae_baseline_median", "usage", "perplexity", "codes_used")
+            "box_mae_baseline_median", "usage", "perplexity", "codes_used", "lpips", "lpips_baseline_mean")
 
 
 def rows_from_metrics(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """The table's rows of one evaluation: `all`, each game, each game's object classes (N: images, objects)."""
+    """The table's rows of one evaluation: `all`, each game, each game's object classes (N: images, objects) and
+    levels (Ms. Pac-Man's mazes, PSNR against the game's mean image)."""
     rows = [{"group": "all", **{k: metrics.get(k) for k in ROW_KEYS}}]
     for game, c in (metrics.get("per_class") or {}).items():
         rows.append({"group": game, **{k: c.get(k) for k in ROW_KEYS}})
         for cls, o in (c.get("per_object_class") or {}).items():
             rows.append({"group": f"{game}/{cls}", "n_images": c["n_images"], "psnr": None,
                          "psnr_baseline_mean": None, **{k: o.get(k) for k in ROW_KEYS if k in o}})
+        for lv, d in (c.get("per_level") or {}).items():
+            rows.append({"group": f"{game}/level{lv}", **{k: d.get(k) for k in ROW_KEYS}})
     return rows
 
 
@@ -168,7 +171,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
     w = max([10] + [len(r["variant"]) + 1 for r in rows])  # the variant column fits the longest name
     head = (f"{'variant':<{w}}{'rows':<18}{'N':>6}{'PSNR':>7}{'base':>7}{'gain':>7}{'recall':>8}{'base':>6}"
-            f"{'N obj':>7}{'boxMAE':>7}{'base':>7}{'usage':>7}{'ppl':>6}{'train s':>8}{'img/s':>6}  +5dB box/2 use80")
+            f"{'N obj':>7}{'boxMAE':>7}{'base':>7}{'LPIPS':>7}{'base':>6}{'usage':>7}{'ppl':>6}{'train s':>8}"
+            f"{'img/s':>6}  +5dB box/2 use80")
     lines = [head, "-" * len(head)]
     for r in rows:
         t = targets_met(r)
@@ -178,6 +182,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{f(r.get('psnr_baseline_mean'), '.2f'):>7}{f(gain, '+.2f'):>7}{f(r.get('object_recall'), '.3f'):>8}"
             f"{f(r.get('object_recall_baseline_mean'), '.2f'):>6}{f(r.get('n_objects_scored'), 'd'):>7}"
             f"{f(r.get('box_mae'), '.1f'):>7}{f(r.get('box_mae_baseline_mean'), '.1f'):>7}"
+            f"{f(r.get('lpips'), '.3f'):>7}{f(r.get('lpips_baseline_mean'), '.2f'):>6}"
             f"{f(r.get('usage'), '.1%'):>7}{f(r.get('perplexity'), '.0f'):>6}"
             f"{f(r.get('wall_time_s'), '.0f'):>8}{f(r.get('images_per_s'), '.1f'):>6}"
             f"  {ok(t['psnr_+5dB']):>4} {ok(t['box_half']):>5} {ok(t['usage_80']):>5}")
@@ -224,19 +229,26 @@ def train(run: Run, data: Path, threads: int, weights_dir: str | None = None) ->
     return info
 
 
-def evaluate_run(run: Run, data: Path, threads: int) -> list[dict[str, Any]]:
+def evaluate_run(run: Run, data: Path, threads: int, weights_dir: str | None = None) -> list[dict[str, Any]]:
     import torch
 
     from vqgan.data.dataset import read_split
-    from vqgan.eval.recon import EvalConfig, evaluate
+    from vqgan.eval.recon import EvalConfig, evaluate, load_lpips, split_levels
     from vqgan.io.images import save_png
 
     torch.set_num_threads(threads)
     model = load_vqgan(run.out).eval()
     val, tr = read_split(data / "val"), read_split(data / "train")
-    metrics, picture = evaluate(model, val.images, tr.images, EvalConfig(grid_images=12), val_labels=val.labels,
-                                train_labels=tr.labels, class_names=val.class_names, objects=val.objects,
-                                object_truth=val.manifest.get("object_truth"))
+    lpips = None
+    if weights_dir:  # LPIPS beside its mean-image baseline, as in the pipeline's recon.json
+        lpips, why = load_lpips(weights_dir, "cpu")
+        if lpips is None:
+            raise SystemExit(f"--weights-dir {weights_dir}: no LPIPS weights there ({why}); convert them with "
+                             "python -m vqgan.weights --lpips --weights-dir DIR, or leave --weights-dir out")
+    metrics, picture = evaluate(model, val.images, tr.images, EvalConfig(grid_images=12), lpips=lpips,
+                                val_labels=val.labels, train_labels=tr.labels, class_names=val.class_names,
+                                objects=val.objects, object_truth=val.manifest.get("object_truth"),
+                                val_levels=split_levels(val), train_levels=split_levels(tr))
     save_png(run.out / "recon.png", picture)
     (run.out / "recon.json").write_text(json.dumps(metrics, indent=2))
     return rows_from_metrics(metrics)
@@ -258,8 +270,9 @@ def parse_args(argv):
                    "machine both then see the same load; use --threads 1)")
     p.add_argument("--variants", default="paper,ours_nofg,ours", help=f"comma-separated, of {sorted(VARIANTS)}")
     p.add_argument("--json", default=None, help="also write the table's rows here")
-    p.add_argument("--weights-dir", default=None, help="LPIPS weights for variants with a perceptual loss "
-                   "(python -m vqgan.weights --lpips --weights-dir DIR converts them offline)")
+    p.add_argument("--weights-dir", default=None, help="LPIPS weights: every variant's reconstructions are then "
+                   "scored by LPIPS too, and variants with a perceptual loss train with it (python -m vqgan.weights "
+                   "--lpips --weights-dir DIR converts them offline)")
     return p.parse_args(argv)
 
 
@@ -283,7 +296,7 @@ def main(argv=None) -> int:
         infos = [train(r, data, args.threads, args.weights_dir) for r in runs]
     rows = []
     for name, run, info in zip(names, runs, infos):
-        for r in evaluate_run(run, data, args.threads):
+        for r in evaluate_run(run, data, args.threads, args.weights_dir):
             if r["group"] == "all":
                 r.update(wall_time_s=info["wall_time_s"], images_per_s=info["images_seen"] / info["wall_time_s"],
                          load_before=load0, load_after=os.getloadavg()[0])

@@ -192,7 +192,7 @@ def test_lpips_off_by_config_is_not_loaded_and_says_so(tmp_path, monkeypatch, on
     from vqgan.eval import recon as recon_module
 
     calls = []
-    monkeypatch.setattr(recon_module, "_load_lpips", lambda *a: calls.append(a) or (None, "no weights here"))
+    monkeypatch.setattr(recon_module, "load_lpips", lambda *a: calls.append(a) or (None, "no weights here"))
     assert _eval_tiny_model(tmp_path, {"lpips": on}) == 0
     m = json.loads((tmp_path / "recon.json").read_text())
     assert len(calls) == int(on) and m["lpips"] is None and m["eval_config"]["lpips"] is on

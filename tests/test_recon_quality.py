@@ -116,10 +116,12 @@ def test_targets_of_issue_8():
     assert rq.targets_met(worse) == {"psnr_+5dB": False, "box_half": False, "usage_80": False}
     per_game = {k: v for k, v in row.items() if k != "usage"}
     assert rq.targets_met(per_game)["usage_80"] is None
-    table = rq.format_table([{"variant": "ours", "group": "all", "n_images": 3, **row},
+    table = rq.format_table([{"variant": "ours", "group": "all", "n_images": 3, **row, "lpips": 0.0591,
+                              "lpips_baseline_mean": 0.142},
                              {"variant": "ours", "group": "g/ball", "n_images": 3, "psnr": None,
                               "psnr_baseline_mean": None, "object_recall": 0.25, "n_objects_scored": 4}])
     assert "ours" in table and "yes" in table and "0.250" in table
+    assert "LPIPS" in table.splitlines()[0] and "0.059" in table and "0.14" in table  # beside its baseline
 
 
 def test_variants_differ_only_where_they_say_and_parse_as_training_configs():

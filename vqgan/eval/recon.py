@@ -179,7 +179,7 @@ def codebook_summary(counts: np.ndarray) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _load_lpips(weights_dir: str | None, device):
+def load_lpips(weights_dir: str | None, device):
     """(LPIPS module, None) or (None, reason): evaluation goes on without LPIPS, and says why."""
     try:
         lpips = LPIPS()
@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         if train.manifest.get("source") != "ale":
             raise UsageError(f"--eval-sets: {args.train_data} is not an Atari dataset; eval sets are raw ALE screens")
         sets = check_eval_sets(raw_sets, train.class_names, "--eval-sets")  # EvalSetError: one line, exit 2
-    lpips, why = _load_lpips(args.weights_dir, device) if cfg.lpips else (None, "off (vqgan.eval.lpips: false)")
+    lpips, why = load_lpips(args.weights_dir, device) if cfg.lpips else (None, "off (vqgan.eval.lpips: false)")
     writer = PngFolderWriter(args.recon_dir) if args.recon_dir else None
     n_classes = len(train.class_names)
     baselines = class_baselines(train.images, train.labels, n_classes)
