@@ -12,10 +12,12 @@ weights, agreement does (a random model has many near-tie codes). Images are the
 What each stage times, per image (the model work of the stage; PNG reading/writing and metrics are left out):
 - encode: `vqgan.encode.encode_images` (uint8 -> codes), fp32 (before) vs bf16 autocast (`vqgan.encode.precision`,
           bf16 in config/config.yaml);
-- eval:   encode + decode, the model part of `vqgan.eval.recon`, fp32 (before) vs bf16 (`vqgan.eval.precision`);
+- eval:   encode + decode, the model part of `vqgan.eval.recon`, fp32 (the default: its outputs are scored, and
+          bf16 moves rFID) vs bf16 (`vqgan.eval.precision: bf16`);
 - sample: `GPT.generate` of one batch (--sample-batch) + VQGAN decode; "main's sampler" is this project's
           sampler with the speed-ups of the speed branch patched out (bench/sampling.py's ablations), decoding in
-          fp32 (before); then this sampler with bf16 weights, decoding in fp32 and in bf16 (`sample.decode_precision`);
+          fp32 (before); then this sampler with bf16 weights, decoding in fp32 (the default: FID scores the samples)
+          and in bf16 (`sample.decode_precision: bf16`);
 - fid:    Inception features of clean-fid-resized images: one NCHW batch of --fid-batch (the code before),
           `InceptionFeatures` (channels-last chunks of 8 on CPU: the default now), and bf16 autocast (not used by
           the pipeline: FID moves).
@@ -155,13 +157,13 @@ def main(argv=None):
                 recs[precision] = np.concatenate(out)
             return f
 
-        secs = interleave({"fp32 (before)": rec("fp32"), "bf16 autocast (default config)": rec("bf16")},
+        secs = interleave({"fp32 (default config)": rec("fp32"), "bf16 autocast (precision: bf16)": rec("bf16")},
                           args.rounds)
         p32, p16 = psnr_per_image(recs["fp32"], images).mean(), psnr_per_image(recs["bf16"], images).mean()
         between = psnr_per_image(recs["bf16"], recs["fp32"]).mean()
         report("eval", secs, len(images), rec_flops,
-               {"fp32 (before)": f"PSNR {p32:.3f} dB",
-                "bf16 autocast (default config)": f"PSNR {p16:.3f} dB ({p16 - p32:+.3f}); {between:.1f} dB from "
+               {"fp32 (default config)": f"PSNR {p32:.3f} dB",
+                "bf16 autocast (precision: bf16)": f"PSNR {p16:.3f} dB ({p16 - p32:+.3f}); {between:.1f} dB from "
                 "fp32's recon"})
 
     if "sample" in stages:
@@ -191,8 +193,8 @@ def main(argv=None):
 
         patched = list(ablations().values())
         secs = interleave({"main's sampler, bf16 weights, fp32 decode (before)": sample(gpt16, "fp32", patched),
-                           "this sampler, bf16 weights, fp32 decode": sample(gpt16, "fp32"),
-                           "this sampler, bf16 weights, bf16 decode (default)": sample(gpt16, "bf16")},
+                           "this sampler, bf16 weights, fp32 decode (default)": sample(gpt16, "fp32"),
+                           "this sampler, bf16 weights, bf16 decode": sample(gpt16, "bf16")},
                           args.rounds)
         # the same codes (same generator seed, same sampler) decoded both ways
         between = psnr_per_image(decoded["bf16"], decoded["fp32"]).mean()
@@ -200,7 +202,7 @@ def main(argv=None):
         with torch.no_grad():
             flops = gpt_flops_per_sequence(gpt.config) + flops_of(lambda: vq.decode_indices(idx)) / B
         report("sample", secs, B, flops,
-               {"this sampler, bf16 weights, bf16 decode (default)": f"decode {between:.1f} dB from fp32's"})
+               {"this sampler, bf16 weights, bf16 decode": f"decode {between:.1f} dB from fp32's"})
 
     if "fid" in stages:
         from cleanfid.resize import build_resizer
