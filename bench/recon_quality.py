@@ -144,6 +144,8 @@ def rows_from_metrics(metrics: dict[str, Any]) -> list[dict[str, Any]]:
                          "psnr_baseline_mean": None, **{k: o.get(k) for k in ROW_KEYS if k in o}})
         for lv, d in (c.get("per_level") or {}).items():
             rows.append({"group": f"{game}/level{lv}", **{k: d.get(k) for k in ROW_KEYS}})
+    for lv, d in (metrics.get("per_level") or {}).items():  # a one-game dataset
+        rows.append({"group": f"level{lv}", **{k: d.get(k) for k in ROW_KEYS}})
     return rows
 
 

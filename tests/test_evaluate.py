@@ -15,6 +15,7 @@ from vqgan.eval.recon import (
     EvalConfig,
     codebook_summary,
     evaluate,
+    format_report,
     main,
     psnr_per_image,
     train_baselines,
@@ -270,6 +271,15 @@ def test_levels_of_a_game_are_scored_against_the_games_and_their_own_mean_image(
     # the model (a constant 120 screen) is exact on maze 1 only
     assert per_level["1"]["psnr"] == PSNR_CAP_DB and per_level["0"]["psnr"] < 20
     assert per_level["1"]["psnr_gain_over_mean_db"] == pytest.approx(PSNR_CAP_DB - per_level["1"]["psnr_baseline_mean"])
+    # a one-game dataset (game "a" alone) has no per_class: its levels are at the top
+    a_train, a_val = [k for k in train_key if k[0] == 0], [k for k in val_key if k[0] == 0]
+    one, _ = evaluate(Identity(), frames(a_val), frames(a_train), cfg, val_levels=levels(a_val),
+                      train_levels=levels(a_train))
+    assert "per_class" not in one and set(one["per_level"]) == {"0", "1", "2"}
+    assert one["per_level"]["2"]["psnr_baseline_level_mean"] is None and one["per_level"]["1"]["n_train_images"] == 10
+    assert one["per_level"]["0"]["psnr_baseline_mean"] == pytest.approx(game_mean)
+    assert "level 2" in format_report({**one, "lpips": None, "objects": {"unavailable_reason": "none"},
+                                       "codebook_images": 4, "codes_used": 1, "n_codes": 2, "usage": 0.5})
     # without levels (COCO, or an old dataset) there is no breakdown
     m, _ = evaluate(Identity(), val, train, cfg, val_labels=labels(val_key), train_labels=labels(train_key),
                     class_names=["a", "b"])

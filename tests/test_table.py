@@ -312,3 +312,16 @@ def test_data_grid_has_one_row_per_class(tmp_path):
     with Image.open(plots.plot_data_grid(split, tmp_path / "grid.png", per_row=5)) as img:
         # scale 4 for 16 px frames, 2 px padding: 3 rows of 5 images
         assert img.size == (5 * (64 + 2) + 2, 3 * (64 + 2) + 2)
+
+
+def test_a_one_game_dataset_gets_a_row_per_level(results):
+    recon = results["recon"][2]  # atari64/ours: here a Ms. Pac-Man-only dataset, levels at the top of recon.json
+    record = json.loads(recon.read_text())
+    record.pop("per_class")
+    record["per_level"] = {"0": {"n_images": 30, "n_train_images": 200, "psnr": 29.0, "psnr_baseline_mean": 17.0,
+                                 "psnr_gain_over_mean_db": 12.0, "psnr_baseline_level_mean": 27.5}}
+    recon.write_text(json.dumps(record))
+    table = T.build_table(**results).query("variant == 'ours'").set_index(["dataset", "subset"])
+    row = table.loc[("atari64", "level0")]
+    assert (row["n_eval"], row["psnr"], row["psnr_gain_over_mean_db"]) == (30, 29.0, 12.0)
+    assert row["notes"] == "this level's own mean image: 27.50 dB"

@@ -379,6 +379,8 @@ def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalC
             if levels:
                 metrics["per_class"][name]["per_level"] = {str(lv): level_summary(d, level_means[(c, lv)][1])
                                                            for lv, d in levels.items()}
+    elif groups:  # a one-game dataset with several levels (Ms. Pac-Man alone): the levels at the top
+        metrics["per_level"] = {str(lv): level_summary(per_level[(0, lv)], level_means[(0, lv)][1]) for _, lv in groups}
     if originals:
         o, r = np.stack(originals), np.stack(recons)
         scale = max(1, min(4, 128 // o.shape[1]))
@@ -410,6 +412,12 @@ def format_report(m: dict[str, Any]) -> str:
     """Every number next to its baselines and N."""
     def f(v, fmt=".3f"):
         return "n/a" if v is None else format(v, fmt)
+
+    def level_line(lv: str, d: dict[str, Any]) -> str:
+        own = (f(d["psnr_baseline_level_mean"]) if d["psnr_baseline_level_mean"] is not None
+               else "n/a: no training frames of this level")
+        return (f"    level {lv:<6} N={d['n_images']:<5} PSNR {f(d['psnr'])} vs the game's mean image "
+                f"{f(d['psnr_baseline_mean'])} ({d['psnr_gain_over_mean_db']:+.2f} dB), vs this level's own {own}")
 
     def objects_line(c: dict[str, Any]) -> str:
         if c.get("n_objects") is None:
@@ -445,12 +453,8 @@ def format_report(m: dict[str, Any]) -> str:
                      f" ({c['psnr_gain_over_mean_db']:+.2f} dB){below}; {objects_line(c)}")
         for cls, o in c.get("per_object_class", {}).items():
             lines.append(f"    {cls:<12} {objects_line(o)}")
-        for lv, d in c.get("per_level", {}).items():
-            own = (f"{f(d['psnr_baseline_level_mean'])}" if d["psnr_baseline_level_mean"] is not None
-                   else "n/a: no training frames of this level")
-            lines.append(f"    level {lv:<6} N={d['n_images']:<5} PSNR {f(d['psnr'])} vs the game's mean image "
-                         f"{f(d['psnr_baseline_mean'])} ({d['psnr_gain_over_mean_db']:+.2f} dB), vs this level's own "
-                         f"{own}")
+        lines += [level_line(lv, d) for lv, d in c.get("per_level", {}).items()]
+    lines += [level_line(lv, d) for lv, d in m.get("per_level", {}).items()]
     for name, e in m.get("eval_sets", {}).items():
         lines.append(f"  eval set {name} ({e['game']}, {e['path']}): N={e['n_images']} PSNR {f(e['psnr'])} vs mean "
                      f"image {f(e['psnr_baseline_mean'])} ({e['psnr_gain_over_mean_db']:+.2f} dB), LPIPS "

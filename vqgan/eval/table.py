@@ -236,6 +236,7 @@ def build_table(
             # each level of a game that shows several (Ms. Pac-Man's mazes), against the game's mean image
             levels = (rec.get("per_level") or {}).items()
             subsets += [(game, rec), *((f"{game}/level{lv}", lrec) for lv, lrec in levels)]
+        subsets += [(f"level{lv}", rec) for lv, rec in (recon_record.get("per_level") or {}).items()]  # one game
         subsets += [(f"eval_set:{s}", rec) for s, rec in (recon_record.get("eval_sets") or {}).items()]
         for subset, rec in subsets:
             sub = {"dataset": ds, "variant": variant, "subset": subset, "kind": row["kind"],
