@@ -105,3 +105,27 @@ def test_balanced_masks_give_every_box_the_same_total_weight_within_the_clip():
     assert set(np.unique(m[1])) == {0.0, 1.0}                # median-sized boxes keep weight 1, overlap not summed
     np.testing.assert_array_equal(m > 0, plain(np.array([0, 1])) > 0)
     assert ObjectMasks(objects, 2, 16, balance=True).fraction() == pytest.approx(plain.fraction())
+
+
+def test_class_balance_gives_each_class_of_a_game_the_same_share_of_its_object_weight():
+    # game 0 (frames 0-1): one player and three ghosts per frame, plus one fruit; game 1 (frame 2): one paddle
+    rows = []
+    for f in (0, 1):
+        rows.append((f, "player", 0, 0.0, 0.0, 2.0, 2.0, 1))
+        rows += [(f, "ghost", g, 4.0 * g, 8.0, 4.0 * g + 2, 10.0, 1) for g in range(1, 4)]
+    rows.append((0, "fruit", 0, 12.0, 12.0, 14.0, 14.0, 1))
+    rows.append((2, "paddle", 0, 0.0, 0.0, 2.0, 2.0, 1))
+    objects, labels = table(rows), np.array([0, 0, 1])
+    m = ObjectMasks(objects, 3, 16, labels=labels, class_balance=True)
+    w = {(f, c): m(np.array([f]))[0, int(y0), int(x0)] for f, c, _, x0, y0, *_ in rows}
+    # game 0 holds 9 boxes of 3 classes: each class's boxes share 3 -> player 3/2, ghost 3/6, fruit 3/1
+    assert w[0, "player"] == pytest.approx(1.5) and w[1, "player"] == pytest.approx(1.5)
+    assert w[0, "ghost"] == pytest.approx(0.5)
+    assert w[0, "fruit"] == pytest.approx(3.0)
+    assert w[2, "paddle"] == pytest.approx(1.0)  # a game with one class keeps weight 1
+    assert m.weights.sum() == pytest.approx(len(rows))  # every game keeps its total (no class hit the clip)
+    # the clip: one fruit among 40 boxes of 3 classes would get 40/3 -> 8
+    many = table(rows[:1] * 39 + [(0, "fruit", 0, 12.0, 12.0, 14.0, 14.0, 1), (0, "ghost", 1, 4, 8, 6, 10, 1)])
+    assert ObjectMasks(many, 1, 16, labels=np.array([0]), class_balance=True).weights.max() == pytest.approx(8.0)
+    # without labels every frame is one game; the same boxes in two games are balanced per game
+    assert ObjectMasks(objects, 3, 16, class_balance=True).weights.sum() == pytest.approx(len(rows))

@@ -264,6 +264,9 @@ def test_training_masks_follow_the_loss_and_train_sections(object_split):
     balanced = object_masks(split, {"object_weight": 2.0, "object_balance": True}, frames)(np.arange(4))
     assert plain.dtype == np.uint8 and balanced.dtype == np.float32
     np.testing.assert_array_equal(balanced, plain)  # every sprite has the median area: weight 1
+    by_class = object_masks(split, {"object_weight": 2.0, "object_class_balance": True}, frames)
+    assert by_class(np.arange(4)).dtype == np.float32
+    assert by_class.weights.sum() == pytest.approx(len(by_class.weights))  # games keep their total weight
 
 
 @pytest.mark.parametrize("loss, train, message", [

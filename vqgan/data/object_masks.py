@@ -8,6 +8,7 @@ N x H x W bytes (12k 64-px frames: 50 MB); instead the boxes are kept as one com
     masks = ObjectMasks.from_split(split, ignore_classes=("brick",))
     m = masks(np.array([3, 17, 42]))       # (3, H, W) uint8, 1 inside a kept object's box
     ObjectMasks.from_split(split, balance=True)(idx)  # float32: median box area / the box's area, clipped
+    ObjectMasks.from_split(split, class_balance=True)(idx)  # float32: each game's classes weigh alike
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class ObjectMasks:
     BALANCE_CLIP = (0.125, 8.0)
 
     def __init__(self, objects: pd.DataFrame, n_images: int, resolution: int, ignore_classes: Iterable[str] = (),
-                 balance: bool = False):
+                 balance: bool = False, labels: np.ndarray | None = None, class_balance: bool = False):
         keep = ~objects["class"].isin(list(ignore_classes)).to_numpy()
         if "visible" in objects.columns:
             keep &= objects["visible"].to_numpy() == 1
@@ -47,21 +48,27 @@ class ObjectMasks:
         order = np.argsort(frame, kind="stable")
         boxes = outward_boxes(*(o[c].to_numpy() for c in ("x0", "y0", "x1", "y1")), resolution)
         self.boxes = boxes[order].astype(np.int16)  # (k, 4) x0, y0, x1, y1 half-open, sorted by frame
-        self.balance = bool(balance)
+        self.balance = bool(balance) or bool(class_balance)  # float weights in the mask, not 0/1
         area = ((self.boxes[:, 2] - self.boxes[:, 0]) * (self.boxes[:, 3] - self.boxes[:, 1])).astype(np.float64)
-        self.weights = (np.clip(np.median(area) / area, *self.BALANCE_CLIP).astype(np.float32) if balance and len(area)
-                        else np.ones(len(area), np.float32))  # per box: what its pixels get in the mask
+        weights = np.ones(len(area))  # per box: what its pixels get in the mask
+        if balance and len(area):
+            weights *= np.clip(np.median(area) / area, *self.BALANCE_CLIP)
+        if class_balance and len(area):
+            game = np.zeros(len(frame), np.int64) if labels is None else np.asarray(labels, np.int64)[frame]
+            weights *= class_weights(game[order], o["class"].to_numpy()[order], self.BALANCE_CLIP)
+        self.weights = weights.astype(np.float32)
         self.offsets = np.searchsorted(frame[order], np.arange(n_images + 1))  # frame i: boxes[off[i]:off[i+1]]
         self.n_images, self.resolution = int(n_images), int(resolution)
 
     @classmethod
-    def from_split(cls, split, ignore_classes: Iterable[str] = (), balance: bool = False) -> "ObjectMasks":
+    def from_split(cls, split, ignore_classes: Iterable[str] = (), balance: bool = False,
+                   class_balance: bool = False) -> "ObjectMasks":
         """From a `vqgan.data.dataset.Split`; ValueError naming the folder if it has no objects.csv."""
         if split.objects is None:
             raise ValueError(f"{split.path}: no objects.csv, so there are no object boxes to weight; set "
                              "vqgan.loss.object_weight: 0 for this dataset, or recollect it with a collector that "
                              "records objects (Atari games with RAM rules: docs/objects.md)")
-        return cls(split.objects, len(split), split.resolution, ignore_classes, balance)
+        return cls(split.objects, len(split), split.resolution, ignore_classes, balance, split.labels, class_balance)
 
     def fraction(self) -> float:
         """Share of all pixels inside some kept box (overlaps counted once), over the whole split."""
@@ -86,6 +93,21 @@ class ObjectMasks:
                 else:
                     out[b, y0:y1, x0:x1] = 1
         return out
+
+
+def class_weights(game: np.ndarray, cls: np.ndarray, clip: tuple[float, float]) -> np.ndarray:
+    """Per box, n_g / (K_g * n_gc): within each game g (n_g boxes of K_g classes) every class gets the same total
+    weight, and the game's total stays n_g. Ms. Pac-Man draws ~2.6 ghosts per frame but one Ms. Pac-Man, so
+    unweighted the ghosts take 70% of the game's object loss and the player, whose 12 shapes (4 directions x 3
+    mouth frames) are the hardest to keep, a quarter; a rare class (the fruit) is capped at `clip`'s upper end."""
+    out = np.ones(len(game))
+    keys = pd.DataFrame({"g": game, "c": cls})
+    n_gc = keys.groupby(["g", "c"])["c"].transform("size").to_numpy(np.float64)
+    n_g = keys.groupby("g")["c"].transform("size").to_numpy(np.float64)
+    k_g = keys.groupby("g")["c"].transform("nunique").to_numpy(np.float64)
+    if len(game):
+        out = np.clip(n_g / (k_g * n_gc), *clip)
+    return out
 
 
 def crop_windows(boxes: list[np.ndarray], resolution: int, size: int, object_share: float,

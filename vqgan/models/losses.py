@@ -27,7 +27,10 @@ the pixels inside the exact object boxes (from objects.csv, `vqgan.data.object_m
 further multiplied by ``1 + w * objects``. Not renormalised either (w = 0 is the plain loss; a frame with no object
 keeps weight 1 everywhere). With ``object_balance`` the mask holds, per box, ``a / area`` (a = the split's median
 box area, clipped to [1/8, 8]) instead of 1: every object instance then weighs about the same in the loss, whatever
-its size -- object recall counts instances, and a 1-pixel ball otherwise weighs a twentieth of a ghost.
+its size -- object recall counts instances, and a 1-pixel ball otherwise weighs a twentieth of a ghost. With
+``object_class_balance`` each box's weight is further multiplied by n_g / (K_g n_gc) (n_g boxes of K_g classes in its
+game, n_gc of its class; clipped likewise): every class of a game then carries the same share of the object loss --
+one Ms. Pac-Man per frame otherwise weighs a third of the ~2.6 ghosts beside her.
 
 Usage with Accelerate (the discriminator must run through its DDP wrapper so its gradients are synchronised):
     loss = VQLoss(loss_cfg, perceptual=lpips_module)                # a frozen vqgan.models.lpips.LPIPS, or None
@@ -61,6 +64,7 @@ class LossConfig:
     object_weight: float = 0.0         # extra rec weight inside the exact object boxes (needs objects.csv)
     object_ignore: tuple[str, ...] = ("brick",)  # object classes not weighted (Breakout's wall: 1/3 of the frame)
     object_balance: bool = False       # weight each box by median area / its area: instances weigh the same
+    object_class_balance: bool = False  # and by n_game / (K classes x n_class): a game's classes weigh alike
 
     def __post_init__(self):
         if self.rec not in ("l1", "l2"):

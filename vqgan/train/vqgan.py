@@ -193,7 +193,8 @@ def object_masks(split, loss_section: dict[str, Any], tc: TrainConfig) -> Object
     cfg = LossConfig.from_dict(loss_section)
     if cfg.object_weight <= 0 and tc.object_crops <= 0:
         return None
-    return ObjectMasks.from_split(split, cfg.object_ignore, balance=cfg.object_balance)
+    return ObjectMasks.from_split(split, cfg.object_ignore, balance=cfg.object_balance,
+                                  class_balance=cfg.object_class_balance)
 
 
 def check_crop(tc: TrainConfig, sections: dict[str, dict[str, Any]], resolution: int) -> None:
