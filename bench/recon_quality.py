@@ -114,6 +114,13 @@ VARIANTS.update({
     "f4_bal_cls": f4(CLS),
     "f4_bal_cls_w20": f4({**CLS, "object_weight": 20.0}),
 })
+# ... nor the codebook (f4_bal_4096 at 2600 steps keeps her as 1024 codes do): capacity of the convolutions, at
+# the full 64-px level where her mouth is drawn? One more residual block per level (~1.5x a step), or 48 channels
+# instead of 32 (~2.25x).
+VARIANTS.update({
+    "f4_bal_rb2": {**f4(BAL), "model": {**F4, "num_res_blocks": 2}},
+    "f4_bal_ch48": {**f4(BAL), "model": {**F4, "ch": 48}},
+})
 COLLECT = {"kind": "atari", "resolution": 64, "games": ["MsPacman", "Pong", "Breakout"], "frames_per_game": 3000}
 
 
