@@ -100,14 +100,11 @@ def class_weights(game: np.ndarray, cls: np.ndarray, clip: tuple[float, float]) 
     weight, and the game's total stays n_g. Ms. Pac-Man draws ~2.6 ghosts per frame but one Ms. Pac-Man, so
     unweighted the ghosts take 70% of the game's object loss and the player, whose 12 shapes (4 directions x 3
     mouth frames) are the hardest to keep, a quarter; a rare class (the fruit) is capped at `clip`'s upper end."""
-    out = np.ones(len(game))
     keys = pd.DataFrame({"g": game, "c": cls})
     n_gc = keys.groupby(["g", "c"])["c"].transform("size").to_numpy(np.float64)
     n_g = keys.groupby("g")["c"].transform("size").to_numpy(np.float64)
     k_g = keys.groupby("g")["c"].transform("nunique").to_numpy(np.float64)
-    if len(game):
-        out = np.clip(n_g / (k_g * n_gc), *clip)
-    return out
+    return np.clip(n_g / (k_g * n_gc), *clip)
 
 
 def crop_windows(boxes: list[np.ndarray], resolution: int, size: int, object_share: float,
