@@ -127,5 +127,7 @@ def test_class_balance_gives_each_class_of_a_game_the_same_share_of_its_object_w
     # the clip: one fruit among 40 boxes of 3 classes would get 40/3 -> 8
     many = table(rows[:1] * 39 + [(0, "fruit", 0, 12.0, 12.0, 14.0, 14.0, 1), (0, "ghost", 1, 4, 8, 6, 10, 1)])
     assert ObjectMasks(many, 1, 16, labels=np.array([0]), class_balance=True).weights.max() == pytest.approx(8.0)
-    # without labels every frame is one game; the same boxes in two games are balanced per game
-    assert ObjectMasks(objects, 3, 16, class_balance=True).weights.sum() == pytest.approx(len(rows))
+    # without labels every frame is one game: 10 boxes of 4 classes share 2.5 per class -> player 10/(4 x 2)
+    one_game = ObjectMasks(objects, 3, 16, class_balance=True)
+    assert one_game(np.array([0]))[0, 0, 0] == pytest.approx(1.25) and one_game(np.array([2]))[0, 0, 0] == 2.5
+    assert one_game.weights.sum() == pytest.approx(len(rows))

@@ -48,7 +48,7 @@ class ObjectMasks:
         order = np.argsort(frame, kind="stable")
         boxes = outward_boxes(*(o[c].to_numpy() for c in ("x0", "y0", "x1", "y1")), resolution)
         self.boxes = boxes[order].astype(np.int16)  # (k, 4) x0, y0, x1, y1 half-open, sorted by frame
-        self.balance = bool(balance) or bool(class_balance)  # float weights in the mask, not 0/1
+        self.weighted = bool(balance) or bool(class_balance)  # float weights in the mask, not 0/1
         area = ((self.boxes[:, 2] - self.boxes[:, 0]) * (self.boxes[:, 3] - self.boxes[:, 1])).astype(np.float64)
         weights = np.ones(len(area))  # per box: what its pixels get in the mask
         if balance and len(area):
@@ -81,14 +81,14 @@ class ObjectMasks:
         return self.boxes[self.offsets[i]:self.offsets[i + 1]]
 
     def __call__(self, indices: np.ndarray) -> np.ndarray:
-        """(B, H, W) masks of the frames `indices`: uint8 1 on every pixel a kept object tints; with `balance`,
+        """(B, H, W) masks of the frames `indices`: uint8 1 on every pixel a kept object tints; with either balance,
         float32, each box's weight (the largest where boxes overlap)."""
         indices = np.asarray(indices, np.int64)
-        out = np.zeros((len(indices), self.resolution, self.resolution), np.float32 if self.balance else np.uint8)
+        out = np.zeros((len(indices), self.resolution, self.resolution), np.float32 if self.weighted else np.uint8)
         for b, i in enumerate(indices):
             lo, hi = self.offsets[i], self.offsets[i + 1]
             for (x0, y0, x1, y1), w in zip(self.boxes[lo:hi], self.weights[lo:hi]):
-                if self.balance:
+                if self.weighted:
                     np.maximum(out[b, y0:y1, x0:x1], w, out=out[b, y0:y1, x0:x1])
                 else:
                     out[b, y0:y1, x0:x1] = 1
