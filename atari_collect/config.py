@@ -205,3 +205,21 @@ def parse_config(raw: dict[str, Any]) -> AtariConfig:
         if top < 0 or left < 0 or h < 1 or w < 1 or top + h > 210 or left + w > 160:
             raise _fail("crop", c, "must lie inside the native 210x160 frame (top+height <= 210, left+width <= 160)")
     return cfg
+
+
+class _DatasetRules:
+    """The collector's rules for one `datasets.<name>` entry, for the experiment check before any job
+    (vqgan.config.experiment takes them as an argument: vqgan imports nothing of atari_collect)."""
+
+    @staticmethod
+    def check(entry: dict[str, Any]) -> AtariConfig:
+        return parse_config(entry)
+
+    @staticmethod
+    def has_object_boxes(games: list[str]) -> bool:
+        from .objects import has_object_rules  # RAM object rules: the collection writes objects.csv for these
+
+        return any(has_object_rules(g) for g in games)
+
+
+DATASET_RULES = _DatasetRules()

@@ -549,7 +549,7 @@ def _schema_keys(node: dict, prefix: str = "") -> list[str]:
 
 def test_config_readme_documents_every_key():
     readme = (REPO / "config" / "README.md").read_text()
-    schemas = REPO / "workflow" / "schemas"
+    schemas = REPO / "vqgan" / "config" / "schemas"
     missing = [k for k in _schema_keys(yaml.safe_load((schemas / "config.schema.yaml").read_text()))
                if f"`{k}`" not in readme and k not in ("datasets",)]
     for kind in ("coco", "atari"):

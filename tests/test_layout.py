@@ -125,7 +125,7 @@ def test_no_bench_script_shadows_a_package():
 
 
 def schema_defaults(*path: str, schema: str = "config.schema.yaml") -> dict:
-    node = yaml.safe_load((REPO / "workflow" / "schemas" / schema).read_text())
+    node = yaml.safe_load((REPO / "vqgan" / "config" / "schemas" / schema).read_text())
     for key in path:
         node = node["properties"][key]
     # nested sections (default {}) are compared on their own

@@ -24,7 +24,7 @@ rule encode:
         model=lambda w: f"results/vqgan/{w.ds}/{w.variant}",
         data=lambda w: f"results/data/{w.ds}",
         out=lambda w: f"results/codes/{w.ds}/{w.variant}",
-        precision=lambda w: DATASETS[w.ds]["_variants"][w.variant]["vqgan"]["encode"][
+        precision=lambda w: EXPERIMENT.section(w.ds, w.variant, "vqgan")["encode"][
             "precision"
         ],
     shell:
