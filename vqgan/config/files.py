@@ -40,7 +40,7 @@ def _json_or_none(path, text: str):
 
     try:
         return json.loads(text, object_pairs_hook=pairs)
-    except ValueError:
+    except json.JSONDecodeError:  # not JSON either; a duplicate key (ConfigError) goes up
         return None
 
 

@@ -1,0 +1,181 @@
+"""vqgan.config called directly, without Snakemake: strict files, schema validation with defaults, the merge of
+every section (top level -> dataset -> variant), the cross-key checks and the messages that name the key."""
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import pytest
+import yaml
+from conftest import TEST_CONFIG, TINY_COCO
+
+from atari_collect.config import DATASET_RULES
+from vqgan.config import schema
+from vqgan.config.experiment import DEFAULT_VARIANT, check_experiment, deep_merge
+from vqgan.config.files import ConfigError, read_config_file
+
+RULES = {"atari": DATASET_RULES}
+BASE = yaml.safe_load(TEST_CONFIG.read_text())
+BASE["coco"]["root"] = str(TINY_COCO)
+
+
+def cfg(**changes) -> dict:
+    """The CI experiment with dotted keys changed (`vqgan__train__steps=3` sets vqgan.train.steps)."""
+    out = copy.deepcopy(BASE)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = out
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return out
+
+
+def rejected(config: dict) -> str:
+    with pytest.raises(ConfigError) as e:
+        check_experiment(config, RULES)
+    message = str(e.value)
+    assert "\n" not in message
+    return message
+
+
+# -- files -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,pattern", [
+    ("datasets:\n  a: {kind: coco, resolution: 32}\n  a: {kind: coco, resolution: 64}\n",
+     r"x.yaml:3: duplicate key datasets.a \(first at line 2\)"),
+    ("datasets:\n\ta: 1\n", r"x.yaml:2:1: .*tabs"),
+    ("__use_yte__: true\ndatasets: {}\n", r"x.yaml:1: `__use_yte__`"),
+    ("", r"x.yaml: empty"),
+    ("- a\n- b\n", r"x.yaml:1: the top level is a list"),
+    ("datasets: !!python/name:os.system\n", r"plain YAML only"),
+])
+def test_a_bad_config_file_is_named_with_its_line(tmp_path, text, pattern):
+    path = tmp_path / "x.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=pattern):
+        read_config_file(path)
+
+
+def test_json_indented_with_tabs_is_read_and_its_duplicate_keys_refused(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text('{\n\t"datasets": {"a": {"kind": "coco", "resolution": 32}}\n}')
+    assert read_config_file(path)["datasets"]["a"]["resolution"] == 32
+    path.write_text('{\n\t"fid": {},\n\t"fid": {}\n}')
+    with pytest.raises(ConfigError, match="duplicate key 'fid'"):
+        read_config_file(path)
+
+
+# -- schema ----------------------------------------------------------------------------------------------------
+
+
+def test_defaults_come_from_the_schema_nested_sections_filled():
+    train = schema.defaults("vqgan.train")
+    assert train["steps"] == schema.node("vqgan.train")["properties"]["steps"]["default"]
+    assert schema.defaults("vqgan")["train"] == train
+    assert "object_class_balance" not in schema.defaults("vqgan.loss")  # no default: absent means off
+
+
+def test_with_defaults_keeps_what_is_given_and_names_a_bad_key():
+    assert schema.with_defaults("sample", {"top_k": 5})["top_k"] == 5
+    with pytest.raises(ConfigError, match=r"config key transformer.train: .*'stepz'.*did you mean 'steps'"):
+        schema.with_defaults("transformer.train", {"stepz": 3})
+
+
+@pytest.mark.parametrize("change,pattern", [
+    ({"vqgan__train__steps": 20.0}, r"vqgan.train.steps: 20.0 is not of type 'integer' \(write 20,"),
+    ({"vqgan__train__lr": "1e-4"}, r"vqgan.train.lr: .*signed exponent"),
+    ({"fid__nn": 3}, r"did you mean 'n'"),
+])
+def test_schema_errors_name_the_key_with_a_hint(change, pattern):
+    message = rejected(cfg(**change))
+    assert re.search(pattern, message), message
+
+
+# -- the experiment --------------------------------------------------------------------------------------------
+
+
+def test_sections_merge_top_level_then_dataset_then_variant():
+    c = cfg(datasets__coco_tiny__vqgan={"train": {"steps": 7, "lr": 1.0e-3}},
+            variants={"paper": {"vqgan": {"train": {"steps": 9}}}, "ours": {}})
+    exp = check_experiment(c, RULES)
+    assert exp.variants == ["paper", "ours"]
+    assert exp.section("coco_tiny", "paper", "vqgan")["train"]["steps"] == 9  # the variant wins
+    assert exp.section("coco_tiny", "paper", "vqgan")["train"]["lr"] == 1.0e-3  # the dataset's stays
+    assert exp.section("coco_tiny", "ours", "vqgan")["train"]["steps"] == 7
+    assert exp.section("atari_tiny", "ours", "vqgan")["train"]["steps"] == BASE["vqgan"]["train"]["steps"]
+    # every default filled, in the config and in the merged sections
+    assert c["fid"]["kid_subsets"] == schema.defaults("fid")["kid_subsets"]
+    assert exp.section("atari_tiny", "ours", "sample")["temperature"] == schema.defaults("sample")["temperature"]
+    # the JSON a job gets holds only the sub-sections asked for
+    assert set(json.loads(exp.section_json("coco_tiny", "ours", "vqgan", keys=("eval",)))) == {"eval"}
+
+
+def test_a_config_without_variants_runs_one_default_variant():
+    c = cfg()
+    del c["variants"]
+    assert check_experiment(c, RULES).variants == [DEFAULT_VARIANT]
+
+
+def test_the_collection_entry_leaves_out_later_stages():
+    c = cfg(datasets__coco_tiny__vqgan={"train": {"steps": 7}})
+    exp = check_experiment(c, RULES)
+    assert "vqgan" not in exp.collection_entry("coco_tiny") and "eval_sets" not in exp.collection_entry("atari_tiny")
+    assert exp.collection_entry("atari_tiny")["games"] == ["Pong", "MsPacman"]
+
+
+@pytest.mark.parametrize("change,pattern", [
+    # an error in a variant's override names the override and the dataset it was merged for
+    ({"variants": {"paper": {"transformer": {"model": {"n_embd": 33}}}}},
+     r"^config key variants.paper.transformer.model.n_embd \(for dataset coco_tiny\): 33 is not divisible by "
+     r"transformer.model.n_head = 2$"),
+    ({"variants": {"paper": {"vqgan": {"train": {"lr_": 1.0}}}}},
+     r"^config key variants.paper.vqgan.train \(for dataset coco_tiny\): .*'lr_'"),
+    ({"datasets__coco_tiny__resolution": 33}, r"datasets.coco_tiny.resolution: 33 is not a multiple .* f = .* = 2"),
+    ({"vqgan__train__grad_accum": 3}, r"datasets.coco_tiny.vqgan.train.grad_accum: 3 does not divide"),
+    ({"vqgan__train__batch_size": 64}, r"datasets.coco_tiny.vqgan.train.batch_size: a micro-batch of 64 .* 40 "),
+    ({"vqgan__loss__object_weight": 5.0}, r"datasets.coco_tiny.vqgan.loss.object_weight: 5.0 needs object boxes"),
+    ({"sample__n_per_class": 4}, r"config keys datasets.coco_tiny.sample.n_per_class and n_samples: set one"),
+    ({"fid__min_images": 30}, r"fid.min_images: 30 is more than fid.n = 20"),
+    ({"weights_dir": "w/{ds}"}, r"weights_dir: 'w/\{ds\}' has braces"),
+    ({"datasets__coco_tiny__categories": ["dgo"]}, r"datasets.coco_tiny.categories: 'dgo' is not a category .*'dog'"),
+    ({"coco__root": "/nonexistent/coco"}, r"coco.root: /nonexistent/coco is not a folder"),
+    # the collector's own rules, named by their full path
+    ({"datasets__atari_tiny__games": ["Pong", "pong"]}, r"datasets.atari_tiny.games = \['Pong', 'pong'\]: names"),
+    ({"datasets__atari_tiny__crop": [0, 0, 300, 160]}, r"datasets.atari_tiny.crop = \[0, 0, 300, 160\]: must lie"),
+])
+def test_cross_key_mistakes_name_the_key(change, pattern):
+    message = rejected(cfg(**change))
+    assert re.search(pattern, message), message
+
+
+def test_object_weight_is_accepted_where_the_collector_records_boxes():
+    c = cfg(datasets__atari_tiny__vqgan={"loss": {"object_weight": 5.0}})
+    assert check_experiment(c, RULES).section("atari_tiny", "ours", "vqgan")["loss"]["object_weight"] == 5.0
+
+
+def test_dataset_rules_are_the_callers():
+    """A kind's rules come in as an argument: without them the entry gets the schema and cross-key checks only,
+    and with them their error is named by its full key."""
+    c = cfg(datasets__atari_tiny__crop=[0, 0, 300, 160])
+    check_experiment(copy.deepcopy(c), {})  # the collector's crop rule is not vqgan's to know
+
+    class Refuse:
+        def check(self, entry):
+            err = ValueError("no")
+            err.key, err.value, err.what = "games.0", entry["games"][0], "not today"
+            raise err
+
+        def has_object_boxes(self, games):
+            return False
+
+    with pytest.raises(ConfigError, match=r"^config key datasets.atari_tiny.games.0 = 'Pong': not today$"):
+        check_experiment(copy.deepcopy(c), {"atari": Refuse()})
+
+
+def test_deep_merge_leaves_its_inputs_alone():
+    base, over = {"a": {"b": 1, "c": [1]}}, {"a": {"b": 2}}
+    assert deep_merge(base, over) == {"a": {"b": 2, "c": [1]}}
+    assert base == {"a": {"b": 1, "c": [1]}}
