@@ -1,14 +1,17 @@
 """One Atari dataset entry of the config, parsed and checked.
 
-The workflow's JSON schema fills the same defaults and rejects the same mistakes before any job runs; this module
-repeats the checks so that `atari-collect` run by hand fails just as clearly (naming the key and what to do).
+Defaults come from the dataset schema (vqgan/config/schemas/dataset_atari.schema.yaml), which the workflow also
+validates against before any job runs; the game-level rules live here only (the workflow calls them through
+DATASET_RULES), so that `atari-collect` run by hand fails just as clearly, naming the key and what to do.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from vqgan.config.schema import defaults
 
 from .games import UnknownGame, resolve_game
 
@@ -32,40 +35,38 @@ class ConfigError(ValueError):
 
 @dataclass
 class PolicyConfig:
-    name: str = "sticky_random"
-    # sticky_random: probability of keeping the last action. 0.75 ≈ 4-step runs: long enough to cross a room,
-    # which uniform random (repeat_prob=0) rarely does (it jitters in place).
-    repeat_prob: float = 0.75
+    """`policy` (and each `game_policy` override); defaults and descriptions in the dataset_atari schema."""
+
+    name: str
+    repeat_prob: float  # sticky_random: probability of keeping the last action (~4-step runs cross a room)
     # go_explore only (see explore.py):
-    budget_steps: int | None = None    # agent steps explored per game (at most, with target_levels);
-                                       # frames_per_game of them are kept, an equal share per level, each spread
-                                       # evenly (None: = frames_per_game, every explored step is a frame)
-    lineages: int = 4                  # independent archives per game; the train/val split is by lineage
-    explore_steps: int = 100           # agent steps per exploration from a restored cell
-    survive_steps: int = 25            # a state enters the archive after surviving this many more steps
-    cell: str = "auto"                 # "auto": RAM cell for games we know (MsPacman), else "pixels"
-    target_levels: int | None = None   # stop a lineage once this many levels (Ms. Pac-Man: mazes) each had
-    target_level_steps: int = 20000    # this many explored steps (target_levels None: explore the whole budget)
-    max_seconds: float | None = None   # time limit per game (split over its lineages); None = no limit.
-                                       # Stopping early keeps fewer frames and breaks determinism.
+    budget_steps: int | None  # agent steps explored per game (None: = frames_per_game)
+    lineages: int  # independent archives per game; the train/val split is by lineage
+    explore_steps: int  # agent steps per exploration from a restored cell
+    survive_steps: int  # a state enters the archive after surviving this many more steps
+    cell: str  # "auto": RAM cell for games we know (MsPacman), else "pixels"
+    target_levels: int | None  # stop a lineage once this many levels each had target_level_steps explored steps
+    target_level_steps: int
+    max_seconds: float | None  # time limit per game (split over its lineages); stopping early breaks determinism
 
 
 @dataclass
 class AtariConfig:
+    """One `datasets.<name>` entry of kind atari; defaults and descriptions in the dataset_atari schema."""
+
     resolution: int
     games: list[str]
     frames_per_game: int
-    kind: str = "atari"
-    val_fraction: float = 0.2          # share of each game's frames held out, whole episodes at a time
-    frame_skip: int = 4                # emulator frames per agent step (ALE v5 default)
-    sticky_actions: float = 0.25       # ALE repeat_action_probability (v5 default; Machado et al. 2018)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    max_episode_steps: int = 2000      # agent steps before an episode is cut
-    seed: int = 0
-    num_envs: int = 8                  # vector env width; part of the data (episodes interleave per env)
-    crop: list[int] | None = None      # [top, left, height, width] in native 210x160 pixels, before resizing
-    # per-game overrides of `policy`, e.g. {MsPacman: {name: go_explore, budget_steps: 400000}}
-    game_policy: dict[str, PolicyConfig] = field(default_factory=dict)
+    kind: str
+    val_fraction: float  # share of each game's frames held out, whole episodes at a time
+    frame_skip: int  # emulator frames per agent step
+    sticky_actions: float  # ALE repeat_action_probability (Machado et al. 2018)
+    policy: PolicyConfig
+    max_episode_steps: int  # agent steps before an episode is cut
+    seed: int
+    num_envs: int  # vector env width; part of the data (episodes interleave per env)
+    crop: list[int] | None  # [top, left, height, width] in native 210x160 pixels, before resizing
+    game_policy: dict[str, PolicyConfig]  # per-game overrides of `policy`
 
     def policy_for(self, label: int) -> PolicyConfig:
         return self.game_policy.get(self.games[label], self.policy)
@@ -95,9 +96,14 @@ def _check_prob(key: str, value: Any, lo_open: bool = False, hi_open: bool = Fal
     return float(value)
 
 
+def _defaults() -> dict[str, Any]:
+    """The entry's defaults, from the dataset schema (the collection contract the workflow validates against)."""
+    return defaults("", "dataset_atari")
+
+
 def parse_policy(raw: Any) -> PolicyConfig:
     if raw is None:
-        return PolicyConfig()
+        raw = {}
     if isinstance(raw, str):  # shorthand: policy: go_explore
         raw = {"name": raw}
     if not isinstance(raw, dict):
@@ -106,7 +112,7 @@ def parse_policy(raw: Any) -> PolicyConfig:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise _fail(f"policy.{unknown[0]}", raw[unknown[0]], f"unknown key; known keys: {sorted(known)}")
-    p = PolicyConfig(**raw)
+    p = PolicyConfig(**{**_defaults()["policy"], **raw})
     if p.name not in POLICIES:
         raise _fail("policy.name", p.name, f"unknown policy; choose one of {list(POLICIES)}")
     p.repeat_prob = _check_prob("policy.repeat_prob", p.repeat_prob)
@@ -162,7 +168,8 @@ def parse_config(raw: dict[str, Any]) -> AtariConfig:
         except ConfigError as e:
             raise _fail(e.key.replace("policy.", f"game_policy.{game}.", 1), e.value, e.what) from None
     raw["game_policy"] = gp
-    cfg = AtariConfig(**raw)
+    entry = {k: v for k, v in _defaults().items() if k in known}
+    cfg = AtariConfig(**{**entry, "kind": "atari", **raw})
 
     if cfg.kind != "atari":
         raise _fail("kind", cfg.kind, "the Atari collector only handles kind 'atari'")

@@ -95,7 +95,7 @@ def bench_fid_call(images: int, resolution: int) -> None:
         gen.mkdir()
         for i, p in enumerate(train):
             Image.fromarray(load_square(p, resolution)[0]).save(gen / f"{i:05d}.png")
-        cfg = F.FIDConfig(n=images, batch_size=16)
+        cfg = F.FIDConfig.from_dict(dict(n=images, batch_size=16))
         t = time.perf_counter()
         result = F.compute_scores(split, cfg, tmp / "cache", gen_dir=gen)
         total = time.perf_counter() - t

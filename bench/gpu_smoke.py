@@ -79,7 +79,7 @@ def fused_optimizer_step() -> None:
     from vqgan.train.transformer import TrainConfig, build_model, gpt_config
 
     gcfg = gpt_config({"n_layer": 2, "n_head": 4, "n_embd": 128}, {"n_codes": 64, "n_classes": 2, "grid": [4, 4]})
-    model, opt = build_model(gcfg, TrainConfig(), torch.device(DEVICE))
+    model, opt = build_model(gcfg, TrainConfig.from_dict({}), torch.device(DEVICE))
     check(bool(opt.defaults.get("fused")) == (DEVICE == "cuda"),
           f"AdamW {'fused ' if DEVICE == 'cuda' else ''}built over {DEVICE} parameters (torch {torch.__version__})")
     x = torch.randint(0, 64, (8, 16), device=DEVICE)

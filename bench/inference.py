@@ -42,6 +42,7 @@ from peak import cpu_clock, load, matmul_peak  # bench/peak.py (this folder is o
 from sampling import ablations  # bench/sampling.py: the sampler with its speed-ups patched out
 from torch.utils.flop_counter import FlopCounterMode
 
+from vqgan.config.build import gpt_config, vqgan_config
 from vqgan.data.dataset import read_split
 from vqgan.encode import encode_images
 from vqgan.eval.fid import InceptionFeatures, fid_from_features, resolve_inception_weights
@@ -49,7 +50,7 @@ from vqgan.eval.recon import psnr_per_image
 from vqgan.io.checkpoint import load_gpt, load_vqgan
 from vqgan.io.images import to_tensor, to_uint8
 from vqgan.models.gpt import GPT, GPTConfig
-from vqgan.models.vqgan import VQGAN, VQGANConfig
+from vqgan.models.vqgan import VQGAN
 from vqgan.precision import autocast
 
 DEFAULT_VQGAN = dict(resolution=64, ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(),
@@ -105,7 +106,7 @@ def main(argv=None):
     print(f"threads {args.threads}; {load()}", flush=True)
     peak = {dt: matmul_peak(dt)[0] for dt in (torch.float32, torch.bfloat16)}
 
-    vq = (load_vqgan(args.vqgan) if args.vqgan else VQGAN(VQGANConfig(**DEFAULT_VQGAN))).eval()
+    vq = (load_vqgan(args.vqgan) if args.vqgan else VQGAN(vqgan_config(**DEFAULT_VQGAN))).eval()
     res = vq.cfg.resolution
     if args.data:
         split = read_split(Path(args.data) / "val")
@@ -171,7 +172,7 @@ def main(argv=None):
             gpt = load_gpt(args.transformer).eval()
         else:
             g = vq.cfg.grid
-            gpt = GPT(GPTConfig(vocab_size=vq.cfg.n_codes, n_classes=n_classes, block_size=g * g,
+            gpt = GPT(gpt_config(vocab_size=vq.cfg.n_codes, n_classes=n_classes, block_size=g * g,
                                 **DEFAULT_GPT)).eval()
         gpt16 = GPT(gpt.config).eval()
         gpt16.load_state_dict(gpt.state_dict())

@@ -263,7 +263,7 @@ def evaluate_run(run: Run, data: Path, threads: int, weights_dir: str | None = N
         if lpips is None:
             raise SystemExit(f"--weights-dir {weights_dir}: no LPIPS weights there ({why}); convert them with "
                              "python -m vqgan.weights --lpips --weights-dir DIR, or leave --weights-dir out")
-    metrics, picture = evaluate(model, val.images, tr.images, EvalConfig(grid_images=12), lpips=lpips,
+    metrics, picture = evaluate(model, val.images, tr.images, EvalConfig.from_dict(dict(grid_images=12)), lpips=lpips,
                                 val_labels=val.labels, train_labels=tr.labels, class_names=val.class_names,
                                 objects=val.objects, object_truth=val.manifest.get("object_truth"),
                                 val_levels=split_levels(val), train_levels=split_levels(tr))

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 import vqgan.models.gpt as gpt_module
-from vqgan.models.gpt import GPT, GPTConfig, filter_logits, generate_reference, pick_next
+from vqgan.config.build import gpt_config
+from vqgan.models.gpt import GPT, filter_logits, generate_reference, pick_next
 
 
 def _top_k_top_p_filtering(logits, top_k=0, top_p=1.0, filter_value=-float("inf"), min_tokens_to_keep=1):
@@ -184,7 +185,7 @@ def main(argv=None):
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    cfg = GPTConfig(vocab_size=args.vocab, n_classes=1, block_size=T, n_layer=args.n_layer,
+    cfg = gpt_config(vocab_size=args.vocab, n_classes=1, block_size=T, n_layer=args.n_layer,
                     n_head=args.n_head, n_embd=args.n_embd, dropout=0.0, bias=True)
     ours = GPT(cfg).to(dev).eval()
     ours_bf16 = GPT(cfg).to(dev).eval()

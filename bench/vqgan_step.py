@@ -38,8 +38,9 @@ import torch.nn.functional as F
 from peak import PEAK_SHAPES, check_mfu, cpu_clock, load, matmul_peak  # bench/peak.py (this folder is on sys.path)
 from torch.utils.flop_counter import FlopCounterMode
 
-from vqgan.models.losses import LossConfig, VQLoss
-from vqgan.models.vqgan import VQGAN, VQGANConfig
+from vqgan.config.build import loss_config, vqgan_config
+from vqgan.models.losses import VQLoss
+from vqgan.models.vqgan import VQGAN
 
 CFG = dict(resolution=64, ch=64, ch_mult=(1, 1, 2, 2), num_res_blocks=2, attn_resolutions=(8,), z_channels=256,
            n_codes=1024)
@@ -204,9 +205,9 @@ def main(argv=None):
     peak = {bf16: matmul_peak(torch.bfloat16 if bf16 else torch.float32) for bf16 in (False, True)}
 
     Encoder, Decoder, VQ = import_taming(args.taming_dir)
-    ours_cfg = VQGANConfig(**CFG, quantizer="taming", code_dim=CFG["z_channels"], legacy_beta=True)
-    l2_cfg = VQGANConfig(**CFG, quantizer="l2", code_dim=16)
-    loss = VQLoss(LossConfig(perceptual_weight=0.0, disc_start=0 if args.disc else 10**9))
+    ours_cfg = vqgan_config(**CFG, quantizer="taming", code_dim=CFG["z_channels"], legacy_beta=True)
+    l2_cfg = vqgan_config(**CFG, quantizer="l2", code_dim=16)
+    loss = VQLoss(loss_config(perceptual_weight=0.0, disc_start=0 if args.disc else 10**9))
 
     torch.manual_seed(0)
     for line in check_same_loss(TamingVQ(Encoder, Decoder, VQ).eval(), VQGAN(ours_cfg).eval(), x):

@@ -111,15 +111,16 @@ def test_frames_are_preprocessed_like_collected_ones_and_identity_keeps_every_ob
 
     train = np.repeat(frames[:1], 5, axis=0)  # a "training split" of one screen: its objects are the median's
     train[:] = np.median(frames, axis=0).astype(np.uint8)
-    m, _ = evaluate(Identity(), frames, train, EvalConfig(grid_images=0), objects=objects)
+    m, _ = evaluate(Identity(), frames, train, EvalConfig.from_dict(dict(grid_images=0)), objects=objects)
     assert m["object_recall"] == 1.0 and m["n_objects_scored"] > 12
     assert pixel_objects("Seaquest", loaded, 32, crop) == (None, "not available: no pixel rules for Seaquest "
                                                            "(atari_collect.objects.PIXEL_RULES)")
 
 
 def test_eval_cli_scores_an_external_folder_and_the_table_shows_it(tmp_path):
+    from vqgan.config.build import vqgan_config
     from vqgan.io.checkpoint import save_model
-    from vqgan.models.vqgan import VQGAN, VQGANConfig
+    from vqgan.models.vqgan import VQGAN
 
     cfg = {"kind": "atari", "resolution": 32, "games": ["Pong", "MsPacman"], "frames_per_game": 80,
            "max_episode_steps": 30, "num_envs": 2, "val_fraction": 0.25}
@@ -128,9 +129,8 @@ def test_eval_cli_scores_an_external_folder_and_the_table_shows_it(tmp_path):
     render(tmp_path / "frames" / "pacman", "ms_pacman", 10, seed=3, every=20)
     render(tmp_path / "frames" / "pong", "pong", 6, seed=3)
     torch.manual_seed(0)
-    model = VQGANConfig.from_dict({"model": {"ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
-                                             "z_channels": 8}, "quantizer": {"kind": "l2", "n_codes": 16,
-                                                                             "code_dim": 4}, "resolution": 32})
+    model = vqgan_config(32, {"model": {"ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
+                                        "z_channels": 8}, "quantizer": {"kind": "l2", "n_codes": 16, "code_dim": 4}})
     out = tmp_path / "vqgan" / "atari" / "ours"  # results/vqgan/{ds}/{variant}
     save_model(VQGAN(model), out)
     sets = {"pacman": {"path": str(tmp_path / "frames" / "pacman"), "game": "MsPacman"},

@@ -66,7 +66,7 @@ def test_baselines_come_from_the_training_split_only():
     mean, median = train_baselines(train, rows_per_chunk=3)  # chunks that don't divide 16: edges covered
     np.testing.assert_allclose(mean, train.mean(axis=0), atol=1e-4)
     np.testing.assert_array_equal(median, np.median(train, axis=0))
-    cfg = EvalConfig(grid_images=2, batch_size=7)
+    cfg = EvalConfig.from_dict(dict(grid_images=2, batch_size=7))
     for val in (sprite_video(10, seed=1), np.full((10, 16, 16, 3), 200, np.uint8)):
         m, _ = evaluate(Identity(), val, train, cfg)
         # the baselines are predictions made from train, scored on these val images: recompute independently
@@ -104,7 +104,7 @@ def test_object_recall_is_one_for_the_original_and_zero_for_the_background():
     train, val = sprite_video(40, seed=0), sprite_video(12, seed=3)
     objects = sprite_boxes(val, hidden_every=3)
     _, median = train_baselines(train)
-    cfg = EvalConfig(grid_images=0)
+    cfg = EvalConfig.from_dict(dict(grid_images=0))
     m, _ = evaluate(Identity(), val, train, cfg, objects=objects)
     assert m["object_recall"] == 1.0 and m["box_mae"] == 0.0 and m["box_psnr"] == PSNR_CAP_DB
     assert m["n_objects"] == 12 + 4 and m["n_objects_hidden"] == 4 and m["n_objects_scored"] == 12
@@ -138,7 +138,7 @@ def test_object_boxes_are_rounded_outward_and_drawn_on_the_originals():
     b = outward_boxes([0.4, 3.0, 15.2], [1.0, 2.999999999, 0.0], [0.6, 4.0, 16.0], [2.0, 4.0000000001, 16.0], 16)
     assert b.tolist() == [[0, 1, 1, 2], [3, 3, 4, 4], [15, 0, 16, 16]]
     train, val = sprite_video(40, seed=0), sprite_video(4, seed=3)
-    cfg = EvalConfig(grid_images=4)
+    cfg = EvalConfig.from_dict(dict(grid_images=4))
     _, plain = evaluate(Identity(), val, train, cfg)
     _, boxed = evaluate(Identity(), val, train, cfg, objects=sprite_boxes(val),
                         object_truth={"classes": {"all": ["sprite"]}})
@@ -150,15 +150,15 @@ def test_object_boxes_are_rounded_outward_and_drawn_on_the_originals():
 
 def _eval_tiny_model(tmp_path, eval_cfg: dict, res: int = 16, n_val: int = 10) -> int:
     """A random 16-px VQGAN, 24 train and `n_val` val frames, and `vqgan.eval.recon`'s CLI run on them."""
-    from vqgan.models.vqgan import VQGAN, VQGANConfig
+    from vqgan.config.build import vqgan_config
+    from vqgan.models.vqgan import VQGAN
 
     meta = lambda n: pd.DataFrame({"source_id": range(n)})  # noqa: E731
     write_split(tmp_path / "train", sprite_video(24, res), meta(24), {"source": "test"})
     write_split(tmp_path / "val", sprite_video(n_val, res, seed=5), meta(n_val), {"source": "test"})
     torch.manual_seed(0)
-    cfg = VQGANConfig.from_dict({"model": {"ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
-                                           "z_channels": 8}, "quantizer": {"kind": "l2", "n_codes": 16,
-                                                                           "code_dim": 4}, "resolution": res})
+    cfg = vqgan_config(res, {"model": {"ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
+                                       "z_channels": 8}, "quantizer": {"kind": "l2", "n_codes": 16, "code_dim": 4}})
     save_model(VQGAN(cfg), tmp_path / "model")
     return main(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "val"), "--train-data",
                  str(tmp_path / "train"), "--out-json", str(tmp_path / "recon.json"), "--out-png",
@@ -230,7 +230,7 @@ def test_baselines_are_per_class_when_labels_are_given():
     train = np.broadcast_to(screens[train_labels][:, None, None, None], (40, 8, 8, 3)).copy()
     val = np.broadcast_to(screens[val_labels][:, None, None, None], (6, 8, 8, 3)).copy()
     val[:, :2, :2] = rng.integers(0, 255, (6, 2, 2, 3))  # a small "sprite"
-    cfg = EvalConfig(grid_images=0)
+    cfg = EvalConfig.from_dict(dict(grid_images=0))
     pooled, _ = evaluate(Identity(), val, train, cfg)
     per, _ = evaluate(Identity(), val, train, cfg, val_labels=val_labels, train_labels=train_labels,
                       class_names=["a", "b"])
@@ -255,7 +255,7 @@ def test_levels_of_a_game_are_scored_against_the_games_and_their_own_mean_image(
     train, val = frames(train_key), frames(val_key)
     labels = lambda keys: np.array([c for c, _ in keys])  # noqa: E731
     levels = lambda keys: np.array([lv for _, lv in keys])  # noqa: E731
-    cfg = EvalConfig(grid_images=0)
+    cfg = EvalConfig.from_dict(dict(grid_images=0))
     m, _ = evaluate(Constant(np.full((8, 8, 3), 120, np.uint8)), val, train, cfg, val_labels=labels(val_key),
                     train_labels=labels(train_key), class_names=["a", "b"], val_levels=levels(val_key),
                     train_levels=levels(train_key))

@@ -155,7 +155,7 @@ def coco_sets(tmp_path_factory, tiny_coco):
 
 @pytest.fixture(scope="module")
 def scores(coco_sets):
-    cfg = F.FIDConfig(n=N, batch_size=N)
+    cfg = F.FIDConfig.from_dict(dict(n=N, batch_size=N))
     cache = coco_sets["root"] / "cache"
     first = F.compute_scores(coco_sets["split"], cfg, cache, gen_dir=coco_sets["same"], recon_dir=coco_sets["noised"])
     second = F.compute_scores(coco_sets["split"], cfg, cache, gen_dir=coco_sets["blurred"])
@@ -177,7 +177,7 @@ def test_kid_uses_proper_subsets_and_reports_a_spread(scores):
 
 
 def test_floor_and_copy_rate_flag_a_sampler_that_returns_training_images(coco_sets):
-    cfg = F.FIDConfig(n=N, batch_size=N)
+    cfg = F.FIDConfig.from_dict(dict(n=N, batch_size=N))
     cache = coco_sets["root"] / "cache"
     copier = F.compute_scores(coco_sets["split"], cfg, cache, gen_dir=coco_sets["copies"], train_dir=coco_sets["train"])
     fresh = F.compute_scores(coco_sets["split"], cfg, cache, gen_dir=coco_sets["blurred"], train_dir=coco_sets["train"])
@@ -190,7 +190,7 @@ def test_floor_and_copy_rate_flag_a_sampler_that_returns_training_images(coco_se
 
 
 def test_several_seed_folders_give_mean_and_spread(coco_sets, scores):
-    cfg = F.FIDConfig(n=N, batch_size=N)
+    cfg = F.FIDConfig.from_dict(dict(n=N, batch_size=N))
     cache = coco_sets["root"] / "cache"
     seeds = [coco_sets["same"], coco_sets["blurred"], coco_sets["noised"]]
     result = F.compute_scores(coco_sets["split"], cfg, cache, gen_dir=seeds, train_dir=coco_sets["train"])
@@ -243,7 +243,7 @@ def test_fid_cli_writes_json_and_uses_fewer_images_when_fewer_exist(coco_sets, t
 
 
 def test_bad_folders_give_clear_errors(coco_sets, tmp_path):
-    cfg = F.FIDConfig(n=N, min_images=3)
+    cfg = F.FIDConfig.from_dict(dict(n=N, min_images=3))
     with pytest.raises(F.FIDError, match="not a directory"):
         F.select_files(tmp_path / "missing", cfg, RES, "gen")
     empty = tmp_path / "empty"

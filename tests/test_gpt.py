@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vqgan.config.build import gpt_config
 from vqgan.io.checkpoint import CheckpointError, load_gpt, save_model
-from vqgan.models.gpt import GPT, GPTConfig, KVCache, _can_prepack, filter_logits, generate_reference, pick_next
+from vqgan.models.gpt import GPT, KVCache, _can_prepack, filter_logits, generate_reference, pick_next
 
 torch.set_num_threads(1)
 
@@ -14,7 +15,7 @@ def tiny(seed=0, **kw) -> GPT:
     torch.manual_seed(seed)
     cfg = dict(vocab_size=40, n_classes=3, block_size=24, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
     cfg.update(kw)
-    return GPT(GPTConfig(**cfg))
+    return GPT(gpt_config(**cfg))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import REPO
 
 PACKAGES = ("vqgan", "atari_collect")
@@ -83,7 +82,8 @@ def test_data_knows_no_model_and_io_no_stage():
         assert not {m: d for m, d in bad.items() if d}, f"{prefix} imports {forbidden}"
 
 
-ATARI_MAY_IMPORT = {"vqgan.data.dataset", "vqgan.io.progress"}  # the dataset contract; log-friendly progress bars
+# the dataset contract and its schema (defaults of an Atari entry); log-friendly progress bars
+ATARI_MAY_IMPORT = {"vqgan.data.dataset", "vqgan.config.schema", "vqgan.config.files", "vqgan.io.progress"}
 
 
 def test_atari_collect_knows_only_the_dataset_contract():
@@ -93,8 +93,10 @@ def test_atari_collect_knows_only_the_dataset_contract():
 
 
 def test_what_atari_collect_may_import_stays_free_of_the_project():
-    # the exception for the progress bar holds only while it pulls in nothing else of vqgan
+    # the exceptions for the progress bar and the config schema hold only while they pull in nothing else of vqgan
     assert not {d for d in GRAPH["vqgan.io.progress"] if d.startswith(PACKAGES)}, GRAPH["vqgan.io.progress"]
+    assert GRAPH["vqgan.config.schema"] == {"vqgan.config.files"}
+    assert not {d for d in GRAPH["vqgan.config.files"] if d.startswith(PACKAGES)}
     assert "vqgan.io.progress" in GRAPH["atari_collect.collect"]  # guards the rule above against a stale name
 
 
@@ -124,28 +126,6 @@ def test_no_bench_script_shadows_a_package():
 # --- one source of defaults: the schema ---------------------------------------------------------------------
 
 
-def schema_defaults(*path: str, schema: str = "config.schema.yaml") -> dict:
-    node = yaml.safe_load((REPO / "vqgan" / "config" / "schemas" / schema).read_text())
-    for key in path:
-        node = node["properties"][key]
-    # nested sections (default {}) are compared on their own
-    return {k: v["default"] for k, v in node["properties"].items() if "default" in v and v["default"] != {}}
-
-
-def code_defaults(cls) -> dict:
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-    return out
-
-
-def _norm(v):
-    return list(v) if isinstance(v, tuple) else v
-
-
 def section_cases():
     from atari_collect.config import AtariConfig, PolicyConfig
     from vqgan.eval.fid import FIDConfig
@@ -158,47 +138,67 @@ def section_cases():
     from vqgan.train.vqgan import TrainConfig as VQGANTrain
 
     return [
-        (("vqgan", "model"), VQGANConfig, {}),
-        (("vqgan", "quantizer"), VQGANConfig, {"kind": "quantizer"}),
-        (("vqgan", "loss"), LossConfig, {}),
-        (("vqgan", "train"), VQGANTrain, {}),
-        (("vqgan", "eval"), EvalConfig, {}),
-        (("transformer", "model"), GPTConfig, {}),
-        (("transformer", "train"), TransformerTrain, {}),
-        (("sample",), SampleConfig, {}),
-        (("fid",), FIDConfig, {}),
-        ((), AtariConfig, {"schema": "dataset_atari.schema.yaml"}),
-        (("policy",), PolicyConfig, {"schema": "dataset_atari.schema.yaml"}),
+        (("vqgan", "model"), VQGANConfig, {}, "config"),
+        (("vqgan", "quantizer"), VQGANConfig, {"kind": "quantizer"}, "config"),
+        (("vqgan", "loss"), LossConfig, {}, "config"),
+        (("vqgan", "train"), VQGANTrain, {}, "config"),
+        (("vqgan", "eval"), EvalConfig, {}, "config"),
+        (("transformer", "model"), GPTConfig, {}, "config"),
+        (("transformer", "train"), TransformerTrain, {}, "config"),
+        (("sample",), SampleConfig, {"seeds": "seed"}, "config"),
+        (("fid",), FIDConfig, {}, "config"),
+        ((), AtariConfig, {}, "dataset_atari"),
+        (("policy",), PolicyConfig, {}, "dataset_atari"),
     ]
 
 
 @pytest.mark.parametrize("case", range(11))
-def test_code_defaults_match_the_schema(case):
-    path, cls, rename = section_cases()[case]
-    rename = dict(rename)
-    schema = rename.pop("schema", "config.schema.yaml")
-    expected = schema_defaults(*path, schema=schema)
-    assert expected, f"no defaults found under {path} in {schema}"
-    code = code_defaults(cls)
-    drift = {k: (v, _norm(code[rename.get(k, k)])) for k, v in expected.items()
-             if rename.get(k, k) in code and _norm(code[rename.get(k, k)]) != v}
-    assert not drift, f"{cls.__name__} defaults differ from {schema} {'.'.join(path)} (schema, code): {drift}"
+def test_no_dataclass_repeats_a_default_of_the_schema(case):
+    """The schema defines every default; each section's dataclass takes its values from it (from_dict or
+    vqgan.config.build), so none of its fields that is a schema key may carry a default of its own."""
+    from vqgan.config.schema import node
+
+    path, cls, rename, schema = section_cases()[case]
+    keys = {rename.get(k, k) for k in node(".".join(path), schema)["properties"]}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    assert keys & set(fields), f"{cls.__name__} shares no field with the schema's {'.'.join(path)}"
+    own = sorted(k for k in keys & set(fields)
+                 if fields[k].default is not dataclasses.MISSING or fields[k].default_factory is not dataclasses.MISSING)
+    # a switch whose absence means off has no schema default on purpose (a new default would rerun every job)
+    absent_means_off = {k for k in own if "default" not in node(".".join(path), schema)["properties"].get(k, {})
+                        and fields[k].default is False}
+    assert set(own) == absent_means_off, f"{cls.__name__} defines defaults the schema owns: {own}"
 
 
-def test_readme_defaults_match_the_schema():
-    """config/README.md's default column says what the schema says."""
-    text = (REPO / "config" / "README.md").read_text()
-    rows = [line.split("|") for line in text.splitlines() if line.startswith("| `")]
-    documented = {r[1].strip().strip("`"): r[2].strip() for r in rows if len(r) > 3}
-    checked = 0
-    for section in (("vqgan", "model"), ("vqgan", "quantizer"), ("vqgan", "loss"), ("vqgan", "train"),
-                    ("vqgan", "eval"), ("transformer", "model"), ("transformer", "train"), ("sample",), ("fid",)):
-        for key, value in schema_defaults(*section).items():
-            name = ".".join(section + (key,))
-            if name not in documented or not documented[name].startswith("`"):
-                continue
-            raw = documented[name].strip("`")
-            shown = raw if isinstance(value, str) else yaml.safe_load(raw)  # `no` is a string here, not False
-            assert shown == value, f"config/README.md says {name} defaults to {shown!r}, the schema {value!r}"
-            checked += 1
-    assert checked > 40, f"only {checked} documented defaults were compared; has the README's table changed?"
+@pytest.mark.parametrize("case", range(11))
+def test_from_the_schema_defaults_each_section_builds(case):
+    """The schema's defaults alone make a valid object of every section's class (nothing required is missing)."""
+    from vqgan.config import build
+    from vqgan.config.schema import defaults
+
+    path, cls, _, schema = section_cases()[case]
+    if cls.__name__ == "VQGANConfig":
+        obj = build.vqgan_config(64)
+    elif cls.__name__ == "LossConfig":
+        obj = build.loss_config()
+    elif cls.__name__ == "GPTConfig":
+        obj = build.gpt_config(16, 1, 16)
+    elif cls.__name__ == "AtariConfig":
+        from atari_collect.config import parse_config
+        obj = parse_config({"resolution": 64, "games": ["Pong"], "frames_per_game": 10})
+    elif cls.__name__ == "PolicyConfig":
+        from atari_collect.config import parse_policy
+        obj = parse_policy({})
+    else:
+        obj = cls.from_dict({})
+    expected = defaults(".".join(path), schema)
+    if path == ("vqgan", "quantizer"):
+        expected = {("quantizer" if k == "kind" else k): v for k, v in expected.items()}
+    got = {k: getattr(obj, k) for k in expected if hasattr(obj, k)}
+    drift = {k: (expected[k], _norm(v)) for k, v in got.items()
+             if not dataclasses.is_dataclass(v) and _norm(v) != expected[k]}
+    assert not drift, f"{cls.__name__} built from nothing differs from the schema's defaults: {drift}"
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v

@@ -5,19 +5,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vqgan.config.build import loss_config, vqgan_config
 from vqgan.io.weights import VGG16_FILE, VGG16_URL, VGGWeightsNotFound, lpips_state_dict, resolve_vgg16_weights
-from vqgan.models.losses import LossConfig, NLayerDiscriminator, VQLoss, foreground_mask, hinge_d_loss
+from vqgan.models.losses import NLayerDiscriminator, VQLoss, foreground_mask, hinge_d_loss
 from vqgan.models.lpips import LPIPS
-from vqgan.models.vqgan import VQGAN, VQGANConfig
+from vqgan.models.vqgan import VQGAN
 
 torch.set_num_threads(1)
 
-TINY = VQGANConfig(resolution=32, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=16,
+TINY = vqgan_config(resolution=32, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=16,
                    n_codes=32, code_dim=8)
 
 
 def no_lpips(**kw):
-    return VQLoss(LossConfig(perceptual_weight=0.0, disc_layers=2, disc_ch=16, **kw))
+    return VQLoss(loss_config(perceptual_weight=0.0, disc_layers=2, disc_ch=16, **kw))
 
 
 def batch(b=4, seed=0):
@@ -125,7 +126,7 @@ def test_object_weight_multiplies_the_error_inside_the_boxes_only():
     assert plain.reconstruction(x, inside, objects=objects).item() == plain.reconstruction(x, inside).item()
     with pytest.raises(ValueError, match="object_weight > 0 needs"):
         loss.reconstruction(x, inside)
-    assert LossConfig.from_dict({"object_ignore": ["brick", "ball"]}).object_ignore == ("brick", "ball")
+    assert loss_config({"object_ignore": ["brick", "ball"]}).object_ignore == ("brick", "ball")
 
 
 # --- LPIPS weight resolution -----------------------------------------------------------------------------------
@@ -145,7 +146,7 @@ def test_missing_vgg_weights_stop_with_instructions(tmp_path, empty_hub):
 
 def test_perceptual_weight_without_lpips_module_is_refused():
     with pytest.raises(ValueError, match="perceptual_weight"):
-        VQLoss(LossConfig(perceptual_weight=1.0))
+        VQLoss(loss_config(perceptual_weight=1.0))
 
 
 def test_hub_cache_is_searched_after_weights_dir(tmp_path, empty_hub):
@@ -207,7 +208,7 @@ def test_lpips_matches_the_reference_package(random_vgg_dir, empty_hub):
 
 def test_perceptual_term_enters_the_generator_loss_with_gradient(random_vgg_dir, empty_hub):
     weights_dir, _ = random_vgg_dir
-    loss = VQLoss(LossConfig(perceptual_weight=0.5, disc_start=10), load_lpips(weights_dir))
+    loss = VQLoss(loss_config(perceptual_weight=0.5, disc_start=10), load_lpips(weights_dir))
     x = batch(2, seed=0)
     xrec = batch(2, seed=1).requires_grad_(True)
     g, logs = loss.generator_loss(x, xrec, torch.tensor(0.0), 0, None)

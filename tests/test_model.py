@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vqgan.config.build import vqgan_config
 from vqgan.io.checkpoint import CheckpointError, load_vqgan, save_model
 from vqgan.models.vqgan import VQGAN, VQGANConfig
 
@@ -31,7 +32,7 @@ def images(b=2, res=32, seed=0):
     dict(ema=True, restart_dead_after=3, kmeans_init=True),
 ])
 def test_shapes_for_several_configs(overrides):
-    cfg = VQGANConfig(**{**TINY, **overrides})
+    cfg = vqgan_config(**{**TINY, **overrides})
     model = VQGAN(cfg)
     x = images(2, cfg.resolution)
     xrec, qloss, stats = model(x)
@@ -48,7 +49,7 @@ def test_shapes_for_several_configs(overrides):
 
 
 def test_index_path_matches_forward_in_eval_mode():
-    model = VQGAN(VQGANConfig(**TINY)).eval()
+    model = VQGAN(vqgan_config(**TINY)).eval()
     x = images()
     with torch.no_grad():
         xrec, _, stats = model(x)
@@ -58,7 +59,7 @@ def test_index_path_matches_forward_in_eval_mode():
 
 
 def test_channels_last_and_bf16_autocast_agree_with_fp32():
-    model = VQGAN(VQGANConfig(**TINY)).eval()
+    model = VQGAN(vqgan_config(**TINY)).eval()
     x = images()
     with torch.no_grad():
         ref, _, stats = model(x)
@@ -75,7 +76,7 @@ def test_channels_last_and_bf16_autocast_agree_with_fp32():
 
 def test_activations_stay_nchw_contiguous():
     """A channels-last view leaking out of the quantizer or attention made CPU GroupNorm ~10x slower in bf16."""
-    model = VQGAN(VQGANConfig(**TINY))
+    model = VQGAN(vqgan_config(**TINY))
     seen = []
     for m in model.modules():
         if isinstance(m, torch.nn.GroupNorm):
@@ -86,7 +87,7 @@ def test_activations_stay_nchw_contiguous():
 
 def test_one_optimisation_step_lowers_reconstruction_loss():
     torch.manual_seed(0)
-    model = VQGAN(VQGANConfig(**TINY))
+    model = VQGAN(vqgan_config(**TINY))
     x = images(4)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
@@ -104,7 +105,7 @@ def test_one_optimisation_step_lowers_reconstruction_loss():
 
 
 def test_save_and_load_give_identical_outputs(tmp_path):
-    cfg = VQGANConfig(**{**TINY, "quantizer": "taming", "ema": True, "restart_dead_after": 5})
+    cfg = vqgan_config(**{**TINY, "quantizer": "taming", "ema": True, "restart_dead_after": 5})
     model = VQGAN(cfg)
     model(images())  # training-mode forward: moves EMA buffers and dead-code counters
     model.eval()
@@ -125,11 +126,10 @@ def test_load_names_missing_file(tmp_path):
 
 
 def test_config_round_trips_through_json_and_accepts_nested_form():
-    cfg = VQGANConfig(**TINY)
+    cfg = vqgan_config(**TINY)
     again = VQGANConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg and isinstance(again.ch_mult, tuple)
-    nested = VQGANConfig.from_dict({"model": {"ch": 16, "ch_mult": [1, 2]},
-                                    "quantizer": {"kind": "taming", "n_codes": 64}})
+    nested = vqgan_config(32, {"model": {"ch": 16, "ch_mult": [1, 2]}, "quantizer": {"kind": "taming", "n_codes": 64}})
     assert nested.quantizer == "taming" and nested.ch_mult == (1, 2) and nested.n_codes == 64
 
 
@@ -140,7 +140,7 @@ def test_config_round_trips_through_json_and_accepts_nested_form():
 ])
 def test_bad_config_is_rejected_with_the_key_named(bad, message):
     with pytest.raises(ValueError, match=message):
-        VQGANConfig.from_dict(bad)
+        vqgan_config(**{"resolution": 32, **bad})
 
 
 def test_no_pickle_loads_without_weights_only():
@@ -175,7 +175,7 @@ def test_subpixel_upsample_equals_nearest_upsample_then_conv():
 
 
 def test_corrupt_weights_are_reported_with_their_path(tmp_path):
-    save_model(VQGAN(VQGANConfig(**TINY)), tmp_path / "ckpt")
+    save_model(VQGAN(vqgan_config(**TINY)), tmp_path / "ckpt")
     (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"\x00" * 7)  # what a disk-full or a bad copy leaves
     with pytest.raises(CheckpointError, match=r"ckpt/model\.safetensors: cannot load"):
         load_vqgan(tmp_path / "ckpt")
@@ -184,7 +184,7 @@ def test_corrupt_weights_are_reported_with_their_path(tmp_path):
 def test_saved_files_follow_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        save_model(VQGAN(VQGANConfig(**TINY)), tmp_path / "ckpt")
+        save_model(VQGAN(vqgan_config(**TINY)), tmp_path / "ckpt")
     finally:
         os.umask(old)
     for name in ("config.json", "model.safetensors"):

@@ -189,7 +189,7 @@ def test_object_recall_on_real_frames_is_one_for_the_originals_and_zero_for_the_
     truth = val.manifest["object_truth"]
     kw = dict(val_labels=val.labels, train_labels=train.labels, class_names=val.class_names, objects=val.objects,
               object_truth=truth)
-    cfg = EvalConfig(grid_images=0, max_images=None)
+    cfg = EvalConfig.from_dict(dict(grid_images=0, max_images=None))
     m, _ = evaluate(Replay(), val.images, train.images, cfg, **kw)
     _, median = class_baselines(train.images, train.labels, len(train.class_names))
     bg, _ = evaluate(Replay(median[val.labels].round().astype(np.uint8)), val.images, train.images, cfg, **kw)

@@ -70,7 +70,7 @@ class Recon:
 
 
 def bench_rows(recons, val, vl, train, tl):
-    m, _ = evaluate(Recon(recons), val, train, EvalConfig(grid_images=0), val_labels=vl, train_labels=tl,
+    m, _ = evaluate(Recon(recons), val, train, EvalConfig.from_dict(dict(grid_images=0)), val_labels=vl, train_labels=tl,
                     class_names=["green", "red"], objects=sprite_rows(val))
     return {r["group"]: r for r in rq.rows_from_metrics(m)}
 
@@ -125,16 +125,14 @@ def test_targets_of_issue_8():
 
 
 def test_variants_differ_only_where_they_say_and_parse_as_training_configs():
-    from vqgan.models.losses import LossConfig
-    from vqgan.models.vqgan import VQGANConfig
+    from vqgan.config.build import loss_config, vqgan_config
     from vqgan.train.vqgan import TrainConfig, split_config
 
     cfgs = {name: rq.variant_config(name, steps=7, batch_size=4, lr=1e-3, warmup=2) for name in rq.VARIANTS}
     for name, cfg in cfgs.items():
         sections = split_config(cfg)
-        model = VQGANConfig.from_dict({"model": sections["model"], "quantizer": sections["quantizer"],
-                                       "resolution": 64})
-        loss = LossConfig.from_dict(sections["loss"])
+        model = vqgan_config(64, sections)
+        loss = loss_config(sections["loss"])
         train = TrainConfig.from_dict(sections["train"])
         # LPIPS only where the variant's name says so
         assert (loss.perceptual_weight > 0) == name.endswith("_lpips"), name

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from vqgan import encode, sample
+from vqgan.config.build import gpt_config, vqgan_config
 from vqgan.data.dataset import write_split
 from vqgan.io.checkpoint import load_vqgan, save_model
 from vqgan.io.images import load_png, to_tensor
-from vqgan.models.gpt import GPT, GPTConfig
+from vqgan.models.gpt import GPT
 
 torch.set_num_threads(1)
 CLASSES = ["Pong", "MsPacman"]
@@ -22,7 +23,7 @@ CLASSES = ["Pong", "MsPacman"]
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory):
     """A 2-class 16 px dataset, an untrained tiny VQGAN (f=4: 4x4 codes) and its encoded codes."""
-    from vqgan.models.vqgan import VQGAN, VQGANConfig
+    from vqgan.models.vqgan import VQGAN
 
     root = tmp_path_factory.mktemp("stage")
     rng = np.random.default_rng(0)
@@ -32,7 +33,7 @@ def stage(tmp_path_factory):
         meta = pd.DataFrame({"source_id": np.arange(n), "game": [CLASSES[c] for c in labels], "label": labels})
         write_split(root / "data" / split, images, meta, {"source": "test", "classes": CLASSES})
     torch.manual_seed(0)
-    vq = VQGAN(VQGANConfig(resolution=16, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
+    vq = VQGAN(vqgan_config(resolution=16, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
                            z_channels=8, n_codes=32, code_dim=4))
     save_model(vq, root / "vqgan")
     assert encode.main(["--model", str(root / "vqgan"), "--data", str(root / "data"), "--out", str(root / "codes"),
@@ -45,7 +46,7 @@ def transformer(stage):
     """An untrained GPT shaped for the stage's codes, saved the way train_transformer saves it."""
     meta = json.loads((stage / "codes" / "codes.json").read_text())
     torch.manual_seed(0)
-    gpt = GPT(GPTConfig(vocab_size=meta["n_codes"], n_classes=meta["n_classes"], block_size=16, n_layer=1,
+    gpt = GPT(gpt_config(vocab_size=meta["n_codes"], n_classes=meta["n_classes"], block_size=16, n_layer=1,
                         n_head=2, n_embd=16))
     save_model(gpt, stage / "transformer")
     shutil.copy(stage / "codes" / "codes.json", stage / "transformer" / "codes.json")
@@ -140,7 +141,7 @@ def test_sample_rejects_bad_config_and_mismatched_models(stage, transformer, tmp
         run_sample(stage, transformer, "bad", n_per_class=1, n_samples=2)
     with pytest.raises(SystemExit, match="unknown sample keys"):
         run_sample(stage, transformer, "bad", n_per_clas=1)
-    other = GPT(GPTConfig(vocab_size=64, n_classes=2, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    other = GPT(gpt_config(vocab_size=64, n_classes=2, block_size=16, n_layer=1, n_head=2, n_embd=16))
     save_model(other, tmp_path / "other")
     with pytest.raises(SystemExit, match="retrain the transformer"):
         run_sample(stage, tmp_path / "other", "bad", n_per_class=1)

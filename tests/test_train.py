@@ -257,7 +257,7 @@ def test_training_masks_follow_the_loss_and_train_sections(object_split):
     from vqgan.data.dataset import read_split
     from vqgan.train.vqgan import TrainConfig, object_masks
 
-    split, frames, crops = read_split(object_split), TrainConfig(), TrainConfig(crop=8, object_crops=1.0)
+    split, frames, crops = read_split(object_split), TrainConfig.from_dict({}), TrainConfig.from_dict(dict(crop=8, object_crops=1.0))
     assert object_masks(split, {}, frames) is None                       # nothing needs the boxes
     assert object_masks(split, {}, crops) is not None                    # object-centred crops do
     plain = object_masks(split, {"object_weight": 2.0}, frames)(np.arange(4))

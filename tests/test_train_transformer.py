@@ -183,7 +183,7 @@ def test_model_is_on_its_device_before_the_optimizer_is_built(monkeypatch):
 
     monkeypatch.setattr(tt.GPT, "configure_optimizers", spy)
     gcfg = tt.gpt_config(MODEL, {"n_codes": 8, "n_classes": 2, "grid": [4, 4]})
-    model, opt = tt.build_model(gcfg, tt.TrainConfig(), torch.device("meta"))
+    model, opt = tt.build_model(gcfg, tt.TrainConfig.from_dict({}), torch.device("meta"))
     assert seen == [{"meta"}]
     assert {p.device.type for g in opt.param_groups for p in g["params"]} == {"meta"}
 

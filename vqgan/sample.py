@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vqgan.config.schema import defaults
 from vqgan.io.checkpoint import CheckpointError, load_gpt, load_vqgan
 from vqgan.io.cli import UsageError, command, load_config_arg
 from vqgan.io.files import atomic_dir, prepare_output, write_json_atomic
@@ -42,15 +43,17 @@ GRID_PER_CLASS = 8
 
 @dataclass
 class SampleConfig:
-    n_per_class: int | None = None  # samples of every class ...
-    n_samples: int | None = None  # ... or this many in total, round-robin over classes (set at most one)
-    batch_size: int = 16
-    temperature: float = 1.0  # 0 = greedy
-    top_k: int | None = 100  # taming's default for its samples; null = off
-    top_p: float | None = None  # nucleus sampling; null = off
-    seed: int = 0
-    precision: str = "fp32"  # transformer weights in "fp32" or "bf16" (faster on CPUs with bf16 and on GPUs)
-    decode_precision: str = "fp32"  # the VQGAN decoder: "fp32" or "bf16" autocast
+    """The `sample` section for one seed (the config lists `seeds`, one job each); defaults from the schema."""
+
+    n_per_class: int | None  # samples of every class ...
+    n_samples: int | None  # ... or this many in total, round-robin over classes (set at most one)
+    batch_size: int
+    temperature: float  # 0 = greedy
+    top_k: int | None  # null = off
+    top_p: float | None  # nucleus sampling; null = off
+    seed: int
+    precision: str  # transformer weights in "fp32" or "bf16"
+    decode_precision: str  # the VQGAN decoder: "fp32" or "bf16" autocast
 
     def __post_init__(self):
         problems = []
@@ -76,7 +79,10 @@ class SampleConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "SampleConfig":
-        d = dict(d or {})
+        """The section as given (possibly partial, `seed` in place of `seeds`), over the schema's defaults."""
+        base = defaults("sample")
+        seed = base.pop("seeds")[0]
+        d = {**base, "seed": seed, **(d or {})}
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown sample keys {unknown}; known: {sorted(f.name for f in fields(cls))}")

@@ -97,11 +97,19 @@ def validate(data: Any, schema: dict[str, Any], where: str = "", context: str = 
         raise ConfigError(f"config key {path or '(top level)'}{context}: {error.message}{_hint(error)}")
 
 
-def defaults(path: str, name: str = "config") -> dict[str, Any]:
-    """Every default of a section, nested sections filled too (keys without a default are left out)."""
-    out: dict[str, Any] = {}
-    validate(out, section_schema(path, name), path)
+def _defaults_of(node_: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, sub in node_.get("properties", {}).items():
+        if "default" in sub:
+            value = copy.deepcopy(sub["default"])
+            out[key] = {**_defaults_of(sub), **value} if isinstance(value, dict) else value
     return out
+
+
+def defaults(path: str, name: str = "config") -> dict[str, Any]:
+    """Every default of a section, nested sections filled too; keys without a default (required ones, and
+    switches whose absence means off) are left out."""
+    return _defaults_of(node(path, name))
 
 
 def with_defaults(path: str, given: dict[str, Any] | None, name: str = "config") -> dict[str, Any]:

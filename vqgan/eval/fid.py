@@ -38,6 +38,7 @@ import scipy.linalg
 import torch
 from PIL import Image
 
+from vqgan.config.schema import defaults
 from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
 from vqgan.io.cli import command, load_config_arg
 from vqgan.io.files import atomic_dir, atomic_file, prepare_output, write_json_atomic
@@ -66,15 +67,17 @@ class FIDError(ValueError):
 class FIDConfig:
     """The `fid` section of the experiment config (tracked by Snakemake: a change reruns fid and the table)."""
 
-    n: int = 500                 # images per side; fewer are used (and recorded) when fewer exist
-    min_images: int = 2          # fewer than this on any side is an error (a covariance needs 2; set = n to be strict)
-    batch_size: int = 32         # Inception batch; memory only, the result does not depend on it
-    kid_subsets: int = 100       # clean-fid's default
-    kid_subset_size: int = 1000  # at most this, and at most half the smaller set: proper subsets, a real spread
-    seed: int = 0                # KID subset draws
+    n: int                 # images per side; fewer are used (and recorded) when fewer exist
+    min_images: int        # fewer than this on any side is an error (a covariance needs 2; set = n to be strict)
+    batch_size: int        # Inception batch; memory only, the result does not depend on it
+    kid_subsets: int
+    kid_subset_size: int   # at most this, and at most half the smaller set: proper subsets, a real spread
+    seed: int              # KID subset draws
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FIDConfig":
+    def from_dict(cls, d: dict[str, Any] | None) -> "FIDConfig":
+        """The section as given (possibly partial), over the schema's defaults."""
+        d = {**defaults("fid"), **(d or {})}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vqgan.config.schema import defaults
 from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
 from vqgan.data.object_masks import outward_boxes
 from vqgan.eval.eval_sets import EvalSet, check_eval_sets, native_screens, pixel_objects, preprocess
@@ -49,19 +50,20 @@ from vqgan.precision import autocast, check_precision
 
 @dataclass
 class EvalConfig:
-    """`vqgan.eval` keys."""
+    """`vqgan.eval` keys; defaults from the schema."""
 
-    max_images: int | None = 1000   # evenly spaced val subset; None: every val image
-    grid_images: int = 8            # columns of recon.png
-    batch_size: int = 64
-    object_min_error: float = 10.0  # 0-255 box MAE of the median image below which an object is not scored
-    object_keep_ratio: float = 0.5  # kept: the reconstruction's box MAE < this x the median image's
-    lpips: bool = True              # score LPIPS (the workflow then requires its weights; off: null, "off by config")
-    precision: str = "fp32"         # the VQGAN's encode + decode: "fp32" or "bf16" autocast (LPIPS stays fp32)
+    max_images: int | None      # evenly spaced val subset; None: every val image
+    grid_images: int            # columns of recon.png
+    batch_size: int
+    object_min_error: float     # 0-255 box MAE of the median image below which an object is not scored
+    object_keep_ratio: float    # kept: the reconstruction's box MAE < this x the median image's
+    lpips: bool                 # score LPIPS (the workflow then requires its weights; off: null, "off by config")
+    precision: str              # the VQGAN's encode + decode: "fp32" or "bf16" autocast (LPIPS stays fp32)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "EvalConfig":
-        d = dict(d or {})
+        """The section as given (possibly partial), over the schema's defaults."""
+        d = {**defaults("vqgan.eval"), **(d or {})}
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown vqgan.eval keys {unknown}; known: {sorted(f.name for f in fields(cls))}")

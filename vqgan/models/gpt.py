@@ -31,14 +31,14 @@ from torch.nn import functional as F
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 1024  # = the VQGAN's n_codes; the head predicts only these
-    n_classes: int = 1  # conditioning classes (Atari games); one more "unconditional" token is always added
-    block_size: int = 256  # codes per image (h*w); positions = conditioning token + block_size - 1 codes
-    n_layer: int = 8
-    n_head: int = 8
-    n_embd: int = 512
-    dropout: float = 0.0
-    bias: bool = True  # biases in Linear and LayerNorm (taming has them; nanoGPT shows they are not needed)
+    vocab_size: int  # = the VQGAN's n_codes; the head predicts only these
+    n_classes: int  # conditioning classes (Atari games); one more "unconditional" token is always added
+    block_size: int  # codes per image (h*w); positions = conditioning token + block_size - 1 codes
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float
+    bias: bool  # biases in Linear and LayerNorm (taming has them; nanoGPT shows they are not needed)
 
     @property
     def uncond_token(self) -> int:

@@ -50,21 +50,23 @@ import torch.nn.functional as F
 
 @dataclass
 class LossConfig:
-    rec: str = "l1"                    # "l1" or "l2" pixel reconstruction
-    rec_weight: float = 1.0
-    perceptual_weight: float = 1.0     # LPIPS(vgg); 0 disables it (and the need for VGG weights)
-    codebook_weight: float = 1.0
-    disc_weight: float = 0.8           # multiplies the adaptive lambda
-    disc_start: int = 2000             # step from which D is trained and its loss used
-    disc_layers: int = 3               # PatchGAN depth: 3 -> 70x70 receptive field (pix2pix default)
-    disc_ch: int = 64
-    adaptive_weight_max: float = 1e4   # clamp of lambda (the seed's value)
-    foreground_weight: float = 0.0     # extra rec weight on pixels far from the background (see module doc)
-    foreground_threshold: float = 0.1  # colour distance (in [-1, 1] units) that counts as foreground
-    object_weight: float = 0.0         # extra rec weight inside the exact object boxes (needs objects.csv)
-    object_ignore: tuple[str, ...] = ("brick",)  # object classes not weighted (Breakout's wall: 1/3 of the frame)
-    object_balance: bool = False       # weight each box by median area / its area: instances weigh the same
-    object_class_balance: bool = False  # and by n_game / (K classes x n_class): a game's classes weigh alike
+    rec: str  # "l1" or "l2" pixel reconstruction
+    rec_weight: float
+    perceptual_weight: float  # LPIPS(vgg); 0 disables it (and the need for VGG weights)
+    codebook_weight: float
+    disc_weight: float  # multiplies the adaptive lambda
+    disc_start: int  # step from which D is trained and its loss used
+    disc_layers: int  # PatchGAN depth: 3 -> 70x70 receptive field (pix2pix default)
+    disc_ch: int
+    adaptive_weight_max: float  # clamp of lambda (the seed's value)
+    foreground_weight: float  # extra rec weight on pixels far from the background (see module doc)
+    foreground_threshold: float  # colour distance (in [-1, 1] units) that counts as foreground
+    object_weight: float  # extra rec weight inside the exact object boxes (needs objects.csv)
+    object_ignore: tuple[str, ...]  # object classes not weighted (Breakout's wall: 1/3 of the frame)
+    object_balance: bool  # weight each box by median area / its area: instances weigh the same
+    # and by n_game / (K classes x n_class): a game's classes weigh alike. Off when absent: the schema gives it no
+    # default, so that adding the switch changed no existing job's params (no rerun)
+    object_class_balance: bool = False
 
     def __post_init__(self):
         if self.rec not in ("l1", "l2"):

@@ -29,23 +29,23 @@ from vqgan.models.quantize import build_quantizer
 
 @dataclass
 class VQGANConfig:
-    resolution: int = 64
-    ch: int = 64                                  # base channel count
-    ch_mult: tuple[int, ...] = (1, 1, 2, 2)       # f = 2**(len(ch_mult)-1): 64 px -> 8x8 codes
-    num_res_blocks: int = 1
-    attn_resolutions: tuple[int, ...] = (8,)      # feature-map sizes (px) that get self-attention
-    z_channels: int = 64                          # encoder output / decoder input channels
-    dropout: float = 0.0
+    resolution: int
+    ch: int  # base channel count
+    ch_mult: tuple[int, ...]  # f = 2**(len(ch_mult)-1): 64 px -> 8x8 codes
+    num_res_blocks: int
+    attn_resolutions: tuple[int, ...]  # feature-map sizes (px) that get self-attention
+    z_channels: int  # encoder output / decoder input channels
+    dropout: float
     # quantizer
-    quantizer: str = "l2"                         # "l2" (cosine lookup, keeps codes alive) or "taming" (paper)
-    n_codes: int = 512
-    code_dim: int = 16                            # low-dim l2 lookup keeps the codebook alive
-    beta: float = 0.25                            # commitment weight
-    legacy_beta: bool = False                     # True: the seed's beta placement (beta on the codebook term)
-    ema: bool = False                             # codes follow an EMA of their assigned encoder outputs
-    ema_decay: float = 0.99
-    restart_dead_after: int = 0                   # >0: restart codes unused for this many training forwards
-    kmeans_init: bool = False                     # initialise codes by k-means on the first training batch
+    quantizer: str  # "l2" (cosine lookup, keeps codes alive) or "taming" (paper)
+    n_codes: int
+    code_dim: int  # low-dim l2 lookup keeps the codebook alive
+    beta: float  # commitment weight
+    legacy_beta: bool  # True: the seed's beta placement (beta on the codebook term)
+    ema: bool  # codes follow an EMA of their assigned encoder outputs
+    ema_decay: float
+    restart_dead_after: int  # >0: restart codes unused for this many training forwards
+    kmeans_init: bool  # initialise codes by k-means on the first training batch
 
     def __post_init__(self):
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
@@ -79,17 +79,9 @@ class VQGANConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VQGANConfig":
-        """Flat dict (as written by to_dict), or the config file's nested form
-        ``{"model": {...}, "quantizer": {"kind": "l2", ...}}``. Unknown keys are errors."""
+        """Every field by name, as written by to_dict (vqgan.config.build makes one from config sections).
+        Unknown keys are errors."""
         d = dict(d)
-        if isinstance(d.get("model"), dict) or isinstance(d.get("quantizer"), dict):
-            flat = dict(d.pop("model", {}) or {})
-            q = dict(d.pop("quantizer", {}) or {})
-            if "kind" in q:
-                q["quantizer"] = q.pop("kind")
-            flat.update(q)
-            flat.update(d)
-            d = flat
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

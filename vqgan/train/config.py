@@ -13,31 +13,33 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from vqgan.config.schema import defaults
 from vqgan.io.cli import load_config_arg
 
 
 @dataclass
 class LoopConfig:
-    """Keys of a `<stage>.train` section common to every loop; each loop subclasses it with its own defaults
-    and extra keys. Batch size is global: per-device = batch_size / processes / grad_accum."""
+    """Keys of a `<stage>.train` section common to every loop; each loop subclasses it with its extra keys.
+    Defaults and descriptions live in the schema (vqgan/config/schemas/); `from_dict` fills them. Batch size is
+    global: per-device = batch_size / processes / grad_accum."""
 
-    SECTION = "train"  # the config path named in error messages
+    SECTION = "train"  # the config path named in error messages, and the schema section of the defaults
 
-    steps: int = 1000
-    batch_size: int = 16
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    lr_schedule: str = "cosine"  # "cosine" (to min_lr_ratio x lr at `steps`) or "constant"
-    min_lr_ratio: float = 0.1
-    grad_accum: int = 1
-    grad_clip: float | None = 1.0  # max global grad norm; None or 0 disables
-    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (autocast; bf16 needs no loss scaling)
-    seed: int = 0
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
+    steps: int
+    batch_size: int
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    warmup_steps: int
+    lr_schedule: str  # "cosine" (to min_lr_ratio x lr at `steps`) or "constant"
+    min_lr_ratio: float
+    grad_accum: int
+    grad_clip: float | None  # max global grad norm; None or 0 disables
+    mixed_precision: str  # "no" | "bf16" | "fp16" (autocast; bf16 needs no loss scaling)
+    seed: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    log_every: int
 
     POSITIVE = ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every")
 
@@ -64,7 +66,8 @@ class LoopConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None):
-        d = dict(d or {})
+        """The section as given (possibly partial), over the schema's defaults."""
+        d = {**defaults(cls.SECTION), **(d or {})}
         known = sorted(f.name for f in fields(cls))
         unknown = sorted(set(d) - set(known))
         if unknown:
@@ -81,18 +84,13 @@ class VQGANTrainConfig(LoopConfig):
 
     SECTION = "vqgan.train"
 
-    lr: float = 2e-4                   # absolute (the seed scaled 4.5e-6 x batch; 2e-4 is its value at batch 44)
-    betas: tuple[float, float] = (0.5, 0.9)   # GAN-style Adam, as in the paper
-    warmup_steps: int = 100            # linear warm-up; early large steps are what kill codes
-    disc_lr: float | None = None       # None: same as lr
-    num_workers: int = 0               # the data is a memory map; workers only help with heavy augmentation
-    augment: str = "none"              # "none" | "hflip" (fine for COCO; mirrors Atari score digits)
-    # Train on square crops of the frames (0: whole frames). The model is convolutional, so it is evaluated and
-    # used on whole frames all the same; a crop of side s costs (s / resolution)^2 of a frame per image.
-    crop: int = 0
-    # Share of the crops centred on one of the frame's objects (objects.csv boxes, loss.object_ignore left out):
-    # sprites are ~3% of an Atari frame, so whole frames spend nearly every FLOP on the background.
-    object_crops: float = 0.0
+    disc_lr: float | None  # None: same as lr
+    num_workers: int  # the data is a memory map; workers only help with heavy augmentation
+    augment: str  # "none" | "hflip" (fine for COCO; mirrors Atari score digits)
+    # Square crops of the frames (0: whole frames); the model is convolutional, so it is used on whole frames.
+    crop: int
+    # Share of the crops centred on one of the frame's objects: sprites are ~3% of an Atari frame.
+    object_crops: float
 
     def problems(self) -> list[str]:
         out = super().problems()
@@ -120,14 +118,9 @@ class TransformerTrainConfig(LoopConfig):
 
     SECTION = "transformer.train"
 
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 4.5e-4
-    betas: tuple[float, float] = (0.9, 0.95)  # GPT-style: a short beta2 reacts faster to loss spikes
-    weight_decay: float = 0.01  # on Linear weight matrices only (GPT.configure_optimizers)
-    eval_every: int = 500  # val loss every N steps (and always at the last step)
-    pkeep: float = 1.0  # keep each input code with this probability, else replace it by a random code
-    p_uncond: float = 0.1  # train the unconditional token on this fraction of sequences
+    eval_every: int  # val loss every N steps (and always at the last step)
+    pkeep: float  # keep each input code with this probability, else replace it by a random code
+    p_uncond: float  # train the unconditional token on this fraction of sequences
 
     POSITIVE = LoopConfig.POSITIVE + ("eval_every",)
 

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vqgan.config.build import gpt_config as build_gpt_config
 from vqgan.data.codes import load_codes
 from vqgan.data.dataset import data_identity
 from vqgan.io.checkpoint import CONFIG, WEIGHTS, save_model
@@ -95,8 +96,8 @@ def gpt_config(model_section: dict[str, Any], codes_meta: dict[str, Any]) -> GPT
     """The model's shape: width/depth from the config, vocabulary/classes/length from the codes."""
     h, w = codes_meta["grid"]
     try:
-        return GPTConfig(vocab_size=int(codes_meta["n_codes"]), n_classes=int(codes_meta["n_classes"]),
-                         block_size=int(h) * int(w), **model_section)
+        return build_gpt_config(int(codes_meta["n_codes"]), int(codes_meta["n_classes"]), int(h) * int(w),
+                                model_section)
     except TypeError as e:  # a value of the wrong type, e.g. n_layer: "2"
         raise ValueError(f"invalid transformer.model config {model_section}: {e}") from None
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vqgan.config.build import loss_config, vqgan_config
 from vqgan.data.dataset import data_identity, read_split
 from vqgan.data.object_masks import ObjectMasks, crop_windows
 from vqgan.io.checkpoint import CONFIG, WEIGHTS, save_model
@@ -33,9 +34,9 @@ from vqgan.io.files import prepare_output, write_json_atomic
 from vqgan.io.hashing import config_hash, state_dict_hash
 from vqgan.io.progress import progress_bar
 from vqgan.io.weights import lpips_state_dict
-from vqgan.models.losses import LossConfig, NLayerDiscriminator, VQLoss
+from vqgan.models.losses import NLayerDiscriminator, VQLoss
 from vqgan.models.lpips import LPIPS
-from vqgan.models.vqgan import VQGAN, VQGANConfig
+from vqgan.models.vqgan import VQGAN
 from vqgan.train.config import VQGANTrainConfig as TrainConfig
 from vqgan.train.config import check_batch
 from vqgan.train.loop import (
@@ -70,8 +71,8 @@ def split_config(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def build_models(cfg: dict[str, dict[str, Any]], resolution: int, weights_dir: str | None):
     """VQGAN + loss (with discriminator and LPIPS) from the config sections; resolution comes from the data."""
-    model_cfg = VQGANConfig.from_dict({"model": cfg["model"], "quantizer": cfg["quantizer"], "resolution": resolution})
-    loss_cfg = LossConfig.from_dict(cfg["loss"])
+    model_cfg = vqgan_config(resolution, cfg)
+    loss_cfg = loss_config(cfg["loss"])
     perceptual = None
     if loss_cfg.perceptual_weight > 0:
         # raises VGGWeightsNotFound (with instructions) rather than training without the perceptual term
@@ -190,7 +191,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def object_masks(split, loss_section: dict[str, Any], tc: TrainConfig) -> ObjectMasks | None:
     """The split's object masks when loss.object_weight > 0 or train.object_crops > 0 (ValueError naming the
     folder without objects.csv)."""
-    cfg = LossConfig.from_dict(loss_section)
+    cfg = loss_config(loss_section)
     if cfg.object_weight <= 0 and tc.object_crops <= 0:
         return None
     return ObjectMasks.from_split(split, cfg.object_ignore, balance=cfg.object_balance,
@@ -202,13 +203,12 @@ def check_crop(tc: TrainConfig, sections: dict[str, dict[str, Any]], resolution:
     the GAN runs) or the batch-neighbour foreground weight."""
     if not tc.crop:
         return
-    f = VQGANConfig.from_dict({"model": sections["model"], "quantizer": sections["quantizer"],
-                               "resolution": resolution}).downsample
+    f = vqgan_config(resolution, sections).downsample
     if tc.crop > resolution or tc.crop % f:
         raise ValueError(f"vqgan.train.crop={tc.crop}: must be at most the data's resolution ({resolution} px) and a "
                          f"multiple of the model's downsampling factor f = {f} (whole tokens); e.g. "
                          f"{max(f, resolution // 2 // f * f)}, or 0 for whole frames")
-    loss = LossConfig.from_dict(sections["loss"])
+    loss = loss_config(sections["loss"])
     smallest = NLayerDiscriminator.min_input(loss.disc_layers)
     if tc.crop < smallest and loss.disc_start < tc.steps and loss.disc_weight > 0:
         raise ValueError(f"vqgan.train.crop={tc.crop} is smaller than the discriminator's smallest input "
