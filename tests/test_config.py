@@ -534,26 +534,3 @@ def test_schema_defaults_reach_the_rules(tmp_path):
     proc = _dry_run(tmp_path, TEST_CONFIG)
     assert '"sticky_actions": 0.25' in proc.stdout
     assert '"frame_skip": 4' in proc.stdout
-
-
-def _schema_keys(node: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for key, sub in node.get("properties", {}).items():
-        dotted = f"{prefix}.{key}" if prefix else key
-        if "properties" in sub:  # a section: its leaves are documented
-            keys += _schema_keys(sub, dotted)
-        else:
-            keys.append(dotted)
-    return keys
-
-
-def test_config_readme_documents_every_key():
-    readme = (REPO / "config" / "README.md").read_text()
-    schemas = REPO / "vqgan" / "config" / "schemas"
-    missing = [k for k in _schema_keys(yaml.safe_load((schemas / "config.schema.yaml").read_text()))
-               if f"`{k}`" not in readme and k not in ("datasets",)]
-    for kind in ("coco", "atari"):
-        for k in _schema_keys(yaml.safe_load((schemas / f"dataset_{kind}.schema.yaml").read_text())):
-            if f"`{k}`" not in readme:
-                missing.append(f"datasets.<{kind}>.{k}")
-    assert not missing, f"config/README.md does not document: {missing}"
