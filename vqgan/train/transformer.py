@@ -164,8 +164,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="output folder: model.safetensors, config.json, metrics.csv, train.json")
     p.add_argument("--state-dir", required=True,
                    help="resumable state (not a declared output): results/transformer/{ds}/{variant}/state")
-    # Hidden hook for the kill -9 test: sleep this long after every step so a kill lands mid-run.
-    p.add_argument("--debug-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -285,8 +283,6 @@ def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_dat
             ckpts.save(accelerator, done, {"tokens_seen": done * tokens_per_step,
                                            "epoch": sampler.epoch_of(done * tc.grad_accum),
                                            "wall_time_s": wall_before + time.perf_counter() - t_start})
-        if args.debug_step_delay:
-            time.sleep(args.debug_step_delay)
     bar.close()
 
     accelerator.wait_for_everyone()
