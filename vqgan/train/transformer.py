@@ -27,7 +27,6 @@ needs), `metrics.csv`, `train.json`.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -222,8 +221,8 @@ def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_dat
                           flush=True)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(
-            {"transformer": {"model": model_section, "train": asdict(tc)}, "codes": meta}, indent=2, default=str))
+        write_json_atomic(run_dir / "config.json",
+                          {"transformer": {"model": model_section, "train": asdict(tc)}, "codes": meta})
     accelerator.init_trackers("transformer")
     metrics = MetricsLog(run_dir, accelerator, resume_step=start)
 

@@ -15,7 +15,6 @@ perceptual + codebook + adaptive-weighted GAN loss, with D frozen so G's loss le
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -258,8 +257,7 @@ def train(args, sections, tc: TrainConfig, split, masks: ObjectMasks | None) -> 
         accelerator.print(f"starting fresh in {run_dir}", flush=True)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps({"vqgan": sections, "data": split.manifest}, indent=2,
-                                                         default=str))
+        write_json_atomic(run_dir / "config.json", {"vqgan": sections, "data": split.manifest})
     accelerator.init_trackers("vqgan")
     metrics = MetricsLog(run_dir, accelerator, resume_step=start)
 
