@@ -162,7 +162,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True,
                    help="output folder: model.safetensors, config.json, metrics.csv, train.json")
     p.add_argument("--state-dir", required=True,
-                   help="resumable state (not a declared output): results/transformer/{ds}/{variant}/state")
+                   help="resumable state (not a declared output): results/transformer/{ds}/{variant}/state; each "
+                        "run keeps its own <hash of config and codes>/ folder inside")
     return p.parse_args(argv)
 
 

@@ -1,7 +1,7 @@
 """Train a VQGAN with Accelerate: one code path for 1 CPU core, N gloo processes, or N GPUs.
 
-    python -m vqgan.train.vqgan --config CONFIG --data results/data/{ds}/train --out results/vqgan/{ds} \
-        --state-dir results/vqgan/{ds}/state [--weights-dir resources/weights]
+    python -m vqgan.train.vqgan --config CONFIG --data results/data/{ds}/train --out results/vqgan/{ds}/{variant} \
+        --state-dir results/vqgan/{ds}/{variant}/state [--weights-dir resources/weights]
     python -m vqgan.train.launch --num-processes 2 -- -m vqgan.train.vqgan ...        # DDP (gloo on CPU)
 
 `--config` is the whole `vqgan` section: {model, quantizer, loss, train, eval}. The loop is the diffusers idiom
@@ -167,7 +167,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True,
                    help="output folder: model.safetensors, config.json, metrics.csv, train.json")
     p.add_argument("--state-dir", required=True,
-                   help="resumable state (not a declared output): results/vqgan/{ds}/state")
+                   help="resumable state (not a declared output): results/vqgan/{ds}/{variant}/state; each run "
+                        "keeps its own <hash of config and data>/ folder inside")
     p.add_argument("--weights-dir", default=None, help="folder with LPIPS/VGG16 weights (resources/weights)")
     return p.parse_args(argv)
 
