@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from vqgan.data.dataset import ImageFile
+from vqgan.io.files import atomic_file
 from vqgan.io.progress import progress_bar
 
 from .config import AtariConfig
@@ -328,7 +329,7 @@ def keep_chosen_objects(recorder: ObjectRecorder, order: np.ndarray, path: Path)
     The recorder holds the boxes of every candidate frame, numbered by step (candidates are recorded when they are
     rendered, before it is known which are kept); `order` holds the chosen steps, sorted (trajectory order). Read
     and written a chunk at a time: Breakout's candidates carry ~109 objects each."""
-    with open(path, "wb") as f:
+    with open(path, "wb") as f:  # a scratch file beside the frames, not an output
         for rec in recorder.records():
             row = np.searchsorted(order, rec["frame"])
             kept = row < len(order)
@@ -612,7 +613,7 @@ def plot_coverage(games: list[GameFrames], path,
         row[2].margins(y=0.25)  # room for the share labels and the legend above the bars
         row[2].legend(fontsize=7, loc="upper center", ncol=len(splits))
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    atomic_file(path, lambda p: fig.savefig(p, dpi=80))
     plt.close(fig)
 
 

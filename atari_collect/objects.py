@@ -371,7 +371,7 @@ class ObjectRecorder:
         self.classes = object_classes(game) if self.active else ()
         self.path = Path(path) if path is not None and self.active else None
         if self.path is not None:
-            self.path.write_bytes(b"")  # a fresh file: records are appended
+            self.path.write_bytes(b"")  # a fresh scratch file (records are appended), not an output
         self._buffer: np.ndarray | None = None  # made at the first object: a game without rules needs none
         self._n = 0  # records in the buffer
         self._kept: list[np.ndarray] = []  # full buffers, without a path
@@ -470,6 +470,8 @@ def grid(path: str, steps: int = 600, per_game: int = 12, scale: int = 3, seed: 
     """Save a PNG: one row per game of `per_game` frames (every steps/per_game-th step), boxes drawn, upscaled."""
     from PIL import Image
 
+    from vqgan.io.files import atomic_file
+
     rows = []
     for game in RULES:
         every = max(steps // per_game, 1)
@@ -482,7 +484,7 @@ def grid(path: str, steps: int = 600, per_game: int = 12, scale: int = 3, seed: 
             scaled = [o._replace(box=tuple(v * scale for v in o.box)) for o in objs]
             tiles.append(np.pad(draw_boxes(big, scaled, object_classes(game)), ((2, 2), (2, 2), (0, 0))))
         rows.append(np.concatenate(tiles, 1))
-    Image.fromarray(np.concatenate(rows, 0)).save(path)
+    atomic_file(path, lambda p: Image.fromarray(np.concatenate(rows, 0)).save(p))
 
 
 def main(argv: list[str] | None = None) -> None:

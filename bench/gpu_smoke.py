@@ -49,9 +49,11 @@ def check(ok: bool, what: str) -> bool:
     return ok
 
 
-def run(cmd: list[str], cwd: Path, timeout: float, log: Path) -> bool:
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+def run(cmd: list[str], cwd: Path, timeout: float, log: Path, hooks: dict[str, str] | None = None) -> bool:
+    """`hooks`: VQGAN_TEST_* settings of tests/hooks/sitecustomize.py (that folder then goes first on PYTHONPATH)."""
+    path = [str(REPO / "tests" / "hooks")] if hooks else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*path, str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(hooks or {})}
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -141,7 +143,7 @@ def ddp_two_gpus(work: Path) -> None:
     dump = work / "ddp_dump"
     ok = run([sys.executable, "-m", "vqgan.train.launch", "--num-processes", "2", "--", "-m", "vqgan.train.vqgan",
               "--config", json.dumps(cfg), "--data", str(data), "--out", str(work / "ddp"), "--state-dir",
-              str(work / "ddp_state"), "--debug-dump-weights", str(dump)], work, 300, work / "ddp.log")
+              str(work / "ddp_state")], work, 300, work / "ddp.log", hooks={"VQGAN_TEST_DUMP_WEIGHTS": str(dump)})
     if ok:
         ranks = [json.loads((dump / f"rank{r}.json").read_text())["final"] for r in (0, 1)]
         j = json.loads((work / "ddp" / "train.json").read_text())

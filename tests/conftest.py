@@ -34,6 +34,14 @@ def snakemake_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
 
 
+def hook_env(base: dict[str, str] | None = None, **hooks: str) -> dict[str, str]:
+    """`base` (default: os.environ) with tests/hooks first on PYTHONPATH and the given VQGAN_TEST_* variables set:
+    its sitecustomize.py patches the training loops in the command and every process it starts."""
+    base = dict(os.environ if base is None else base)
+    path = os.pathsep.join(p for p in (str(REPO / "tests" / "hooks"), base.get("PYTHONPATH")) if p)
+    return {**base, "PYTHONPATH": path, **hooks}
+
+
 def run_snakemake(*args: str, cwd: Path = REPO, check: bool = True, timeout: float = 1800,
                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run Snakemake with this venv's tools first on PATH (rules call `python -m vqgan...`)."""

@@ -87,6 +87,15 @@ def test_tiny_exploring_collection_follows_the_contract_and_records_coverage(tin
     assert (out / "coverage.png").stat().st_size > 1000
 
 
+def test_coverage_figure_redrawn_from_the_manifests_is_the_collectors(tiny, tmp_path):
+    # the report's plot_coverage job draws it from the split folders it declares, not from the collector's file
+    from atari_collect.coverage import main as coverage
+
+    out, _, _ = tiny
+    assert coverage(["--data", str(out), "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").read_bytes() == (out / "coverage.png").read_bytes()
+
+
 def test_no_lineage_and_no_episode_in_both_splits(tiny):
     _, train, val = tiny
     for game in TINY["games"]:

@@ -1,11 +1,15 @@
 """The GPT over codes: causality, conditioning, and that the fast sampler is exactly the slow one."""
 from __future__ import annotations
 
+import types
+import warnings
+
 import pytest
 import torch
 
 from vqgan.config.build import gpt_config
 from vqgan.io.checkpoint import CheckpointError, load_gpt, save_model
+from vqgan.models import gpt as gpt_module
 from vqgan.models.gpt import GPT, KVCache, _can_prepack, filter_logits, generate_reference, pick_next
 
 torch.set_num_threads(1)
@@ -182,6 +186,41 @@ def test_greedy_tokens_match_the_reference_sampler_on_the_fast_path(dtype):
         # bf16: the fast path's head is float32 while the reference's logits are bf16, so a near-tie may resolve
         # differently; most tokens must still agree
         assert (fast == slow).float().mean() > 0.9
+
+
+def _raise(*args, **kwargs):
+    raise RuntimeError("oneDNN: unsupported here")
+
+
+@pytest.mark.parametrize("broken", ["ops_missing", "pack_raises", "matmul_raises"])
+def test_sampler_falls_back_to_plain_linear_when_onednn_packing_fails(monkeypatch, broken):
+    # the private oneDNN ops may be absent or broken in another torch build: sampling must then take plain
+    # F.linear and emit exactly the tokens the unpacked path emits (and, greedy in fp32, those of the packed path)
+    model = tiny(block_size=32, n_embd=64, n_layer=3).eval()
+    labels = torch.tensor([0, 1, 2, -1])
+    run = lambda: model.generate(labels, 4, temperature=0.0)  # noqa: E731
+    packed = run()
+    with monkeypatch.context() as m:
+        m.setattr(gpt_module, "_can_prepack", lambda p: False)
+        plain = run()
+    if broken == "ops_missing":
+        monkeypatch.setattr(torch.ops, "mkldnn", types.SimpleNamespace())
+        fallback = run()
+    else:
+        monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight" if broken == "pack_raises" else "_linear_pointwise",
+                            _raise)
+        if _can_prepack(model.transformer.wte.weight):
+            with pytest.warns(RuntimeWarning, match="packing failed"):
+                fallback = run()
+        else:
+            fallback = run()
+    if broken != "matmul_raises":  # that one fails only at first use, then drops the packed weights
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            cache = KVCache(model.config, 4, "cpu", torch.float32, model=model)
+        assert cache.packed == {} and cache.head_packed is None
+    assert torch.equal(fallback, plain), f"fallback diverged from plain F.linear at {(fallback != plain).nonzero()[:5]}"
+    assert torch.equal(fallback, packed), f"fallback diverged from the packed path at {(fallback != packed).nonzero()[:5]}"
 
 
 def test_bfloat16_step_logits_are_close_to_float32():

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import hook_env
 
 from vqgan.data.dataset import write_split
 from vqgan.io.checkpoint import load_vqgan
@@ -88,8 +89,10 @@ def train_cmd(config: str, data: Path, out: Path, state: Path, *extra: str, proc
     return [sys.executable, *args]
 
 
-def run(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout)
+def run(cmd: list[str], timeout: float = 120, **hooks: str) -> subprocess.CompletedProcess:
+    """`cmd` to its end; `hooks`: VQGAN_TEST_* settings of tests/hooks/sitecustomize.py."""
+    return subprocess.run(cmd, env=hook_env(env(), **hooks) if hooks else env(), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def hashes(dump: Path) -> dict[int, dict]:
@@ -205,8 +208,8 @@ def test_two_process_gloo_run_syncs_gradients(train_split, tmp_path):
     dump = tmp_path / "dump"
     cfg = json.loads(config_with(steps=4, checkpoint_every=4))
     cfg["quantizer"].update(ema=True, restart_dead_after=1, kmeans_init=True)
-    proc = run(train_cmd(json.dumps(cfg), train_split, tmp_path / "out", tmp_path / "state",
-                         "--debug-dump-weights", str(dump), processes=2))
+    proc = run(train_cmd(json.dumps(cfg), train_split, tmp_path / "out", tmp_path / "state", processes=2),
+               VQGAN_TEST_DUMP_WEIGHTS=str(dump))
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = hashes(dump)
     assert sorted(ranks) == [0, 1], f"expected a dump from each of 2 ranks, got {sorted(ranks)}"
@@ -300,8 +303,8 @@ def test_two_process_run_with_object_weight_and_flips_keeps_ranks_equal(object_s
     dump = tmp_path / "dump"
     cfg = json.loads(config_with(steps=3, checkpoint_every=3, augment="hflip", **crops))
     cfg["loss"]["object_weight"] = 20.0
-    proc = run(train_cmd(json.dumps(cfg), object_split, tmp_path / "out", tmp_path / "state",
-                         "--debug-dump-weights", str(dump), processes=2))
+    proc = run(train_cmd(json.dumps(cfg), object_split, tmp_path / "out", tmp_path / "state", processes=2),
+               VQGAN_TEST_DUMP_WEIGHTS=str(dump))
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = hashes(dump)
     assert ranks[0]["final"] == ranks[1]["final"] and ranks[0]["final"]["g"] != ranks[0]["initial"]["g"]
@@ -310,12 +313,13 @@ def test_two_process_run_with_object_weight_and_flips_keeps_ranks_equal(object_s
 def test_resume_after_kill_continues_step_count(train_split, tmp_path):
     config = config_with(steps=12, checkpoint_every=2, keep_checkpoints=2, log_every=2)
     # the uninterrupted reference runs alongside the victim (wall time; the cores are shared anyway)
-    clean = subprocess.Popen(train_cmd(config, train_split, tmp_path / "clean", tmp_path / "clean_state",
-                                       "--debug-dump-weights", str(tmp_path / "clean_dump")),
-                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    clean = subprocess.Popen(train_cmd(config, train_split, tmp_path / "clean", tmp_path / "clean_state"),
+                             env=hook_env(env(), VQGAN_TEST_DUMP_WEIGHTS=str(tmp_path / "clean_dump")),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     out, state = tmp_path / "out", tmp_path / "state"
-    cmd = train_cmd(config, train_split, out, state, "--debug-dump-weights", str(tmp_path / "dump"))
-    victim = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    cmd = train_cmd(config, train_split, out, state)
+    dump = {"VQGAN_TEST_DUMP_WEIGHTS": str(tmp_path / "dump")}
+    victim = subprocess.Popen(cmd, env=hook_env(env(), **dump), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     deadline = time.time() + 90
     while not list(state.glob("*/checkpoint-*/" + TRAIN_STATE)):
@@ -328,7 +332,7 @@ def test_resume_after_kill_continues_step_count(train_split, tmp_path):
     killed_at = max(int(p.parent.name.split("-")[1]) for p in state.glob("*/checkpoint-*/" + TRAIN_STATE))
     assert killed_at < 12
 
-    resumed = run(cmd)
+    resumed = run(cmd, **dump)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _, clean_err = clean.communicate(timeout=120)
     assert clean.returncode == 0, clean_err[-3000:]
@@ -350,8 +354,7 @@ def test_resume_after_kill_continues_step_count(train_split, tmp_path):
 
 def test_nan_loss_stops_training_and_keeps_last_good_state(train_split, tmp_path):
     out, state = tmp_path / "out", tmp_path / "state"
-    proc = run(train_cmd(config_with(steps=6, checkpoint_every=2), train_split, out, state,
-                         "--debug-inject-nan-at", "3"))
+    proc = run(train_cmd(config_with(steps=6, checkpoint_every=2), train_split, out, state), VQGAN_TEST_NAN_AT="3")
     assert proc.returncode != 0
     assert "non-finite loss at step 3" in proc.stderr and "checkpoint-2" in proc.stderr, proc.stderr[-2000:]
     assert not (out / "model.safetensors").exists(), "a diverged run must not export a model"

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import hook_env
 from safetensors.torch import load_file
 
 from vqgan.io.checkpoint import load_gpt
@@ -92,7 +93,7 @@ def test_resume_after_kill_continues_to_the_same_weights(tmp_path):
     cfg = config(steps=30, checkpoint_every=5, eval_every=10, pkeep=0.8, p_uncond=0.2)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "vqgan.train.transformer", *args(codes, tmp_path / "killed", cfg)]
-    proc = subprocess.Popen([*cmd, "--debug-step-delay", "0.2"], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=hook_env(env, VQGAN_TEST_STEP_DELAY="0.2"), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     state = tmp_path / "killed" / "state"
     deadline = time.time() + 120

@@ -55,7 +55,7 @@ class RemoteFile:
     sha256: str
 
 
-# The official 2017 zips (sizes and sha256 recorded from images.cocodataset.org, see issue #2).
+# The official 2017 zips (sizes and sha256 recorded from images.cocodataset.org).
 COCO_ZIPS: dict[str, RemoteFile] = {
     "annotations": RemoteFile(
         "annotations/annotations_trainval2017.zip", 252907541,

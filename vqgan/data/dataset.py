@@ -134,6 +134,7 @@ def fill_split(folder: Path, images: np.ndarray, meta: pd.DataFrame, manifest: d
     split's final path); see write_split."""
     images = check_split(folder, images, meta)
     manifest = {**manifest, "count": int(len(images)), "resolution": int(images.shape[1])}
+    # plain writes: `folder` is renamed into place whole (atomic_dir)
     np.save(folder / IMAGES, images)
     meta.to_csv(folder / META, index=False)
     if objects is not None:
@@ -378,7 +379,7 @@ class SplitWriter:
                                f"{len(self)} images were written; rerun the data stage")
         self.close()
         manifest = {**manifest, "count": len(self), "resolution": self.images.row_shape[0]}
-        meta.to_csv(self.tmp / META, index=False)
+        meta.to_csv(self.tmp / META, index=False)  # plain writes: self.tmp is renamed into place whole
         if objects is not None:
             write_objects(self.tmp, objects, len(self), self.images.row_shape[0], where=self.path)
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")

@@ -610,7 +610,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--real", required=True, help="real val split folder (results/data/{ds}/val)")
     p.add_argument("--gen", nargs="+", help="folder(s) of generated PNGs, one per sampling seed "
                    "(results/samples/{ds}/{variant}/seed*); grid.png is skipped")
-    p.add_argument("--recon", help="folder of val reconstruction PNGs (results/vqgan/{ds}/recon) for rFID")
+    p.add_argument("--recon", help="folder of val reconstruction PNGs (results/vqgan/{ds}/{variant}/recon) for rFID")
     p.add_argument("--train", help="train split folder (results/data/{ds}/train): the real-vs-real floor and the "
                    "samples' copy rate")
     p.add_argument("--out", required=True, help="result JSON (results/fid/{ds}/{variant}.json)")

@@ -77,7 +77,7 @@ class PngFolderWriter:
         self.count = 0
 
     def add(self, images: np.ndarray) -> None:
-        for img in images:
+        for img in images:  # plain writes: self.tmp is renamed into place whole (close)
             Image.fromarray(np.ascontiguousarray(img)).save(self.tmp / self.pattern.format(self.count))
             self.count += 1
 

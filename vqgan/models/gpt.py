@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -97,9 +98,12 @@ class KVCache:
         # probabilities by several percent; the head is 2% of the weights, so this costs nothing measurable
         self.head = model.transformer.wte.weight[: config.vocab_size].float()
         if _can_prepack(model.transformer.wte.weight):
-            pack = torch.ops.mkldnn._reorder_linear_weight
-            self.packed = {m: pack(m.weight, batch) for m in model.modules() if isinstance(m, nn.Linear)}
-            self.head_packed = pack(self.head, batch)
+            try:
+                pack = torch.ops.mkldnn._reorder_linear_weight
+                self.packed = {m: pack(m.weight, batch) for m in model.modules() if isinstance(m, nn.Linear)}
+                self.head_packed = pack(self.head, batch)
+            except (AttributeError, RuntimeError) as e:  # a private op: another torch build may lack or break it
+                self._unpack(e)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's (B, nh, T, hd) keys/values at [pos, pos+T); return everything up to pos+T."""
@@ -110,19 +114,29 @@ class KVCache:
 
     def linear(self, m: nn.Linear, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
         """m(x), or gelu(m(x)), through the packed weight when there is one (GELU fused into the matmul)."""
-        w = self.packed.get(m)
-        if w is None:
-            y = m(x)
-            return F.gelu(y) if gelu else y
-        return torch.ops.mkldnn._linear_pointwise(x, w, m.bias, "gelu" if gelu else "none", [],
-                                                  "none" if gelu else "")  # "none": exact (erf) GELU
+        return self._linear(x, m.weight, m.bias, self.packed.get(m), gelu)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """ln_f output (B, C) -> float32 logits (B, vocab)."""
-        x = x.float()
-        if self.head_packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.head_packed, None, "none", [], "")
-        return F.linear(x, self.head)
+        return self._linear(x.float(), self.head, None, self.head_packed, False)
+
+    def _linear(self, x, weight, bias, packed, gelu: bool) -> torch.Tensor:
+        """The one place that calls oneDNN's private matmul: F.linear(x, weight, bias) (+ exact GELU) through the
+        packed copy of `weight` if there is one, else (or once that op has failed: this cache then packs nothing)
+        plain F.linear, which computes the same."""
+        if packed is not None:
+            try:
+                return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "gelu" if gelu else "none", [],
+                                                          "none" if gelu else "")  # "none": exact (erf) GELU
+            except (AttributeError, RuntimeError) as e:
+                self._unpack(e)
+        y = F.linear(x, weight, bias)
+        return F.gelu(y) if gelu else y
+
+    def _unpack(self, err: Exception):
+        warnings.warn(f"oneDNN weight packing failed ({err}); sampling with plain F.linear (slower on CPU)",
+                      RuntimeWarning, stacklevel=3)
+        self.packed, self.head_packed = {}, None
 
 
 def _can_prepack(p: torch.Tensor) -> bool:

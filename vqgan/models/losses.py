@@ -10,19 +10,18 @@ Discriminator objective: hinge loss on real images and *detached* reconstruction
 the discriminator's loss backpropagates into the generator and pushes it the wrong way (the bug in several
 from-scratch reimplementations).
 
-Foreground weighting (issue #8): Atari frames are mostly a static background; an L1 loss averaged over all pixels
+Foreground weighting: Atari frames are mostly a static background; an L1 loss averaged over all pixels
 is minimised well by drawing the maze and no sprites. With ``foreground_weight = w > 0`` the per-pixel
 reconstruction error is multiplied by ``1 + w * m`` where ``m`` marks "foreground" pixels: those whose colour
 differs from the background by more than ``foreground_threshold`` (max over channels, in [-1, 1] units, so 0.1
 is ~13/255). The background of each image is, by default, the per-pixel median of its few nearest images in the
 batch (itself included; nearest by mean absolute difference): sprites move, the maze does not, and a batch that
-mixes games still gives every frame a background of its own game. (A median over the *whole* mixed batch -- the
-first version -- marked 77% of the pixels of real 3-game batches as foreground, with 2% precision against each
-game's own median: the weighting then just scaled the whole loss.) A caller that knows a better background (e.g.
-the training split's per-pixel median per game) passes it as ``background=``. The weights are not renormalised:
-w = 0 gives exactly the plain loss.
+mixes games still gives every frame a background of its own game (a median over the whole mixed batch marks most
+pixels as foreground, and the weighting then just scales the whole loss: docs/atari.md). A caller that knows a
+better background (e.g. the training split's per-pixel median per game) passes it as ``background=``. The weights
+are not renormalised: w = 0 gives exactly the plain loss.
 
-Object weighting (issue #13): with ``object_weight = w > 0`` the caller passes ``objects=`` a (B, 1, H, W) mask of
+Object weighting: with ``object_weight = w > 0`` the caller passes ``objects=`` a (B, 1, H, W) mask of
 the pixels inside the exact object boxes (from objects.csv, `vqgan.data.object_masks`), and the per-pixel error is
 further multiplied by ``1 + w * objects``. Not renormalised either (w = 0 is the plain loss; a frame with no object
 keeps weight 1 everywhere). With ``object_balance`` the mask holds, per box, ``a / area`` (a = the split's median

@@ -86,7 +86,7 @@ def write_accelerate_config(path: Path, num_processes: int, num_machines: int, c
     config (which `accelerate launch` would otherwise read and mix into ours)."""
     import yaml
 
-    path.write_text(yaml.safe_dump({
+    path.write_text(yaml.safe_dump({  # not atomic: a private temporary folder, read only by this launch
         "compute_environment": "LOCAL_MACHINE",
         "distributed_type": "MULTI_CPU" if cpu else "MULTI_GPU",
         "mixed_precision": "no",

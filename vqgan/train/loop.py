@@ -224,7 +224,7 @@ class CheckpointManager:
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            # written last: its presence is what marks the folder complete
+            # written last: its presence is what marks the folder complete (renamed into place below)
             (tmp / TRAIN_STATE).write_text(to_json({"step": step, **(extra or {})}))
             if final.exists():
                 shutil.rmtree(final)

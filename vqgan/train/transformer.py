@@ -27,7 +27,6 @@ needs), `metrics.csv`, `train.json`.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -164,9 +163,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True,
                    help="output folder: model.safetensors, config.json, metrics.csv, train.json")
     p.add_argument("--state-dir", required=True,
-                   help="resumable state (not a declared output): results/transformer/{ds}/{variant}/state")
-    # Hidden hook for the kill -9 test: sleep this long after every step so a kill lands mid-run.
-    p.add_argument("--debug-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+                   help="resumable state (not a declared output): results/transformer/{ds}/{variant}/state; each "
+                        "run keeps its own <hash of config and codes>/ folder inside")
     return p.parse_args(argv)
 
 
@@ -225,8 +223,8 @@ def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_dat
                           flush=True)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(
-            {"transformer": {"model": model_section, "train": asdict(tc)}, "codes": meta}, indent=2, default=str))
+        write_json_atomic(run_dir / "config.json",
+                          {"transformer": {"model": model_section, "train": asdict(tc)}, "codes": meta})
     accelerator.init_trackers("transformer")
     metrics = MetricsLog(run_dir, accelerator, resume_step=start)
 
@@ -286,8 +284,6 @@ def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_dat
             ckpts.save(accelerator, done, {"tokens_seen": done * tokens_per_step,
                                            "epoch": sampler.epoch_of(done * tc.grad_accum),
                                            "wall_time_s": wall_before + time.perf_counter() - t_start})
-        if args.debug_step_delay:
-            time.sleep(args.debug_step_delay)
     bar.close()
 
     accelerator.wait_for_everyone()

@@ -1,7 +1,7 @@
 """Train a VQGAN with Accelerate: one code path for 1 CPU core, N gloo processes, or N GPUs.
 
-    python -m vqgan.train.vqgan --config CONFIG --data results/data/{ds}/train --out results/vqgan/{ds} \
-        --state-dir results/vqgan/{ds}/state [--weights-dir resources/weights]
+    python -m vqgan.train.vqgan --config CONFIG --data results/data/{ds}/train --out results/vqgan/{ds}/{variant} \
+        --state-dir results/vqgan/{ds}/{variant}/state [--weights-dir resources/weights]
     python -m vqgan.train.launch --num-processes 2 -- -m vqgan.train.vqgan ...        # DDP (gloo on CPU)
 
 `--config` is the whole `vqgan` section: {model, quantizer, loss, train, eval}. The loop is the diffusers idiom
@@ -15,7 +15,6 @@ perceptual + codebook + adaptive-weighted GAN loss, with D frozen so G's loss le
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -31,7 +30,7 @@ from vqgan.data.object_masks import ObjectMasks, crop_windows
 from vqgan.io.checkpoint import CONFIG, WEIGHTS, save_model
 from vqgan.io.cli import command, load_config_arg
 from vqgan.io.files import prepare_output, write_json_atomic
-from vqgan.io.hashing import config_hash, state_dict_hash
+from vqgan.io.hashing import config_hash
 from vqgan.io.progress import progress_bar
 from vqgan.io.weights import lpips_state_dict
 from vqgan.models.losses import NLayerDiscriminator, VQLoss
@@ -159,17 +158,6 @@ def state_key(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {**{k: v for k, v in sections.items() if k not in ("eval", "train")}, "train": train}
 
 
-def weight_hashes(model: torch.nn.Module, disc: torch.nn.Module) -> dict[str, str]:
-    """Hashes that must agree across ranks: G's whole state (parameters and codebook buffers) and D's parameters.
-
-    D's BatchNorm running statistics are left out: DDP broadcasts rank 0's buffers at the start of each forward,
-    so after the last forward each rank holds the statistics of its own last batch (they are never used: D only
-    runs in training mode, and only rank 0's copy is checkpointed).
-    """
-    return {"g": state_dict_hash(model.state_dict()),
-            "d_params": state_dict_hash(dict(disc.named_parameters()))}
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m vqgan.train.vqgan",
@@ -180,11 +168,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True,
                    help="output folder: model.safetensors, config.json, metrics.csv, train.json")
     p.add_argument("--state-dir", required=True,
-                   help="resumable state (not a declared output): results/vqgan/{ds}/state")
+                   help="resumable state (not a declared output): results/vqgan/{ds}/{variant}/state; each run "
+                        "keeps its own <hash of config and data>/ folder inside")
     p.add_argument("--weights-dir", default=None, help="folder with LPIPS/VGG16 weights (resources/weights)")
-    # Hidden hooks for the tests: make a step's loss NaN; dump per-rank weight hashes.
-    p.add_argument("--debug-inject-nan-at", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--debug-dump-weights", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -272,14 +258,9 @@ def train(args, sections, tc: TrainConfig, split, masks: ObjectMasks | None) -> 
         accelerator.print(f"starting fresh in {run_dir}", flush=True)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps({"vqgan": sections, "data": split.manifest}, indent=2,
-                                                         default=str))
+        write_json_atomic(run_dir / "config.json", {"vqgan": sections, "data": split.manifest})
     accelerator.init_trackers("vqgan")
     metrics = MetricsLog(run_dir, accelerator, resume_step=start)
-
-    dump = Path(args.debug_dump_weights) if args.debug_dump_weights else None
-    if dump is not None:
-        initial = weight_hashes(raw_model, disc)
 
     sampler = StepBatchSampler(len(split), per_device, rank, world, tc.seed, start=start * tc.grad_accum)
     weight_objects = loss.cfg.object_weight > 0
@@ -326,8 +307,6 @@ def train(args, sections, tc: TrainConfig, split, masks: ObjectMasks | None) -> 
                     g_loss, g_logs = loss.generator_loss(x, xrec, qloss, step, last_layer=raw_model.last_layer,
                                                           objects=objects)
                 disc.requires_grad_(True)
-                if args.debug_inject_nan_at is not None and step == args.debug_inject_nan_at:
-                    g_loss = g_loss * float("nan")
                 guard.watch(step, g_loss=g_loss)
                 accelerator.backward(g_loss)
                 if accelerator.sync_gradients and tc.grad_clip:
@@ -368,10 +347,6 @@ def train(args, sections, tc: TrainConfig, split, masks: ObjectMasks | None) -> 
     bar.close()
 
     accelerator.wait_for_everyone()
-    if dump is not None:
-        dump.mkdir(parents=True, exist_ok=True)
-        final = weight_hashes(raw_model, disc)
-        write_json_atomic(dump / f"rank{rank}.json", {"initial": initial, "final": final, "start_step": start})
     if accelerator.is_main_process:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -53,14 +53,3 @@ rule fid_table:
         "python -m vqgan.eval.table --fid {input.fid:q} --recon {input.recon:q} --vqgan-train {input.vqgan:q}"
         " --transformer-train {input.transformer:q} --data {input.data:q} --out {output.csv:q}"
         " --markdown {output.md:q} > {log:q} 2>&1"
-
-
-from pathlib import Path
-
-
-onsuccess:
-    # the table, and below it its notes (a dataset smaller than configured, FID at a biased N, a model below its
-    # constant-image baseline), where they are seen
-    if Path("results/fid_table.md").is_file():
-        print()
-        print(Path("results/fid_table.md").read_text())

@@ -38,10 +38,11 @@ rule plot_data:
 
 
 rule plot_coverage:
-    # Go-Explore's coverage (cells and levels over steps, kept frames per level and split), drawn by the collector
-    # beside the splits, into the report
+    # Go-Explore's coverage (cells and levels over steps, kept frames per level and split), redrawn from the splits'
+    # manifests: the collector's own coverage.png beside them exists only for some datasets (no optional outputs)
     input:
-        "results/data/{ds}/train",
+        train="results/data/{ds}/train",
+        val="results/data/{ds}/val",
     output:
         report(
             "results/plots/coverage_{ds}.png",
@@ -53,14 +54,42 @@ rule plot_coverage:
     conda:
         ENV
     shell:
-        "cp results/data/{wildcards.ds:q}/coverage.png {output:q} > {log:q} 2>&1"
+        "python -m atari_collect.coverage --data results/data/{wildcards.ds:q} --out {output:q} > {log:q} 2>&1"
+
+
+def benchmark_files(wildcards):
+    """Every compute job's benchmark TSV (an output of that job): benchmarks/<rule>/<ds>[/<variant>[/seed<n>]].tsv."""
+    data = [
+        f"benchmarks/{'prepare_coco' if ds in COCO_DATASETS else 'collect_atari'}/{ds}.tsv"
+        for ds in DATASETS
+    ]
+    stages = ["train_vqgan", "eval_vqgan", "encode", "train_transformer", "fid"]
+    per_variant = [f"benchmarks/{r}/{ds}/{v}.tsv" for r in stages for ds, v in runs()]
+    per_seed = [
+        f"benchmarks/sample/{ds}/{v}/seed{s}.tsv"
+        for ds, v in runs()
+        for s in sample_seeds(ds, v)
+    ]
+    # sorted: the order `find benchmarks | sort` gave the figure
+    return sorted(data + per_variant + per_seed)
 
 
 rule plot_benchmarks:
-    # Time and peak memory of every compute job, from Snakemake's benchmark: files
-    # (benchmarks/<rule>/<ds>[/<variant>[/seed<n>]].tsv).
+    # Time and peak memory of every compute job, from Snakemake's benchmark: files, and its images/s from the
+    # counts in each job's outputs (vqgan.eval.plots.STAGE_IMAGES reads them under --results)
     input:
-        rules.fid_table.output.csv,
+        bench=benchmark_files,
+        data=expand("results/data/{ds}/{split}", ds=DATASETS, split=["train", "val"]),
+        vqgan=per_run("results/vqgan/{ds}/{variant}/train.json"),
+        recon=per_run("results/vqgan/{ds}/{variant}/recon.json"),
+        codes=per_run("results/codes/{ds}/{variant}/codes.json"),
+        transformer=per_run("results/transformer/{ds}/{variant}/train.json"),
+        samples=[
+            f"results/samples/{ds}/{v}/seed{s}"
+            for ds, v in runs()
+            for s in sample_seeds(ds, v)
+        ],
+        fid=per_run("results/fid/{ds}/{variant}.json"),
     output:
         report(
             "results/plots/benchmarks.png",
@@ -72,6 +101,6 @@ rule plot_benchmarks:
     conda:
         ENV
     shell:
-        "python -m vqgan.eval.plots benchmarks --bench $(find benchmarks -name '*.tsv' | sort) --results results"
+        "python -m vqgan.eval.plots benchmarks --bench {input.bench:q} --results results"
         " --out {output:q}"
         " > {log:q} 2>&1"
