@@ -10,7 +10,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from .games import UnknownGame, resolve_game
+from vqgan.data.atari_screen import UnknownGame, resolve_game
 
 # Keys of a dataset entry that belong to later stages (per-dataset overrides, eval_vqgan's external frame sets);
 # the collector ignores them.
