@@ -2,7 +2,8 @@
 
 Dependency direction (docs/design.md): stage CLIs -> train / eval / data -> models and io. Models import nothing
 of the project; data knows no model; the Atari collector knows only the dataset contract (and the generic
-progress bar, vqgan.io.progress, which imports nothing of the project).
+progress bar, vqgan.io.progress, and the ALE screen modules it shares with eval, which import nothing else of the
+project); vqgan imports nothing of the collector.
 """
 from __future__ import annotations
 
