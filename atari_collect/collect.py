@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from vqgan.data.atari_screen import crop_resize, resolve_game
 from vqgan.data.dataset import ImageFile
 from vqgan.io.progress import progress_bar
 
 from .config import AtariConfig
 from .dataset import GameFrames
 from .explore import collect_explore
-from .frames import crop_resize
-from .games import resolve_game
 from .rollout import StickyRandom, emulator_with_objects, env_quotas, record_objects, run_jobs, stream_rngs
 
 

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vqgan.config.schema import defaults
-
-from .games import UnknownGame, resolve_game
+from vqgan.data.atari_screen import UnknownGame, resolve_game
 
 # Keys of a dataset entry that belong to later stages (per-dataset overrides, eval_vqgan's external frame sets);
 # the collector ignores them.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .frames import NATIVE_H, NATIVE_W
+from vqgan.data.atari_screen import NATIVE_H, NATIVE_W
 
 _POWER_ON: dict[str, tuple[object, object]] = {}  # rom -> (ALEInterface, power-on state), one per process
 

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
+from vqgan.data.atari_screen import crop_resize, opencv, resolve_game
 from vqgan.data.dataset import ImageFile
 from vqgan.io.files import atomic_file
 from vqgan.io.progress import progress_bar
@@ -43,10 +43,10 @@ from vqgan.io.progress import progress_bar
 from .config import AtariConfig
 from .dataset import GameFrames
 from .emulator import Emulator
-from .frames import crop_resize
-from .games import resolve_game
 from .objects import ObjectRecorder
 from .rollout import StickyRandom, emulator_with_objects, env_quotas, record_objects, run_jobs, stream_rngs
+
+cv2 = opencv()  # set to one thread now, before the collector forks its workers
 
 # ---------------------------------------------------------------------------------------------------- cells
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from vqgan.data.atari_screen import resolve_game
+
 from .config import AtariConfig
 from .emulator import Emulator
-from .games import resolve_game
 from .objects import ObjectRecorder, ram_lag
 
 

@@ -9,7 +9,7 @@ import pytest
 from atari_collect.__main__ import main
 from atari_collect.config import ConfigError, parse_config
 from atari_collect.dataset import split_by_group
-from atari_collect.frames import crop_resize
+from vqgan.data.atari_screen import crop_resize
 from vqgan.data.dataset import read_split
 
 TINY = {

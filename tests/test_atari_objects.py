@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from atari_collect import objects as ob
+from vqgan.data import atari_pixels as px
 
 STEPS = {"ms_pacman": 600, "pong": 400, "breakout": 400}
 SEED = 1  # Ms. Pac-Man: the fruit shows from step ~405 and hides (byte 34) around steps 480-515 as eaten ghosts go home
@@ -122,12 +123,12 @@ def test_ms_pacman_needs_the_ram_from_before_the_last_frame(monkeypatch):
 
 # Where a colour means exactly one object: (class, id) -> (colours, region x0, y0, x1, y1 of the screen)
 UNIQUE_COLOUR = {
-    "ms_pacman": {("player", 0): ([ob.MSPACMAN_PLAYER_RGB], FIELD["ms_pacman"]),
-                  ("fruit", 0): (list(ob.MSPACMAN_FRUIT_RGB), FIELD["ms_pacman"]),
-                  **{("ghost", g): ([ob.MSPACMAN_GHOST_RGB[g]], FIELD["ms_pacman"]) for g in range(4)}},
-    "pong": {(c, 0): ([ob.PONG_RGB[c]], FIELD["pong"]) for c in ("player", "enemy", "ball")},
-    "breakout": {("ball", 0): ([ob.BREAKOUT_RED], (8, 93, 152, 189)),  # between the bricks and the paddle
-                 ("paddle", 0): ([ob.BREAKOUT_RED], (8, 189, 152, 193))},
+    "ms_pacman": {("player", 0): ([px.MSPACMAN_PLAYER_RGB], FIELD["ms_pacman"]),
+                  ("fruit", 0): (list(px.MSPACMAN_FRUIT_RGB), FIELD["ms_pacman"]),
+                  **{("ghost", g): ([px.MSPACMAN_GHOST_RGB[g]], FIELD["ms_pacman"]) for g in range(4)}},
+    "pong": {(c, 0): ([px.PONG_RGB[c]], FIELD["pong"]) for c in ("player", "enemy", "ball")},
+    "breakout": {("ball", 0): ([px.BREAKOUT_RED], (8, 93, 152, 189)),  # between the bricks and the paddle
+                 ("paddle", 0): ([px.BREAKOUT_RED], (8, 189, 152, 193))},
 }
 
 
@@ -156,7 +157,7 @@ def brick_errors(screen: np.ndarray, ram: np.ndarray) -> int:
     """Breakout cells where 'reported' and 'filled with its row's colour' disagree."""
     present = [o.id for o in ob.detect_objects("breakout", ram) if o.cls == "brick"]
     cells = screen[57:93, 8:152].reshape(6, 6, 18, 8, 3)  # (row, y, column, x, rgb)
-    filled = (cells == np.array(ob.BREAKOUT_ROW_RGB, np.uint8)[:, None, None, None]).all(-1).all((1, 3))
+    filled = (cells == np.array(px.BREAKOUT_ROW_RGB, np.uint8)[:, None, None, None]).all(-1).all((1, 3))
     return int((filled.ravel() != np.isin(np.arange(108), present)).sum())
 
 
@@ -222,7 +223,7 @@ def test_detect_objects_omits_what_is_not_there():
     ram[72] = 100
     assert [o.cls for o in ob.detect_objects("breakout", ram)] == ["paddle"]  # no ball before the serve, no bricks
     ram[[10, 16]] = 60, 50  # Ms. Pac-Man at (48, 51); ghosts off (byte 25 = 0), no fruit (11/17 = 0)
-    assert ob.detect_objects("ms_pacman", ram) == [ob.GameObject("player", 0, (48, 51, 56, 61))]
+    assert ob.detect_objects("ms_pacman", ram) == [px.GameObject("player", 0, (48, 51, 56, 61))]
 
 
 # ---------------------------------------------------------------------------------------------------- dataset coords
@@ -231,7 +232,7 @@ def test_detect_objects_omits_what_is_not_there():
 def test_dataset_boxes_cover_the_resized_rectangle(crop, resolution):
     """A coloured rectangle, cropped and resized as the dataset does: its outward-rounded mapped box is exactly
     the bounding box of the pixels it tints in the dataset image (INTER_AREA blends partly covered pixels)."""
-    from atari_collect.frames import crop_resize
+    from vqgan.data.atari_screen import crop_resize
 
     rng = np.random.default_rng(0)
     for _ in range(50):
@@ -240,33 +241,33 @@ def test_dataset_boxes_cover_the_resized_rectangle(crop, resolution):
         frame = np.zeros((210, 160, 3), np.uint8)
         frame[box[1]:box[3], box[0]:box[2]] = (255, 0, 0)
         tinted = crop_resize(frame, resolution, crop)[..., 0] > 0
-        mapped = ob.to_dataset_box(box, crop, resolution, outward=True)
+        mapped = px.to_dataset_box(box, crop, resolution, outward=True)
         if not tinted.any():
             assert mapped is None, f"{box} is cropped away but mapped to {mapped}"
             continue
         ys, xs = np.nonzero(tinted)
         assert mapped == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), f"box {box} crop {crop}"
-        fx0, fy0, fx1, fy1 = ob.to_dataset_box(box, crop, resolution)  # floats lie within the rounded box
+        fx0, fy0, fx1, fy1 = px.to_dataset_box(box, crop, resolution)  # floats lie within the rounded box
         assert mapped[0] <= fx0 < fx1 <= mapped[2] and mapped[1] <= fy0 < fy1 <= mapped[3]
 
 
 def test_to_dataset_boxes_clips_to_the_crop_and_drops_what_it_cuts():
-    objs = [ob.GameObject("ball", 0, (10, 5, 12, 9)),     # above the crop: dropped
-            ob.GameObject("player", 0, (0, 20, 8, 30)),   # straddles the crop's top edge: clipped
-            ob.GameObject("enemy", 0, (80, 100, 84, 116))]
-    out = ob.to_dataset_boxes(objs, [24, 0, 186, 160], 64)
+    objs = [px.GameObject("ball", 0, (10, 5, 12, 9)),     # above the crop: dropped
+            px.GameObject("player", 0, (0, 20, 8, 30)),   # straddles the crop's top edge: clipped
+            px.GameObject("enemy", 0, (80, 100, 84, 116))]
+    out = px.to_dataset_boxes(objs, [24, 0, 186, 160], 64)
     assert [o.cls for o in out] == ["player", "enemy"]
     sx, sy = 64 / 160, 64 / 186
     assert out[0].box == pytest.approx((0, 0, 8 * sx, 6 * sy))
     assert out[1].box == pytest.approx((80 * sx, 76 * sy, 84 * sx, 92 * sy))
-    assert ob.to_dataset_boxes(objs, None, 64)[0].box == pytest.approx((10 * sx, 5 * 64 / 210,
+    assert px.to_dataset_boxes(objs, None, 64)[0].box == pytest.approx((10 * sx, 5 * 64 / 210,
                                                                                     12 * sx, 9 * 64 / 210))
 
 
 def test_draw_boxes_outlines_without_covering_the_object():
     img = np.zeros((20, 20, 3), np.uint8)
-    out = ob.draw_boxes(img, [ob.GameObject("ghost", 0, (5, 6, 9, 10))], ("player", "ghost", "fruit"))
-    green = (out == ob.BOX_COLOURS[1]).all(-1)
+    out = px.draw_boxes(img, [px.GameObject("ghost", 0, (5, 6, 9, 10))], ("player", "ghost", "fruit"))
+    green = (out == px.BOX_COLOURS[1]).all(-1)
     ring = np.zeros((20, 20), bool)
     ring[5:11, 4:10] = True
     ring[6:10, 5:9] = False  # the box itself stays untouched; the outline is the ring just outside it

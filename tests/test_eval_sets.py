@@ -16,7 +16,8 @@ from PIL import Image
 
 from atari_collect import objects as ob
 from atari_collect.__main__ import main as collect_main
-from atari_collect.frames import crop_resize
+from vqgan.data import atari_pixels as px
+from vqgan.data.atari_screen import crop_resize
 from vqgan.data.dataset import read_split
 from vqgan.eval import table as T
 from vqgan.eval.eval_sets import EvalSetError, check_eval_sets, pixel_objects, preprocess
@@ -48,7 +49,7 @@ def test_pixel_detector_agrees_with_the_ram_rules(game):
     stats = defaultdict(lambda: np.zeros(4, int))  # truth, found, reported, right
     for screen, ram in ob.frames_with_ram(game, 500, seed=2):
         truth = {(o.cls, o.id): o.box for o in ob.detect_objects(game, ram, screen) if o.visible}
-        found = {(o.cls, o.id): o.box for o in ob.detect_objects_from_pixels(game, screen)}
+        found = {(o.cls, o.id): o.box for o in px.detect_objects_from_pixels(game, screen)}
         for k, box in truth.items():
             stats[k[0]] += (1, k in found and iou(box, found[k]) >= 0.5, 0, 0)
         for k, box in found.items():
@@ -114,7 +115,7 @@ def test_frames_are_preprocessed_like_collected_ones_and_identity_keeps_every_ob
     m, _ = evaluate(Identity(), frames, train, EvalConfig.from_dict(dict(grid_images=0)), objects=objects)
     assert m["object_recall"] == 1.0 and m["n_objects_scored"] > 12
     assert pixel_objects("Seaquest", loaded, 32, crop) == (None, "not available: no pixel rules for Seaquest "
-                                                           "(atari_collect.objects.PIXEL_RULES)")
+                                                           "(vqgan.data.atari_pixels.PIXEL_RULES)")
 
 
 def test_eval_cli_scores_an_external_folder_and_the_table_shows_it(tmp_path):

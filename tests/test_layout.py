@@ -2,12 +2,17 @@
 
 Dependency direction (docs/design.md): stage CLIs -> train / eval / data -> models and io. Models import nothing
 of the project; data knows no model; the Atari collector knows only the dataset contract (and the generic
-progress bar, vqgan.io.progress, and atomic writer, vqgan.io.files, which import nothing of the project).
+progress bar, vqgan.io.progress, the atomic writer, vqgan.io.files, the config schema, vqgan.config.schema,
+and the ALE screen modules it shares with eval, which import nothing else of the project); vqgan imports
+nothing of the collector.
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,9 +87,12 @@ def test_data_knows_no_model_and_io_no_stage():
         assert not {m: d for m, d in bad.items() if d}, f"{prefix} imports {forbidden}"
 
 
-# the dataset contract and its schema (defaults of an Atari entry); log-friendly progress bars; the atomic writer
-ATARI_MAY_IMPORT = {"vqgan.data.dataset", "vqgan.config.schema", "vqgan.config.files", "vqgan.io.progress",
-                    "vqgan.io.files"}
+# the dataset contract and its schema (defaults of an Atari entry); the ALE screen and its pixel objects, which
+# eval shares; log-friendly progress bars; the atomic writer
+ATARI_MAY_IMPORT = {"vqgan.data.dataset", "vqgan.config.schema", "vqgan.config.files", "vqgan.data.atari_screen",
+                    "vqgan.data.atari_pixels", "vqgan.io.progress", "vqgan.io.files"}
+SHARED_WITH_ATARI = ("vqgan.io.progress", "vqgan.io.files", "vqgan.config.files", "vqgan.data.atari_screen",
+                     "vqgan.data.atari_pixels")
 
 
 def test_atari_collect_knows_only_the_dataset_contract():
@@ -93,12 +101,30 @@ def test_atari_collect_knows_only_the_dataset_contract():
     assert not {m: d for m, d in bad.items() if d}
 
 
+def test_vqgan_imports_nothing_of_atari_collect():
+    # the dependency runs one way: what eval shares with the collector lives below both, in vqgan.data
+    bad = {m: sorted(d for d in deps if d.startswith("atari_collect")) for m, deps in imports_of("vqgan").items()}
+    assert not {m: d for m, d in bad.items() if d}
+
+
 def test_what_atari_collect_may_import_stays_free_of_the_project():
-    # the exceptions hold only while they pull in nothing else of vqgan (the schema: its own error class only)
-    for helper in ("vqgan.io.progress", "vqgan.io.files", "vqgan.config.files"):
-        assert not {d for d in GRAPH[helper] if d.startswith(PACKAGES)}, GRAPH[helper]
+    # the exceptions hold only while they pull in nothing else of the project (the shared modules: each other;
+    # the schema: its own error class)
+    for m in SHARED_WITH_ATARI:
+        assert not {d for d in GRAPH[m] if d.startswith(PACKAGES) and d not in SHARED_WITH_ATARI}, (m, GRAPH[m])
     assert GRAPH["vqgan.config.schema"] == {"vqgan.config.files"}
-    assert "vqgan.io.progress" in GRAPH["atari_collect.collect"]  # guards the rule above against a stale name
+    # guards the rule above against stale names
+    assert "vqgan.io.progress" in GRAPH["atari_collect.collect"]
+    assert {"vqgan.data.atari_screen", "vqgan.data.atari_pixels"} <= GRAPH["atari_collect.objects"]
+
+
+def test_shared_atari_modules_load_without_cv2_or_torch():
+    # the workflow imports them (through vqgan.eval.eval_sets) while it builds the DAG: numpy only
+    code = ("import sys, vqgan.data.atari_screen, vqgan.data.atari_pixels, vqgan.eval.eval_sets; "
+            "print(sorted(m for m in ('cv2', 'torch', 'atari_collect') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_no_import_circles():

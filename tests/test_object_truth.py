@@ -11,6 +11,7 @@ import torch
 
 from atari_collect import objects as ob
 from atari_collect.__main__ import main
+from vqgan.data import atari_pixels as px
 from vqgan.data.dataset import OBJECTS, DatasetError, read_split, write_split
 
 # A 160x160 crop at resolution 160: no resize, so dataset pixels are screen pixels (rows 34..193: Pong's court,
@@ -44,7 +45,7 @@ def rows_of(split, game):
 
 def colour_count(split, row, game, dx=0):
     box = (int(row.x0) + dx, int(row.y0), int(row.x1) + dx, int(row.y1))
-    colours = ob.object_colours(game, ob.GameObject(row["class"], int(row.id), box))
+    colours = ob.object_colours(game, px.GameObject(row["class"], int(row.id), box))
     return ob.colour_pixels(np.asarray(split.images[int(row.frame)]), box, colours)
 
 
@@ -91,9 +92,9 @@ def test_boxes_are_tight_around_sprites_of_a_unique_colour(native):
     and ball inside the court, lie inside that object's box: a box read from the RAM after the step instead of the
     one the screen was drawn from (Ms. Pac-Man's ram_lag) leaves ghost pixels outside."""
     maze = 172 - TOP
-    unique = {("MsPacman", "player", 0): (ob.MSPACMAN_PLAYER_RGB, maze),
-              **{("MsPacman", "ghost", g): (rgb, maze) for g, rgb in enumerate(ob.MSPACMAN_GHOST_RGB)},
-              **{("Pong", cls, 0): (ob.PONG_RGB[cls], 160) for cls in ("player", "enemy", "ball")}}
+    unique = {("MsPacman", "player", 0): (px.MSPACMAN_PLAYER_RGB, maze),
+              **{("MsPacman", "ghost", g): (rgb, maze) for g, rgb in enumerate(px.MSPACMAN_GHOST_RGB)},
+              **{("Pong", cls, 0): (px.PONG_RGB[cls], 160) for cls in ("player", "enemy", "ball")}}
     seen = 0
     for split in native.values():
         for (game, cls, id), (rgb, bottom) in unique.items():
@@ -118,7 +119,7 @@ def test_bricks_are_filled_with_their_rows_colour(native):
         assert len(bricks) > 100
         for _, r in bricks.iterrows():
             patch = np.asarray(split.images[int(r.frame)])[int(r.y0):int(r.y1), int(r.x0):int(r.x1)]
-            assert (patch == ob.BREAKOUT_ROW_RGB[int(r.id) // 18]).all(), r.to_dict()
+            assert (patch == px.BREAKOUT_ROW_RGB[int(r.id) // 18]).all(), r.to_dict()
 
 
 @pytest.fixture(scope="module")

@@ -1,1 +1,2 @@
-"""Data on disk: the dataset contract, the codes format, COCO selection/preparation/download. Knows no model."""
+"""Data on disk: the dataset contract, the ALE screen and its objects (shared with atari_collect), the codes format,
+COCO selection/preparation/download. Knows no model."""

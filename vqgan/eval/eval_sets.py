@@ -8,9 +8,9 @@ An Atari dataset may name extra frame sets in the config::
           expert_pacman: {path: data/expert_pacman, game: MsPacman}
 
 `path` is a folder of PNG files, each a raw ALE screen: 210 rows x 160 columns, RGB (what `ale.getScreenRGB()`
-gives). They are preprocessed exactly as the collector preprocesses frames (atari_collect.frames.crop_resize with
-the dataset's crop and resolution), reconstructed, and scored against the training mean/median image of `game`,
-which must be one of the dataset's games. Objects are found from the pixels (atari_collect.objects
+gives). They are preprocessed exactly as the collector preprocesses frames (vqgan.data.atari_screen.crop_resize
+with the dataset's crop and resolution), reconstructed, and scored against the training mean/median image of `game`,
+which must be one of the dataset's games. Objects are found from the pixels (vqgan.data.atari_pixels
 .detect_objects_from_pixels) where the game has pixel rules, so object recall is reported there; elsewhere it is
 "not available". The workflow runs `check_eval_sets` while it builds the DAG, so a bad folder fails before any job.
 """
@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-NATIVE_H, NATIVE_W = 210, 160  # atari_collect.frames; not imported here: that pulls in cv2 at DAG-build time
+from vqgan.data.atari_screen import NATIVE_H, NATIVE_W
+
 NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
@@ -52,7 +53,7 @@ def check_eval_sets(raw: dict[str, Any] | None, games: list[str], where: str = "
     (default: the working directory). Raises EvalSetError naming `where.<name>` and the file."""
     from PIL import Image, UnidentifiedImageError
 
-    from atari_collect.games import UnknownGame, resolve_game
+    from vqgan.data.atari_screen import UnknownGame, resolve_game
 
     if not raw:
         return []
@@ -110,7 +111,7 @@ def native_screens(files: list[Path]) -> np.ndarray:
 
 def preprocess(screens: np.ndarray, resolution: int, crop: list[int] | None) -> np.ndarray:
     """The collector's preprocessing of every screen: crop, then INTER_AREA resize to resolution x resolution."""
-    from atari_collect.frames import crop_resize
+    from vqgan.data.atari_screen import crop_resize
 
     return np.stack([crop_resize(s, resolution, crop) for s in screens])
 
@@ -120,10 +121,10 @@ def pixel_objects(game: str, screens: np.ndarray, resolution: int, crop: list[in
     (None, reason) when the game has no pixel rules."""
     import pandas as pd
 
-    from atari_collect.objects import detect_objects_from_pixels, has_pixel_rules, to_dataset_boxes
+    from vqgan.data.atari_pixels import detect_objects_from_pixels, has_pixel_rules, to_dataset_boxes
 
     if not has_pixel_rules(game):
-        return None, f"not available: no pixel rules for {game} (atari_collect.objects.PIXEL_RULES)"
+        return None, f"not available: no pixel rules for {game} (vqgan.data.atari_pixels.PIXEL_RULES)"
     rows = [(i, o.cls, o.id, *o.box, 1) for i, s in enumerate(screens)
             for o in to_dataset_boxes(detect_objects_from_pixels(game, s), crop, resolution)]
     return pd.DataFrame(rows, columns=["frame", "class", "id", "x0", "y0", "x1", "y1", "visible"]), None

@@ -219,12 +219,12 @@ GRID_UNBOXED = {"brick"}  # Breakout's wall: 108 outlines would hide it, and it 
 
 def boxed_originals(originals: np.ndarray, frames: list[int], index: ObjectIndex | None,
                     classes: dict[str, list[str]], scale: int) -> np.ndarray:
-    """The originals upscaled by `scale` (nearest) with their object boxes outlined (atari_collect.objects.draw_boxes:
+    """The originals upscaled by `scale` (nearest) with their object boxes outlined (vqgan.data.atari_pixels.draw_boxes:
     one colour per object class, dotted where the object is not drawn on that frame), except GRID_UNBOXED."""
     big = originals.repeat(scale, axis=1).repeat(scale, axis=2)
     if index is None:
         return big
-    from atari_collect.objects import GameObject, draw_boxes
+    from vqgan.data.atari_pixels import GameObject, draw_boxes
 
     out = []
     for img, f in zip(big, frames):
@@ -503,7 +503,7 @@ def evaluate_eval_sets(model, sets: list[EvalSet], train, baselines, cfg: EvalCo
                         val_labels=np.full(len(images), es.label), train_labels=train.labels,
                         class_names=train.class_names, objects=objects, object_truth=truth, baselines=baselines)
         m.pop("per_class", None)  # one game: the set's own numbers say it all
-        m["objects"]["source"] = "pixels (atari_collect.objects.detect_objects_from_pixels)" if why is None else None
+        m["objects"]["source"] = "pixels (vqgan.data.atari_pixels.detect_objects_from_pixels)" if why is None else None
         out[es.name] = {"path": str(es.path), "game": es.game, **m,
                         "rfid": None, "rfid_unavailable": "not computed for external sets (PSNR, LPIPS, objects are)"}
     return out
