@@ -40,7 +40,7 @@ from vqgan.data.dataset import ImageFile
 from vqgan.io.files import atomic_file
 from vqgan.io.progress import progress_bar
 
-from .config import AtariConfig
+from .config import AtariConfig, PolicyConfig
 from .dataset import GameFrames
 from .emulator import Emulator
 from .objects import ObjectRecorder
@@ -377,72 +377,92 @@ def explore_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, emi
             candidate_objects.unlink(missing_ok=True)
 
 
-def _grow_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, seconds: float | None,
-                  progress: bool, frames: Path | None, candidates: LevelFrames,
-                  candidate_objects: Path | None) -> Lineage:
-    p = cfg.policy_for(label)
-    rom = resolve_game(cfg.games[label])
-    ss = np.random.SeedSequence([cfg.seed, label, lineage, 0x60E])
-    rng_emu, rng_pol, rng_sel = (np.random.default_rng(s) for s in ss.spawn(3))
-    emu, objects = emulator_with_objects(cfg, label, rng_emu, candidate_objects)
-    cells = make_cells(rom, p.cell)
-    policy = StickyRandom(emu.n_actions, p.repeat_prob, rng_pol)
-    archive = Archive(ms_pacman_weights=isinstance(cells, MsPacmanCells))
-    R = cfg.resolution
+@dataclass
+class _Growth:
+    """One lineage while it grows: its emulator, policy and archive, and the counters its explorations add to."""
 
-    # stop early once `target_levels` levels each had `target_level_steps` steps (only games with levels)
-    target = p.target_levels if cells.has_levels else None
-    level_steps: dict[int, int] = {}
-    levels_done = 0
+    cfg: AtariConfig
+    p: PolicyConfig  # the game's policy
+    budget: int
+    candidates: LevelFrames
+    emu: Emulator
+    objects: ObjectRecorder
+    cells: MsPacmanCells | PixelCells
+    policy: StickyRandom
+    archive: Archive
+    rng_sel: np.random.Generator
+    target: int | None  # stop once this many levels each had `target_level_steps` steps (only games with levels)
+    visited: set = field(default_factory=set)  # every cell seen, including states that later proved fatal
+    level_steps: dict[int, int] = field(default_factory=dict)
+    levels_done: int = 0
+    done: int = 0
+    episodes: int = 0
+    max_board: int = 0
+    best_score: float = 0.0
+    curve: list = field(default_factory=list)  # (steps, cells, best score, boards, maze) every ~1% of the budget
+    levels_first_step: dict[int, int] = field(default_factory=dict)
+    returns: list[float] = field(default_factory=list)  # game score at the end of every exploration
 
-    emu.reset()
-    track = cells.start(emu)
-    ram = emu.ram()
-    archive.offer(cells.key(track, ram, emu, 0.0), Cell(emu.clone(), track, 0.0, 0.0, 0, 0))
-    visited = set(archive.cells)  # every cell seen, including states that later proved fatal
+    @classmethod
+    def start(cls, cfg: AtariConfig, label: int, lineage: int, budget: int, candidates: LevelFrames,
+              candidate_objects: Path | None) -> "_Growth":
+        """The lineage's own random streams, emulator and policy, and an archive holding the reset state."""
+        p = cfg.policy_for(label)
+        rom = resolve_game(cfg.games[label])
+        ss = np.random.SeedSequence([cfg.seed, label, lineage, 0x60E])
+        rng_emu, rng_pol, rng_sel = (np.random.default_rng(s) for s in ss.spawn(3))
+        emu, objects = emulator_with_objects(cfg, label, rng_emu, candidate_objects)
+        cells = make_cells(rom, p.cell)
+        policy = StickyRandom(emu.n_actions, p.repeat_prob, rng_pol)
+        archive = Archive(ms_pacman_weights=isinstance(cells, MsPacmanCells))
+        g = cls(cfg, p, budget, candidates, emu, objects, cells, policy, archive, rng_sel,
+                p.target_levels if cells.has_levels else None)
+        emu.reset()
+        track = cells.start(emu)
+        archive.offer(cells.key(track, emu.ram(), emu, 0.0), Cell(emu.clone(), track, 0.0, 0.0, 0, 0))
+        g.visited.update(archive.cells)
+        return g
 
-    t0 = time.perf_counter()
-    deadline = t0 + seconds if seconds else math.inf
-    done = episodes = max_board = 0
-    best_score = 0.0
-    curve = []                 # (steps, cells, best score, boards, maze) every ~1% of the budget
-    every = max(budget // 100, 1)
-    levels_first_step: dict[int, int] = {}
-    returns: list[float] = []  # game score at the end of every exploration
-    bar = progress_bar(total=budget, desc=f"{cfg.games[label]} lineage {lineage}", unit="step", disable=not progress,
-               mininterval=5, leave=False)
-    while done < budget and time.perf_counter() < deadline and not (target and levels_done >= target):
-        cell = archive.select(rng_sel)
+    def reached_target(self) -> bool:
+        return bool(self.target and self.levels_done >= self.target)
+
+    def explore(self) -> None:
+        """Go-Explore's step: pick a cell, return to it, explore from it with the sticky-random policy, and offer the
+        archive each new or better cell that survived `survive_steps` more steps."""
+        p, cells, emu, archive, candidates = self.p, self.cells, self.emu, self.archive, self.candidates
+        every = max(self.budget // 100, 1)
+        cell = archive.select(self.rng_sel)
         # Restore the emulator but not the sticky-action RNG: each return explores with fresh randomness.
         emu.restore(cell.snapshot, with_rng=False)
         track, score, steps, lives = cell.track, cell.score, cell.steps, emu.lives()
-        policy.restart()
+        self.policy.restart()
         pending: list[tuple[int, Any, Cell]] = []
         for t in range(1, p.explore_steps + 1):
-            a = policy()
+            a = self.policy()
             r = emu.step(a)
             score += r
             steps += 1
             ram = emu.ram()
             track = cells.update(track, ram)
             level = cells.level(ram)
-            if level >= 0 and level not in levels_first_step:
-                levels_first_step[level] = done
+            if level >= 0 and level not in self.levels_first_step:
+                self.levels_first_step[level] = self.done
             if candidates.take(level):  # a candidate: its frame, and its object boxes under its step number
-                candidates.add(level, crop_resize(emu.screen(), R, cfg.crop), order=done, episode=episodes, step=t,
-                           action=a, reward=r)
-                record_objects(objects, done, emu)
-            if target:
-                level_steps[level] = level_steps.get(level, 0) + 1
-                levels_done += level_steps[level] == p.target_level_steps
-            done += 1
-            if done % every == 0:
-                curve.append([done, len(archive), best_score, max_board, max(levels_first_step, default=-1)])
-            if emu.game_over() or emu.lives() < lives or done >= budget or (target and levels_done >= target):
+                candidates.add(level, crop_resize(emu.screen(), self.cfg.resolution, self.cfg.crop), order=self.done,
+                               episode=self.episodes, step=t, action=a, reward=r)
+                record_objects(self.objects, self.done, emu)
+            if self.target:
+                self.level_steps[level] = self.level_steps.get(level, 0) + 1
+                self.levels_done += self.level_steps[level] == p.target_level_steps
+            self.done += 1
+            if self.done % every == 0:
+                self.curve.append([self.done, len(archive), self.best_score, self.max_board,
+                                   max(self.levels_first_step, default=-1)])
+            if emu.game_over() or emu.lives() < lives or self.done >= self.budget or self.reached_target():
                 pending.clear()  # died (or out of budget): the recent states are not proven safe
                 break
             key = cells.key(track, ram, emu, score)
-            visited.add(key)
+            self.visited.add(key)
             old = archive.cells.get(key)
             if old is not None:
                 archive.visit(old)
@@ -454,44 +474,61 @@ def _grow_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, secon
             while pending and pending[0][0] + p.survive_steps <= t:
                 _, k, c = pending.pop(0)
                 if archive.offer(k, c):
-                    best_score, max_board = max(best_score, c.score), max(max_board, c.board)
-        returns.append(score)
-        episodes += 1
-        bar.update(done - bar.n)
-        bar.set_postfix(cells=len(archive), best=int(best_score), boards=max_board, refresh=False)  # not "1e+3"
+                    self.best_score, self.max_board = max(self.best_score, c.score), max(self.max_board, c.board)
+        self.returns.append(score)
+        self.episodes += 1
+
+    def stats(self, lineage: int, secs: float, out: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The lineage's coverage record (collect.py puts it in the manifest)."""
+        done, archive = self.done, self.archive
+        scores = np.array([c.score for c in archive.cells.values()])
+        return {
+            "lineage": lineage,
+            "cell": self.cells.name,
+            "steps": done,
+            "frames_emulated": done * self.cfg.frame_skip,
+            "seconds": round(secs, 2),
+            "steps_per_second": round(done / max(secs, 1e-9), 1),
+            "stopped_by_time_limit": done < self.budget and not self.reached_target(),
+            "reached_level_target": self.reached_target(),
+            "explorations": self.episodes,
+            "cells": len(archive),
+            "cells_visited": len(self.visited),
+            "best_score": float(scores.max()),
+            "cell_score_quantiles": [float(q) for q in np.quantile(scores, [0, 0.25, 0.5, 0.75, 1])],
+            "exploration_end_score_quantiles": [float(q) for q in np.quantile(self.returns or [0.0],
+                                                                              [0, 0.25, 0.5, 0.75, 1])],
+            "max_boards_cleared": int(max(c.board for c in archive.cells.values())),
+            "levels_first_step": {str(k): v for k, v in sorted(self.levels_first_step.items())},
+            # where the steps went and where the kept frames come from (games without levels: level -1)
+            "steps_per_level": {str(k): v for k, v in self.candidates.steps_per_level().items()},
+            "frames_per_level": {str(k): int(v) for k, v in zip(*np.unique(out["level"], return_counts=True))},
+            "curve": self.curve,  # [steps, cells, best score, boards cleared, highest maze index]
+        }
+
+
+def _grow_lineage(cfg: AtariConfig, label: int, lineage: int, budget: int, seconds: float | None,
+                  progress: bool, frames: Path | None, candidates: LevelFrames,
+                  candidate_objects: Path | None) -> Lineage:
+    g = _Growth.start(cfg, label, lineage, budget, candidates, candidate_objects)
+    t0 = time.perf_counter()
+    deadline = t0 + seconds if seconds else math.inf
+    bar = progress_bar(total=budget, desc=f"{cfg.games[label]} lineage {lineage}", unit="step", disable=not progress,
+                       mininterval=5, leave=False)
+    while g.done < budget and time.perf_counter() < deadline and not g.reached_target():
+        g.explore()
+        bar.update(g.done - bar.n)
+        bar.set_postfix(cells=len(g.archive), best=int(g.best_score), boards=g.max_board, refresh=False)  # not "1e+3"
     bar.close()
     secs = time.perf_counter() - t0
 
-    scores = np.array([c.score for c in archive.cells.values()])
     out = candidates.choose()
-    steps_per_level = candidates.steps_per_level()
-    stats = {
-        "lineage": lineage,
-        "cell": cells.name,
-        "steps": done,
-        "frames_emulated": done * cfg.frame_skip,
-        "seconds": round(secs, 2),
-        "steps_per_second": round(done / max(secs, 1e-9), 1),
-        "stopped_by_time_limit": done < budget and not (target and levels_done >= target),
-        "reached_level_target": bool(target and levels_done >= target),
-        "explorations": episodes,
-        "cells": len(archive),
-        "cells_visited": len(visited),
-        "best_score": float(scores.max()),
-        "cell_score_quantiles": [float(q) for q in np.quantile(scores, [0, 0.25, 0.5, 0.75, 1])],
-        "exploration_end_score_quantiles": [float(q) for q in np.quantile(returns or [0.0], [0, 0.25, 0.5, 0.75, 1])],
-        "max_boards_cleared": int(max(c.board for c in archive.cells.values())),
-        "levels_first_step": {str(k): v for k, v in sorted(levels_first_step.items())},
-        # where the steps went and where the kept frames come from (games without levels: level -1)
-        "steps_per_level": {str(k): v for k, v in steps_per_level.items()},
-        "frames_per_level": {str(k): int(v) for k, v in zip(*np.unique(out["level"], return_counts=True))},
-        "curve": curve,  # [steps, cells, best score, boards cleared, highest maze index]
-    }
+    stats = g.stats(lineage, secs, out)
     chosen_objects = None
     if frames is not None:  # the chosen frames and their objects go to the lineage's own files (see collect.py)
         candidates.write_chosen(out, frames)
-        if objects.active:
-            chosen_objects = keep_chosen_objects(objects, out["order"], frames.with_suffix(".objects"))
+        if g.objects.active:
+            chosen_objects = keep_chosen_objects(g.objects, out["order"], frames.with_suffix(".objects"))
     return Lineage(frames, out["episode"], out["step"], out["action"], out["reward"], out["level"], stats,
                    chosen_objects)
 

@@ -360,6 +360,24 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def write_decoded(
+    writer, records: list[dict[str, Any]], results
+) -> tuple[list[int], list[dict[str, Any]], Counter[str]]:
+    """Each decoded image (`results`, in the order of `records`) into the split's images.npy as it arrives:
+    -> (the rows of `records` kept, the skipped ones with their error, how many files were in each colour mode)."""
+    keep: list[int] = []
+    skipped: list[dict[str, Any]] = []
+    modes: Counter[str] = Counter()
+    for i, (record, (array, info)) in enumerate(zip(records, results, strict=True)):
+        if array is None:
+            skipped.append({"source_id": int(record["id"]), "file_name": record["file_name"], "error": info})
+            continue
+        writer.write(array[None])
+        keep.append(i)
+        modes[info] += 1
+    return keep, skipped, modes
+
+
 def prepare_split(
     root: str | os.PathLike, split: str, ds: CocoDataset, out: str | os.PathLike, pool=None, progress: bool = True,
     coco=None, stack: contextlib.ExitStack | None = None,
@@ -383,22 +401,12 @@ def prepare_split(
     folder = root / f"{split}2017"
     tasks = [(str(folder / r["file_name"]), ds.resolution) for r in records]
 
-    keep: list[int] = []
-    skipped: list[dict[str, Any]] = []
-    modes: Counter[str] = Counter()
     bar = dict(total=len(tasks), desc=f"prepare {split}2017", unit="img", disable=not progress)
     # imap yields in task order as workers finish; each decoded image goes to disk at once
     results = pool.imap(_load_task, tasks, chunksize=4) if pool is not None else map(_load_task, tasks)
     with contextlib.ExitStack() as here:
         writer = (stack or here).enter_context(open_split(out, len(records), ds.resolution))
-        for i, (record, (array, info)) in enumerate(zip(records, progress_bar(results, **bar), strict=True)):
-            if array is None:
-                skipped.append({"source_id": int(record["id"]), "file_name": record["file_name"], "error": info})
-                continue
-            writer.write(array[None])
-            keep.append(i)
-            modes[info] += 1
-
+        keep, skipped, modes = write_decoded(writer, records, progress_bar(results, **bar))
         if not keep:
             why = (f"first error: {skipped[0]['error']}" if skipped
                    else f"no image matches categories={ds.categories}, min_size={ds.min_size}")

@@ -490,6 +490,64 @@ def score_folder(
     }
 
 
+def check_inputs(real_dir: str | os.PathLike, train_dir: str | os.PathLike | None,
+                 folders: Sequence[str | os.PathLike | None]) -> None:
+    """FIDError naming the split that does not read, or an image folder that is not one: the inputs first
+    (cheap), the Inception network after, so bad input fails at once."""
+    for what, split_dir in (("real", real_dir), ("train", train_dir)):
+        try:
+            if split_dir is not None:
+                read_split(split_dir)
+        except DatasetError as e:
+            raise FIDError(f"{what}: {e}") from None
+    for folder in folders:
+        if folder is not None:
+            list_images(folder)
+
+
+def score_seeds(result: dict[str, Any], gen_dirs: list, real: RealFeatures, cfg: FIDConfig,
+                extractor: InceptionFeatures, name: str, workers: int) -> list[dict[str, Any]]:
+    """Score each seed's samples into `result` (`per_seed`; timings summed over the seeds), then their mean and
+    spread across seeds: -> each seed's score_folder result (its features feed the copy rate)."""
+    gens = []
+    for folder in gen_dirs:
+        gen = score_folder(folder, real, cfg, extractor, f"gen {name} ({folder})", workers)
+        gens.append(gen)
+        result["per_seed"].append({k: gen[k] for k in ("fid", "kid_mean", "kid_std", "n")} | {"gen": str(folder)})
+        for k, v in gen["timing_s"].items():  # summed over the seeds
+            result["timing_s"][f"gen_{k}"] = result["timing_s"].get(f"gen_{k}", 0.0) + v
+    if gens:
+        if len({g["n"] for g in gens}) > 1:
+            raise FIDError(f"gen {name}: the seeds' folders hold different numbers of images "
+                           f"({[g['n'] for g in gens]}); their scores would not be comparable")
+        fids, kids = np.array([g["fid"] for g in gens]), np.array([g["kid_mean"] for g in gens])
+        result.update(n_gen=gens[0]["n"], fid=float(fids.mean()), kid_mean=float(kids.mean()),
+                      kid_std=float(np.mean([g["kid_std"] for g in gens])),
+                      kid_subset_size=gens[0]["kid_subset_size"],
+                      fid_seed_std=float(fids.std(ddof=1)) if len(gens) > 1 else None,
+                      kid_seed_std=float(kids.std(ddof=1)) if len(gens) > 1 else None)
+    return gens
+
+
+def score_floor_and_copies(result: dict[str, Any], train_dir: str | os.PathLike, real: RealFeatures,
+                           gens: list[dict[str, Any]], cfg: FIDConfig, extractor: InceptionFeatures,
+                           cache_dir: str | os.PathLike, name: str, workers: int) -> None:
+    """Into `result`: the floor (train images scored as if they were samples, against the same val features)
+    and each seed's copy rate against those train images."""
+    t0 = time.perf_counter()
+    train = real_features(train_dir, name, cfg, extractor, cache_dir, workers)
+    m = proper_subset_size(cfg, len(real.feats), len(train.feats))
+    kid_floor = kid_from_features(real.feats, train.feats, cfg.kid_subsets, m, cfg.seed)
+    result.update(n_train=len(train.feats), fid_floor=fid_from_features(real.feats, train.feats),
+                  kid_floor_mean=kid_floor[0], kid_floor_std=kid_floor[1])
+    if gens:
+        copies = [copy_rate(g["feats"], train.feats, real.feats) for g in gens]
+        for entry, c in zip(result["per_seed"], copies):
+            entry["copy_rate"] = c["copy_rate"]
+        result.update(copies[0], copy_rate=float(np.mean([c["copy_rate"] for c in copies])))
+    result["timing_s"]["floor_and_copy"] = time.perf_counter() - t0
+
+
 def compute_scores(
     real_dir: str | os.PathLike,
     cfg: FIDConfig,
@@ -515,17 +573,8 @@ def compute_scores(
     the samples' copy rate against those train images."""
     if gen_dir is None and recon_dir is None:
         raise FIDError("nothing to score: give a generated-samples folder, a reconstructions folder, or both")
-    # The inputs first (cheap), the Inception network after: bad input fails at once.
-    for what, split_dir in (("real", real_dir), ("train", train_dir)):
-        try:
-            if split_dir is not None:
-                read_split(split_dir)
-        except DatasetError as e:
-            raise FIDError(f"{what}: {e}") from None
     gen_dirs = [] if gen_dir is None else [gen_dir] if isinstance(gen_dir, (str, os.PathLike)) else list(gen_dir)
-    for folder in (*gen_dirs, recon_dir):
-        if folder is not None:
-            list_images(folder)
+    check_inputs(real_dir, train_dir, [*gen_dirs, recon_dir])
     t_start = time.perf_counter()
     name = name or Path(real_dir).resolve().parent.name  # results/data/{ds}/val -> ds
     weights = resolve_inception_weights(weights_dir, download=download)
@@ -560,36 +609,9 @@ def compute_scores(
         "device": str(extractor.device),
         "timing_s": {"weights": t_weights - t_start, "real_features": t_real - t_weights},
     }
-    gens = []
-    for folder in gen_dirs:
-        gen = score_folder(folder, real, cfg, extractor, f"gen {name} ({folder})", workers)
-        gens.append(gen)
-        result["per_seed"].append({k: gen[k] for k in ("fid", "kid_mean", "kid_std", "n")} | {"gen": str(folder)})
-        for k, v in gen["timing_s"].items():  # summed over the seeds
-            result["timing_s"][f"gen_{k}"] = result["timing_s"].get(f"gen_{k}", 0.0) + v
-    if gens:
-        if len({g["n"] for g in gens}) > 1:
-            raise FIDError(f"gen {name}: the seeds' folders hold different numbers of images "
-                           f"({[g['n'] for g in gens]}); their scores would not be comparable")
-        fids, kids = np.array([g["fid"] for g in gens]), np.array([g["kid_mean"] for g in gens])
-        result.update(n_gen=gens[0]["n"], fid=float(fids.mean()), kid_mean=float(kids.mean()),
-                      kid_std=float(np.mean([g["kid_std"] for g in gens])),
-                      kid_subset_size=gens[0]["kid_subset_size"],
-                      fid_seed_std=float(fids.std(ddof=1)) if len(gens) > 1 else None,
-                      kid_seed_std=float(kids.std(ddof=1)) if len(gens) > 1 else None)
+    gens = score_seeds(result, gen_dirs, real, cfg, extractor, name, workers)
     if train_dir is not None:
-        t0 = time.perf_counter()
-        train = real_features(train_dir, name, cfg, extractor, cache_dir, workers)
-        m = proper_subset_size(cfg, len(real.feats), len(train.feats))
-        kid_floor = kid_from_features(real.feats, train.feats, cfg.kid_subsets, m, cfg.seed)
-        result.update(n_train=len(train.feats), fid_floor=fid_from_features(real.feats, train.feats),
-                      kid_floor_mean=kid_floor[0], kid_floor_std=kid_floor[1])
-        if gens:
-            copies = [copy_rate(g["feats"], train.feats, real.feats) for g in gens]
-            for entry, c in zip(result["per_seed"], copies):
-                entry["copy_rate"] = c["copy_rate"]
-            result.update(copies[0], copy_rate=float(np.mean([c["copy_rate"] for c in copies])))
-        result["timing_s"]["floor_and_copy"] = time.perf_counter() - t0
+        score_floor_and_copies(result, train_dir, real, gens, cfg, extractor, cache_dir, name, workers)
     if recon_dir is not None:
         s = score_folder(recon_dir, real, cfg, extractor, f"recon {name}", workers)
         result.update(n_recon=s["n"], rfid=s["fid"], rkid_mean=s["kid_mean"], rkid_std=s["kid_std"])

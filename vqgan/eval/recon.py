@@ -238,6 +238,204 @@ def boxed_originals(originals: np.ndarray, frames: list[int], index: ObjectIndex
     return np.stack(out)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# evaluate(): one pass over the val split; each metric family keeps its own tally
+
+
+def reconstructions(model, val_images: np.ndarray, eval_idx: np.ndarray, cfg: EvalConfig, device, counts: np.ndarray):
+    """Encode the whole val split batch by batch, adding each code's uses to `counts`, and decode the evaluated
+    images: yields (their val indices, sorted; the originals; the uint8 reconstructions) per batch that has any."""
+    eval_set = set(eval_idx.tolist())
+    n_codes = len(counts)
+    for b0 in progress_bar(range(0, len(val_images), cfg.batch_size), desc="eval", file=sys.stderr):
+        batch = np.asarray(val_images[b0 : b0 + cfg.batch_size])
+        x = to_tensor(batch, device)
+        with autocast(device, cfg.precision):
+            idx = model.encode_to_indices(x)
+        counts += np.bincount(idx.reshape(-1).cpu().numpy(), minlength=n_codes)[:n_codes]
+        keep = np.array([b0 + i in eval_set for i in range(len(batch))])
+        if not keep.any():
+            continue
+        with autocast(device, cfg.precision):
+            rec = to_uint8(model.decode_indices(idx[torch.from_numpy(keep).to(idx.device)]))
+        yield b0 + np.flatnonzero(keep), batch[keep], rec
+
+
+class PixelErrors:
+    """Whole-image PSNR/MAE of the model and of the mean/median image baselines, overall and per class."""
+
+    def __init__(self, n_classes: int):
+        predictors = ("model", "baseline_mean", "baseline_median")
+        self.all = {k: ErrorSums() for k in predictors}
+        self.per_class = [{k: ErrorSums() for k in predictors} for _ in range(n_classes)]
+
+    def add(self, preds: dict[str, np.ndarray], target: np.ndarray, cls: np.ndarray) -> None:
+        for name, pred in preds.items():
+            self.all[name].add(pred, target)
+            for c in np.unique(cls):
+                rows = cls == c
+                self.per_class[c][name].add(pred[rows], target[rows])
+
+    @staticmethod
+    def summary(sums: dict[str, ErrorSums]) -> dict[str, float]:
+        s = {k: v.summary() for k, v in sums.items()}
+        return {
+            "psnr": s["model"]["psnr"],
+            "psnr_baseline_mean": s["baseline_mean"]["psnr"],
+            "psnr_baseline_median": s["baseline_median"]["psnr"],
+            "psnr_gain_over_mean_db": s["model"]["psnr"] - s["baseline_mean"]["psnr"],
+            "mae": s["model"]["mae"],
+            "mae_baseline_mean": s["baseline_mean"]["mae"],
+            "mae_baseline_median": s["baseline_median"]["mae"],
+        }
+
+
+class LevelErrors:
+    """Per (class, level) that the evaluated images show several of: the model against the game's mean image and
+    against the level's own mean image from the training split (`level_groups`, `level_mean_images`)."""
+
+    def __init__(self, val_labels: np.ndarray, val_levels: np.ndarray | None, eval_idx: np.ndarray,
+                 train_images: np.ndarray, train_labels: np.ndarray | None, train_levels: np.ndarray | None):
+        self.val_levels = val_levels
+        self.groups = level_groups(val_labels, val_levels, eval_idx)
+        self.means = level_mean_images(train_images, train_labels, train_levels, self.groups)
+        self.sums = {g: {"model": ErrorSums(), "baseline_mean": ErrorSums(), "baseline_level_mean": ErrorSums()}
+                     for g in self.groups}
+
+    def add(self, images: np.ndarray, cls: np.ndarray, rec: np.ndarray, mean_b: np.ndarray,
+            target: np.ndarray) -> None:
+        if not self.sums:
+            return
+        lv = np.asarray(self.val_levels)[images]
+        for g in set(zip(cls.tolist(), lv.tolist())) & self.sums.keys():
+            rows = (cls == g[0]) & (lv == g[1])
+            self.sums[g]["model"].add(rec[rows], target[rows])
+            self.sums[g]["baseline_mean"].add(mean_b[rows], target[rows])
+            if self.means[g][0] is not None:
+                self.sums[g]["baseline_level_mean"].add(self.means[g][0], target[rows])
+
+    def summary(self, c: int) -> dict[str, dict[str, Any]]:
+        """Class `c`'s levels, by level name; empty when it shows only one."""
+        return {str(lv): level_summary(self.sums[(cc, lv)], self.means[(cc, lv)][1]) for cc, lv in self.groups
+                if cc == c}
+
+
+class LpipsSums:
+    """Summed LPIPS of the model and of the mean image baseline (nothing without an LPIPS module)."""
+
+    def __init__(self, lpips, device):
+        self.lpips, self.device = lpips, device
+        self.sums = {"model": 0.0, "baseline_mean": 0.0}
+
+    def add(self, rec: np.ndarray, mean_b: np.ndarray, target: np.ndarray) -> None:
+        if self.lpips is None:
+            return
+        xt = to_tensor(target, self.device)
+        mean_t = to_tensor(np.clip(mean_b.round(), 0, 255).astype(np.uint8), self.device)
+        self.sums["model"] += float(self.lpips(to_tensor(rec, self.device), xt).sum())
+        self.sums["baseline_mean"] += float(self.lpips(mean_t, xt).sum())
+
+    def summary(self, n: int) -> dict[str, float | None]:
+        on = self.lpips is not None
+        return {"lpips": self.sums["model"] / n if on else None,
+                "lpips_baseline_mean": self.sums["baseline_mean"] / n if on else None}
+
+
+class GridPicks:
+    """The evaluated images recon.png shows (evenly spaced among them) with their reconstructions."""
+
+    def __init__(self, n_evaluated: int, n_grid: int):
+        self.picks = set(evenly_spaced(n_evaluated, n_grid).tolist()) if n_grid else set()
+        self.originals, self.recons, self.frames = [], [], []
+        self.seen = 0  # position among the evaluated images
+
+    def add(self, images: np.ndarray, target: np.ndarray, rec: np.ndarray) -> None:
+        for j, v in enumerate(images):
+            if self.seen + j in self.picks:
+                self.originals.append(target[j])
+                self.recons.append(rec[j])
+                self.frames.append(int(v))
+        self.seen += len(target)
+
+    def picture(self, index: ObjectIndex | None, classes: dict[str, list[str]]) -> np.ndarray:
+        """Originals (object boxes outlined) / reconstructions / |difference|, upscaled to about 128 px."""
+        if not self.originals:
+            return np.zeros((8, 8, 3), np.uint8)
+        o, r = np.stack(self.originals), np.stack(self.recons)
+        scale = max(1, min(4, 128 // o.shape[1]))
+        big = [boxed_originals(o, self.frames, index, classes, scale),
+               *(a.repeat(scale, axis=1).repeat(scale, axis=2) for a in (r, abs_diff(o, r)))]
+        return grid(big)
+
+
+@dataclass
+class ObjectTally:
+    """Object recall and box errors on the evaluated images that have object truth (`ObjectIndex`), and which
+    groups (games) have truth; without truth, the reason (`why`)."""
+
+    index: ObjectIndex | None
+    scores: ObjectScores
+    groups: set[str]
+    why: str | None
+
+    @classmethod
+    def start(cls, objects, val_labels, class_names: list[str], resolution: int, cfg: EvalConfig,
+              truth: dict[str, Any]) -> "ObjectTally":
+        index = ObjectIndex(objects, val_labels, class_names, resolution) if objects is not None else None
+        why = None if index is not None else (truth.get("why") or "no object truth (no objects.csv: COCO, or no "
+                                              "Atari game with RAM rules in atari_collect/objects.py)")
+        return cls(index, ObjectScores(cfg.object_min_error, cfg.object_keep_ratio),
+                   set(truth.get("games", class_names if index is not None else [])), why)
+
+    def add(self, images: np.ndarray, preds: dict[str, np.ndarray], target: np.ndarray) -> None:
+        if self.index is None:
+            return
+        index = self.index
+        r = index.rows(images)
+        self.scores.add(preds, target, np.searchsorted(images, index.frame[r]), index.boxes[r], index.group[r],
+                        index.cls[r], index.visible[r])
+
+    def summary(self, cfg: EvalConfig) -> dict[str, Any]:
+        """The overall scores and the `objects` record: availability, definition, games, per object class."""
+        on, scores = self.index is not None, self.scores
+        return {
+            **(scores.summary() if on else empty_summary()),
+            "objects": {
+                "available": on,
+                "unavailable_reason": self.why,
+                "definition": definition(cfg.object_min_error, cfg.object_keep_ratio),
+                "games": sorted(self.groups),
+                "per_object_class": {f"{g}/{c}": scores.summary(g, c) for g in scores.groups()
+                                     for c in scores.classes(g)} if on else {},
+            },
+        }
+
+    def class_summary(self, name: str) -> dict[str, Any]:
+        """One class's (game's) scores, per object class, or why it has none."""
+        has = self.index is not None and name in self.groups
+        return {
+            **(self.scores.summary(name) if has else empty_summary()),
+            "objects_unavailable_reason": None if has else (self.why or f"no object truth (no RAM rules for {name})"),
+            "per_object_class": {o: self.scores.summary(name, o) for o in self.scores.classes(name)} if has else {},
+        }
+
+
+def per_class_metrics(pixels: PixelErrors, levels: LevelErrors, objects: ObjectTally,
+                      class_names: list[str]) -> dict[str, dict[str, Any]]:
+    """Each class with evaluated images: pixel errors against its own baselines, objects, and its levels."""
+    out = {}
+    for c, name in enumerate(class_names):
+        if not pixels.per_class[c]["model"].psnr:
+            continue
+        pc = PixelErrors.summary(pixels.per_class[c])
+        pc.pop("mae_baseline_median")  # per class, MAE is compared with the mean image only
+        out[name] = {"n_images": int(sum(len(a) for a in pixels.per_class[c]["model"].psnr)), **pc,
+                     **objects.class_summary(name)}
+        if lv := levels.summary(c):
+            out[name]["per_level"] = lv
+    return out
+
+
 def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalConfig, device="cpu",
              lpips=None, recon_writer: PngFolderWriter | None = None, val_labels: np.ndarray | None = None,
              train_labels: np.ndarray | None = None, class_names: list[str] | None = None,
@@ -258,140 +456,48 @@ def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalC
                                                                                      n_classes)
     val_labels = np.zeros(len(val_images), np.int64) if n_classes == 1 else np.asarray(val_labels, np.int64)
     resolution = int(val_images.shape[1])
-    n_codes = int(model.cfg.n_codes)
     eval_idx = evenly_spaced(len(val_images), cfg.max_images)
-    eval_set = set(eval_idx.tolist())
-    grid_idx = set(evenly_spaced(len(eval_idx), cfg.grid_images).tolist()) if cfg.grid_images else set()
-    sums = {"model": ErrorSums(), "baseline_mean": ErrorSums(), "baseline_median": ErrorSums()}
-    per_class = [{k: ErrorSums() for k in sums} for _ in range(n_classes)]
-    groups = level_groups(val_labels, val_levels, eval_idx)
-    level_means = level_mean_images(train_images, train_labels if n_classes > 1 else None, train_levels, groups)
-    per_level = {g: {"model": ErrorSums(), "baseline_mean": ErrorSums(), "baseline_level_mean": ErrorSums()}
-                 for g in groups}
-    index = ObjectIndex(objects, val_labels, class_names, resolution) if objects is not None else None
-    scores = ObjectScores(cfg.object_min_error, cfg.object_keep_ratio)
-    lp_sums = {"model": 0.0, "baseline_mean": 0.0}
-    counts = np.zeros(n_codes, np.int64)
-    originals, recons, grid_frames = [], [], []
-    seen = 0  # position within eval_idx (the grid picks among evaluated images)
+    truth = object_truth or {}
+    pixels = PixelErrors(n_classes)
+    levels = LevelErrors(val_labels, val_levels, eval_idx, train_images, train_labels if n_classes > 1 else None,
+                         train_levels)
+    tally = ObjectTally.start(objects, val_labels, class_names, resolution, cfg, truth)
+    lp = LpipsSums(lpips, device)
+    picks = GridPicks(len(eval_idx), cfg.grid_images)
+    counts = np.zeros(int(model.cfg.n_codes), np.int64)
 
     # Usage is over the WHOLE val split; reconstructions and pixel metrics over the evaluated subset.
     with torch.inference_mode():
-        for b0 in progress_bar(range(0, len(val_images), cfg.batch_size), desc="eval", file=sys.stderr):
-            batch = np.asarray(val_images[b0 : b0 + cfg.batch_size])
-            x = to_tensor(batch, device)
-            with autocast(device, cfg.precision):
-                idx = model.encode_to_indices(x)
-            counts += np.bincount(idx.reshape(-1).cpu().numpy(), minlength=n_codes)[:n_codes]
-            keep = np.array([b0 + i in eval_set for i in range(len(batch))])
-            if not keep.any():
-                continue
-            target = batch[keep]
-            with autocast(device, cfg.precision):
-                rec = to_uint8(model.decode_indices(idx[torch.from_numpy(keep).to(idx.device)]))
-            cls = val_labels[b0 : b0 + len(batch)][keep]
+        for images, target, rec in reconstructions(model, val_images, eval_idx, cfg, device, counts):
+            cls = val_labels[images]
             mean_b, median_b = mean_imgs[cls], median_imgs[cls]  # each image's own class baseline
             preds = {"model": rec, "baseline_mean": mean_b, "baseline_median": median_b}
-            for name, pred in preds.items():
-                sums[name].add(pred, target)
-                for c in np.unique(cls):
-                    rows = cls == c
-                    per_class[c][name].add(pred[rows], target[rows])
-            if per_level:
-                lv = np.asarray(val_levels)[b0 : b0 + len(batch)][keep]
-                for g in set(zip(cls.tolist(), lv.tolist())) & per_level.keys():
-                    rows = (cls == g[0]) & (lv == g[1])
-                    per_level[g]["model"].add(rec[rows], target[rows])
-                    per_level[g]["baseline_mean"].add(mean_b[rows], target[rows])
-                    if level_means[g][0] is not None:
-                        per_level[g]["baseline_level_mean"].add(level_means[g][0], target[rows])
-            if index is not None:
-                images = b0 + np.flatnonzero(keep)  # val indices of `target`, sorted
-                r = index.rows(images)
-                scores.add(preds, target, np.searchsorted(images, index.frame[r]), index.boxes[r], index.group[r],
-                           index.cls[r], index.visible[r])
-            if lpips is not None:
-                xt = to_tensor(target, device)
-                mean_t = to_tensor(np.clip(mean_b.round(), 0, 255).astype(np.uint8), device)
-                lp_sums["model"] += float(lpips(to_tensor(rec, device), xt).sum())
-                lp_sums["baseline_mean"] += float(lpips(mean_t, xt).sum())
+            pixels.add(preds, target, cls)
+            levels.add(images, cls, rec, mean_b, target)
+            tally.add(images, preds, target)
+            lp.add(rec, mean_b, target)
             if recon_writer is not None:
                 recon_writer.add(rec)
-            for j, v in enumerate(b0 + np.flatnonzero(keep)):
-                if seen + j in grid_idx:
-                    originals.append(target[j])
-                    recons.append(rec[j])
-                    grid_frames.append(int(v))
-            seen += len(target)
+            picks.add(images, target, rec)
 
-    n = len(eval_idx)
-    s = {k: v.summary() for k, v in sums.items()}
-    truth = object_truth or {}
-    truth_groups = set(truth.get("games", class_names if index is not None else []))
-    why = None if index is not None else (truth.get("why") or "no object truth (no objects.csv: COCO, or no "
-                                          "Atari game with RAM rules in atari_collect/objects.py)")
     metrics: dict[str, Any] = {
-        "n_images": int(n),
+        "n_images": int(len(eval_idx)),
         "n_val_images": int(len(val_images)),
         "n_train_images": int(len(train_images)),
         "resolution": resolution,
-        "psnr": s["model"]["psnr"],
-        "psnr_baseline_mean": s["baseline_mean"]["psnr"],
-        "psnr_baseline_median": s["baseline_median"]["psnr"],
-        "psnr_gain_over_mean_db": s["model"]["psnr"] - s["baseline_mean"]["psnr"],
-        "mae": s["model"]["mae"],
-        "mae_baseline_mean": s["baseline_mean"]["mae"],
-        "mae_baseline_median": s["baseline_median"]["mae"],
-        **(scores.summary() if index is not None else empty_summary()),
-        "objects": {
-            "available": index is not None,
-            "unavailable_reason": why,
-            "definition": definition(cfg.object_min_error, cfg.object_keep_ratio),
-            "games": sorted(truth_groups),
-            "per_object_class": {f"{g}/{c}": scores.summary(g, c) for g in scores.groups()
-                                 for c in scores.classes(g)} if index is not None else {},
-        },
+        **PixelErrors.summary(pixels.all),
+        **tally.summary(cfg),
         **codebook_summary(counts),
         "codebook_images": int(len(val_images)),
-        "lpips": lp_sums["model"] / n if lpips is not None else None,
-        "lpips_baseline_mean": lp_sums["baseline_mean"] / n if lpips is not None else None,
+        **lp.summary(len(eval_idx)),
         "psnr_cap_db": PSNR_CAP_DB,
         "baselines": "per-pixel mean/median image of the train split" + (" per class" if n_classes > 1 else ""),
     }
     if n_classes > 1:
-        metrics["per_class"] = {}
-        for c, name in enumerate(class_names):
-            if not per_class[c]["model"].psnr:
-                continue
-            pc = {k: v.summary() for k, v in per_class[c].items()}
-            has = index is not None and name in truth_groups
-            metrics["per_class"][name] = {
-                "n_images": int(sum(len(a) for a in per_class[c]["model"].psnr)),
-                "psnr": pc["model"]["psnr"],
-                "psnr_baseline_mean": pc["baseline_mean"]["psnr"],
-                "psnr_baseline_median": pc["baseline_median"]["psnr"],
-                "psnr_gain_over_mean_db": pc["model"]["psnr"] - pc["baseline_mean"]["psnr"],
-                "mae": pc["model"]["mae"],
-                "mae_baseline_mean": pc["baseline_mean"]["mae"],
-                **(scores.summary(name) if has else empty_summary()),
-                "objects_unavailable_reason": None if has else (why or f"no object truth (no RAM rules for {name})"),
-                "per_object_class": {o: scores.summary(name, o) for o in scores.classes(name)} if has else {},
-            }
-            levels = {lv: per_level[(cc, lv)] for cc, lv in groups if cc == c}
-            if levels:
-                metrics["per_class"][name]["per_level"] = {str(lv): level_summary(d, level_means[(c, lv)][1])
-                                                           for lv, d in levels.items()}
-    elif groups:  # a one-game dataset with several levels (Ms. Pac-Man alone): the levels at the top
-        metrics["per_level"] = {str(lv): level_summary(per_level[(0, lv)], level_means[(0, lv)][1]) for _, lv in groups}
-    if originals:
-        o, r = np.stack(originals), np.stack(recons)
-        scale = max(1, min(4, 128 // o.shape[1]))
-        big = [boxed_originals(o, grid_frames, index, truth.get("classes", {}), scale),
-               *(a.repeat(scale, axis=1).repeat(scale, axis=2) for a in (r, abs_diff(o, r)))]
-        picture = grid(big)
-    else:
-        picture = np.zeros((8, 8, 3), np.uint8)
-    return metrics, picture
+        metrics["per_class"] = per_class_metrics(pixels, levels, tally, class_names)
+    elif levels.groups:  # a one-game dataset with several levels (Ms. Pac-Man alone): the levels at the top
+        metrics["per_level"] = levels.summary(0)
+    return metrics, picks.picture(tally.index, truth.get("classes", {}))
 
 
 def level_summary(sums: dict[str, ErrorSums], n_train: int) -> dict[str, Any]:

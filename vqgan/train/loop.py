@@ -24,16 +24,26 @@ import math
 import os
 import re
 import shutil
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from vqgan.io.checkpoint import CheckpointError
-from vqgan.io.files import TMP_MARK, atomic_file, clean_stale, to_json, write_text_atomic
+from vqgan.io.checkpoint import WEIGHTS, CheckpointError, save_model
+from vqgan.io.files import (
+    TMP_MARK,
+    atomic_file,
+    clean_stale,
+    prepare_output,
+    to_json,
+    write_json_atomic,
+    write_text_atomic,
+)
+from vqgan.io.progress import progress_bar
 from vqgan.train.config import LoopConfig, per_device_batch  # the train sections' keys: torch-free, see there
 
 TRAIN_STATE = "train_state.json"
@@ -435,3 +445,131 @@ class Throughput:
         r = self.n / max(t - self.t0, 1e-9)
         self.t0, self.n = t, 0
         return r
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A run: the skeleton both loops share
+
+
+class Run:
+    """One invocation of a training loop: what the VQGAN and transformer loops share, as named steps.
+
+        run = Run(run_dir, tc, out, OUTPUTS)         # the accelerator; an unwritable --out fails now
+        ... seed, build and accelerator.prepare the models (each loop its own) ...
+        run.resume("vqgan", config)                  # the newest checkpoint, the metrics log, the trackers
+        sampler = run.batch_sampler(n)               # data order from the resumed step on
+        for step in run.steps("vqgan"):              # progress bar, meters, NaN guard, the last good state
+            ... set the LR, the micro-steps (run.add) ...
+            if run.due(step + 1, tc.log_every):
+                means, rate = run.interval_means()   # the one host sync, at log steps only
+                run.metrics.log(step + 1, ...)
+            run.checkpoint(step + 1, {...})          # at checkpoint steps, never after a non-finite loss
+        if run.accelerator.is_main_process:
+            run.export(model, {...})                 # metrics.csv, train.json, the model last; old state pruned
+
+    What differs stays in the loops: the models and optimizers, a micro-step, what is logged and exported.
+    """
+
+    def __init__(self, run_dir: Path, tc: LoopConfig, out: str | os.PathLike, outputs: tuple[str, ...]):
+        self.run_dir, self.tc, self.out = Path(run_dir), tc, Path(out)
+        self.accelerator, self.per_device = make_accelerator(self.run_dir, tc)
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        if self.accelerator.is_main_process:
+            for name in outputs:
+                prepare_output(self.out / name)  # an unwritable --out fails now, not after training
+
+    def resume(self, tracker: str, config: dict[str, Any], fresh: str = "") -> int:
+        """Load the newest checkpoint into the prepared objects (step 0 without one) and say which, record the
+        config beside the state, open the metrics log and the trackers: -> the first step to run."""
+        accelerator = self.accelerator
+        self.ckpts = CheckpointManager(self.run_dir, keep=self.tc.keep_checkpoints)
+        resumed = self.ckpts.resume(accelerator)
+        self.start = resumed.step
+        self.wall_before = float(resumed.extra.get("wall_time_s", 0.0))  # time spent by the invocations before this
+        if resumed.path is not None:
+            accelerator.print(f"resumed from step {self.start} ({resumed.path})", flush=True)
+        else:
+            accelerator.print(f"starting fresh in {self.run_dir}{fresh}", flush=True)
+        if accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.run_dir / "config.json", config)
+        accelerator.init_trackers(tracker)
+        self.metrics = MetricsLog(self.run_dir, accelerator, resume_step=self.start)
+        return self.start
+
+    def batch_sampler(self, n: int) -> StepBatchSampler:
+        """This rank's batches of indices into `n` samples, from the first micro-step this invocation runs."""
+        self.sampler = StepBatchSampler(n, self.per_device, self.rank, self.world, self.tc.seed,
+                                        start=self.start * self.tc.grad_accum)
+        return self.sampler
+
+    def steps(self, desc: str) -> Iterator[int]:
+        """The optimizer steps left to do, under a progress bar; `last_good` is the newest checkpoint at each."""
+        # No host sync inside a step: losses and stats stay on the device until a log step (IntervalMeans), the
+        # NaN/inf check reads its flag at log and checkpoint steps only (FiniteGuard).
+        accelerator = self.accelerator
+        self.t_start, self.meter = time.perf_counter(), Throughput()
+        self.interval, self.guard = IntervalMeans(accelerator), FiniteGuard(accelerator)
+        self.bar = progress_bar(total=self.tc.steps, initial=self.start, desc=desc,
+                                disable=not accelerator.is_local_main_process, dynamic_ncols=True, file=sys.stderr)
+        for step in range(self.start, self.tc.steps):
+            self.last_good = self.ckpts.latest()
+            yield step
+        self.bar.close()
+
+    def add(self, values: dict[str, torch.Tensor | float], samples: int) -> None:
+        """Count a micro-step: its logged values (kept on the device) and the samples all ranks processed."""
+        self.interval.add(values)
+        self.meter.add(samples)
+
+    def due(self, done: int, every: int) -> bool:
+        """Whether the step that brought the count to `done` is one of every `every`, or the last."""
+        return done % every == 0 or done == self.tc.steps
+
+    def interval_means(self) -> tuple[dict[str, float], float]:
+        """At a log step: stop if any rank saw a non-finite loss, else -> (the interval's means over all ranks,
+        i.e. over the global batch; its throughput per second)."""
+        self.guard.check(self.last_good)
+        return self.interval.means(), self.meter.rate()
+
+    def wall_time(self) -> float:
+        """Seconds trained so far, summed over this invocation and the ones it resumed."""
+        return self.wall_before + time.perf_counter() - self.t_start
+
+    def checkpoint(self, done: int, extra: dict[str, Any]) -> None:
+        """At checkpoint steps and the last: save the state (every rank), with `extra`, the epoch and the wall time."""
+        if not self.due(done, self.tc.checkpoint_every):
+            return
+        self.guard.check(self.last_good)  # never save a state after a non-finite step
+        self.ckpts.save(self.accelerator, done, {**extra, "epoch": self.sampler.epoch_of(done * self.tc.grad_accum),
+                                                 "wall_time_s": self.wall_time()})
+
+    def export(self, model: torch.nn.Module, summary: dict[str, Any], files: dict[str, Any] | None = None,
+               note: str = "", earlier: str = "config or dataset") -> None:
+        """Rank 0, once training is done: `metrics.csv`, the loop's own JSON `files`, `train.json` (what every run
+        records plus the loop's `summary`), then the model; then remove the state of earlier configs."""
+        out, accelerator = self.out, self.accelerator
+        out.mkdir(parents=True, exist_ok=True)
+        self.metrics.to_csv(out / "metrics.csv")
+        for name, data in (files or {}).items():
+            write_json_atomic(out / name, data)
+        this_run = time.perf_counter() - self.t_start
+        write_json_atomic(out / "train.json", {
+            "steps": self.tc.steps,
+            "resumed_from_step": self.start,
+            "wall_time_s": self.wall_before + this_run,   # summed over resumed invocations
+            "wall_time_this_run_s": this_run,
+            "world_size": self.world,
+            "device": str(accelerator.device),
+            "per_device_batch": self.per_device,
+            "global_batch": self.tc.batch_size,
+            "mixed_precision": self.tc.mixed_precision,
+            "state": str(self.run_dir),
+            "train_config": asdict(self.tc),
+            **summary,
+        })
+        # model.safetensors + config.json last, each renamed into place: the rule's outputs appear complete or not
+        save_model(model, out)
+        accelerator.print(f"wrote {out / WEIGHTS} after {self.tc.steps} steps{note}", flush=True)
+        for old in prune_state_dirs(self.run_dir.parent, keep=self.run_dir):
+            accelerator.print(f"removed {old}: the state of an earlier {earlier}", flush=True)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -40,25 +39,17 @@ import torch
 from vqgan.config.build import gpt_config as build_gpt_config
 from vqgan.data.codes import load_codes
 from vqgan.data.dataset import data_identity
-from vqgan.io.checkpoint import CONFIG, WEIGHTS, save_model
+from vqgan.io.checkpoint import CONFIG, WEIGHTS
 from vqgan.io.cli import command, load_config_arg
-from vqgan.io.files import prepare_output, write_json_atomic
 from vqgan.io.hashing import config_hash, sha256_bytes
-from vqgan.io.progress import progress_bar
 from vqgan.models.gpt import GPT, GPTConfig
 from vqgan.train.config import TransformerTrainConfig as TrainConfig
 from vqgan.train.config import check_batch
 from vqgan.train.loop import (
-    CheckpointManager,
-    FiniteGuard,
-    IntervalMeans,
-    MetricsLog,
     NonFiniteLossError,
+    Run,
     StepBatchSampler,
-    Throughput,
     lr_at,
-    make_accelerator,
-    prune_state_dirs,
     seed_everything,
     seed_rank,
     set_lr,
@@ -184,6 +175,38 @@ def main(argv: list[str] | None = None) -> int:
         return 3
 
 
+def on_device(data: tuple[np.ndarray, np.ndarray], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, h, w) codes -> (N, T) in raster order (the order the sampler generates in), and their labels, on the
+    device: small enough to sit there (118k COCO grids of 16x16 codes: 240 MB), so a step copies only indices."""
+    codes, labels = data
+    return (torch.from_numpy(codes.reshape(len(codes), -1).astype(np.int64)).to(device),
+            torch.from_numpy(labels.astype(np.int64)).to(device))
+
+
+def prepare_gpt(run: Run, gcfg: GPTConfig, tc: TrainConfig):
+    """The same initial weights on every rank, then each rank's own dropout; accelerate wraps model and optimizer:
+    -> (model, optimizer, the unwrapped GPT)."""
+    seed_everything(tc.seed)  # the same initial weights on every rank
+    model, opt = build_model(gcfg, tc, run.accelerator.device)
+    seed_rank(tc.seed, run.rank)  # dropout differs between ranks from here on; data order does not (see seed_rank)
+    model, opt = run.accelerator.prepare(model, opt)
+    return model, opt, run.accelerator.unwrap_model(model)
+
+
+def micro_batch(codes, labels, sampler: StepBatchSampler, micro: int, tc: TrainConfig, vocab_size: int, rows: slice,
+                n_global: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A micro-step's (corrupted inputs, labels with some dropped to unconditional, clean targets), all drawn as
+    pure functions of (seed, micro-step)."""
+    device = codes.device
+    idx = to_device(sampler.indices(micro), device)
+    x, y = codes[idx], labels[idx]
+    if tc.p_uncond > 0:
+        drop = to_device(sampler.coin(micro, salt=3, p=tc.p_uncond), device)
+        y = torch.where(drop, torch.full_like(y, -1), y)
+    rng = np.random.default_rng([tc.seed, 2, micro])
+    return corrupt(x, tc.pkeep, vocab_size, rng, rows, n_global), y, x
+
+
 def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_data, val_data) -> int:
     # A changed config or changed codes get a fresh state folder; the same ones resume (how often it logs, evaluates
     # and checkpoints is left out: state_key). The codes themselves are hashed: a VQGAN retrained with another
@@ -191,113 +214,60 @@ def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_dat
     # transformer trained on the old ones.
     codes_sha = sha256_bytes(np.ascontiguousarray(train_data[0]).tobytes())
     run_dir = Path(args.state_dir) / config_hash(state_key(model_section, tc), data_identity(meta), codes_sha)
-    accelerator, per_device = make_accelerator(run_dir, tc)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if accelerator.is_main_process:
-        for name in OUTPUTS:
-            prepare_output(Path(args.out) / name)  # an unwritable --out fails now, not after training
+    run = Run(run_dir, tc, args.out, OUTPUTS)
+    accelerator, device = run.accelerator, run.accelerator.device
+    (codes, labels), (val_codes, val_labels) = on_device(train_data, device), on_device(val_data, device)
+    model, opt, raw_model = prepare_gpt(run, gcfg, tc)
+    run.resume("transformer", {"transformer": {"model": model_section, "train": asdict(tc)}, "codes": meta},
+               fresh=f": {raw_model.num_params() / 1e6:.2f}M parameters, {len(codes)} train / {len(val_codes)} val "
+                     f"sequences of {gcfg.block_size} codes")
 
-    # (N, h, w) -> (N, T): raster order, the order the sampler generates in. Small enough to sit on the device
-    # (118k COCO grids of 16x16 codes: 240 MB), so a step copies nothing but its indices.
-    device = accelerator.device
-    codes = torch.from_numpy(train_data[0].reshape(len(train_data[0]), -1).astype(np.int64)).to(device)
-    labels = torch.from_numpy(train_data[1].astype(np.int64)).to(device)
-    val_codes = torch.from_numpy(val_data[0].reshape(len(val_data[0]), -1).astype(np.int64)).to(device)
-    val_labels = torch.from_numpy(val_data[1].astype(np.int64)).to(device)
+    def val_loss_now() -> float:  # every rank scores its share of the val split; all get the whole split's loss
+        return evaluate(raw_model, val_codes, val_labels, run.per_device * 4, accelerator.autocast, accelerator)
 
-    seed_everything(tc.seed)  # the same initial weights on every rank
-    model, opt = build_model(gcfg, tc, device)
-    seed_rank(tc.seed, rank)  # dropout differs between ranks from here on; data order does not (see seed_rank)
-    model, opt = accelerator.prepare(model, opt)
-    raw_model: GPT = accelerator.unwrap_model(model)
-
-    ckpts = CheckpointManager(run_dir, keep=tc.keep_checkpoints)
-    resumed = ckpts.resume(accelerator)
-    start = resumed.step
-    wall_before = float(resumed.extra.get("wall_time_s", 0.0))
-    if resumed.path is not None:
-        accelerator.print(f"resumed from step {start} ({resumed.path})", flush=True)
-    else:
-        accelerator.print(f"starting fresh in {run_dir}: {raw_model.num_params() / 1e6:.2f}M parameters, "
-                          f"{len(codes)} train / {len(val_codes)} val sequences of {gcfg.block_size} codes",
-                          flush=True)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / "config.json",
-                          {"transformer": {"model": model_section, "train": asdict(tc)}, "codes": meta})
-    accelerator.init_trackers("transformer")
-    metrics = MetricsLog(run_dir, accelerator, resume_step=start)
-
-    sampler = StepBatchSampler(len(codes), per_device, rank, world, tc.seed, start=start * tc.grad_accum)
-    rows = slice(rank * per_device, (rank + 1) * per_device)
-    tokens_per_step = per_device * world * tc.grad_accum * gcfg.block_size
-    # No host sync inside a step: the loss stays on the device until a log step (IntervalMeans), the NaN/inf
-    # check reads its flag at log and checkpoint steps only (FiniteGuard).
-    t_start, meter, interval, guard = time.perf_counter(), Throughput(), IntervalMeans(accelerator), FiniteGuard(
-        accelerator)
+    sampler = run.batch_sampler(len(codes))
+    rows = slice(run.rank * run.per_device, (run.rank + 1) * run.per_device)
+    tokens_per_step = run.per_device * run.world * tc.grad_accum * gcfg.block_size
     val_loss = None
-    bar = progress_bar(total=tc.steps, initial=start, desc="transformer", disable=not accelerator.is_local_main_process,
-               dynamic_ncols=True, file=sys.stderr)
     model.train()
-    for step in range(start, tc.steps):
+    for step in run.steps("transformer"):
         lr = lr_at(step, tc.lr, tc.warmup_steps, tc.steps, tc.lr_schedule, tc.min_lr_ratio)
         set_lr(opt, lr)
-        last_good = ckpts.latest()
         for k in range(tc.grad_accum):
             micro = step * tc.grad_accum + k
-            idx = to_device(sampler.indices(micro), device)
-            x, y = codes[idx], labels[idx]
-            if tc.p_uncond > 0:
-                drop = to_device(sampler.coin(micro, salt=3, p=tc.p_uncond), device)
-                y = torch.where(drop, torch.full_like(y, -1), y)
-            rng = np.random.default_rng([tc.seed, 2, micro])
-            inputs = corrupt(x, tc.pkeep, gcfg.vocab_size, rng, rows, per_device * world)
+            inputs, y, x = micro_batch(codes, labels, sampler, micro, tc, gcfg.vocab_size, rows,
+                                       run.per_device * run.world)
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     _, loss = model(inputs[:, :-1], y, targets=x)
-                guard.watch(step, loss=loss)
+                run.guard.watch(step, loss=loss)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and tc.grad_clip:
                     accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            interval.add({"loss": loss})
-            meter.add(x.numel() * world)
+            run.add({"loss": loss}, x.numel() * run.world)
 
         done = step + 1
-        bar.update(1)
+        run.bar.update(1)
         row: dict[str, float] = {}
-        save = done % tc.checkpoint_every == 0 or done == tc.steps
-        if done % tc.log_every == 0 or done == tc.steps:
-            guard.check(last_good)
-            loss_mean = interval.means()["loss"]  # over the interval and over all ranks: the global batch
-            row.update(loss=loss_mean, bits_per_token=loss_mean / LN2, lr=lr, tokens_per_s=meter.rate())
-        if done % tc.eval_every == 0 or done == tc.steps:
-            # every rank scores its share of the val split; all get the whole split's loss
-            val_loss = evaluate(raw_model, val_codes, val_labels, per_device * 4, accelerator.autocast, accelerator)
+        if run.due(done, tc.log_every):
+            means, rate = run.interval_means()
+            row.update(loss=means["loss"], bits_per_token=means["loss"] / LN2, lr=lr, tokens_per_s=rate)
+        if run.due(done, tc.eval_every):
+            val_loss = val_loss_now()
             row.update(val_loss=val_loss, val_bits_per_token=val_loss / LN2)
         if row:
-            metrics.log(done, row)
-            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "val_loss") if k in row})
-        if save:
-            guard.check(last_good)  # never save a state after a non-finite step
-            ckpts.save(accelerator, done, {"tokens_seen": done * tokens_per_step,
-                                           "epoch": sampler.epoch_of(done * tc.grad_accum),
-                                           "wall_time_s": wall_before + time.perf_counter() - t_start})
-    bar.close()
+            run.metrics.log(done, row)
+            run.bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "val_loss") if k in row})
+        run.checkpoint(done, {"tokens_seen": done * tokens_per_step})
 
     accelerator.wait_for_everyone()
     if val_loss is None:  # resumed at the very end: the last eval happened in the previous invocation
-        val_loss = evaluate(raw_model, val_codes, val_labels, per_device * 4, accelerator.autocast, accelerator)
+        val_loss = val_loss_now()
     if accelerator.is_main_process:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        logged = [r for r in metrics.rows() if "loss" in r]
-        metrics.to_csv(out / "metrics.csv")
-        write_json_atomic(out / "codes.json", meta)
-        write_json_atomic(out / "train.json", {
-            "steps": tc.steps,
-            "resumed_from_step": start,
+        logged = [r for r in run.metrics.rows() if "loss" in r]
+        run.export(raw_model, {
             "train_loss": logged[-1]["loss"] if logged else None,
             "train_bits_per_token": logged[-1]["loss"] / LN2 if logged else None,
             "val_loss": val_loss,
@@ -305,24 +275,9 @@ def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_dat
             # a model that ignored everything and guessed uniformly would score log2(n_codes)
             "uniform_bits_per_token": math.log2(gcfg.vocab_size),
             "n_params": raw_model.num_params(),
-            "wall_time_s": wall_before + time.perf_counter() - t_start,
-            "wall_time_this_run_s": time.perf_counter() - t_start,
-            "world_size": world,
-            "device": str(accelerator.device),
-            "per_device_batch": per_device,
-            "global_batch": tc.batch_size,
             "tokens_seen": tc.steps * tokens_per_step,
-            "mixed_precision": tc.mixed_precision,
-            "state": str(run_dir),
             "model_config": gcfg.to_dict(),
-            "train_config": asdict(tc),
-        })
-        # weights + config last, each renamed into place: the rule's outputs appear complete or not at all
-        save_model(raw_model, out)
-        accelerator.print(f"wrote {out / 'model.safetensors'} after {tc.steps} steps; "
-                          f"val {val_loss / LN2:.3f} bits/token", flush=True)
-        for old in prune_state_dirs(args.state_dir, keep=run_dir):
-            accelerator.print(f"removed {old}: the state of an earlier config or codes", flush=True)
+        }, files={"codes.json": meta}, note=f"; val {val_loss / LN2:.3f} bits/token", earlier="config or codes")
     accelerator.end_training()
     return 0
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,9 @@ import torch
 from vqgan.config.build import loss_config, vqgan_config
 from vqgan.data.dataset import data_identity, read_split
 from vqgan.data.object_masks import ObjectMasks, crop_windows
-from vqgan.io.checkpoint import CONFIG, WEIGHTS, save_model
+from vqgan.io.checkpoint import CONFIG, WEIGHTS
 from vqgan.io.cli import command, load_config_arg
-from vqgan.io.files import prepare_output, write_json_atomic
 from vqgan.io.hashing import config_hash
-from vqgan.io.progress import progress_bar
 from vqgan.io.weights import lpips_state_dict
 from vqgan.models.losses import NLayerDiscriminator, VQLoss
 from vqgan.models.lpips import LPIPS
@@ -39,16 +36,10 @@ from vqgan.models.vqgan import VQGAN
 from vqgan.train.config import VQGANTrainConfig as TrainConfig
 from vqgan.train.config import check_batch
 from vqgan.train.loop import (
-    CheckpointManager,
-    FiniteGuard,
-    IntervalMeans,
-    MetricsLog,
     NonFiniteLossError,
+    Run,
     StepBatchSampler,
-    Throughput,
     lr_at,
-    make_accelerator,
-    prune_state_dirs,
     seed_everything,
     seed_rank,
     set_lr,
@@ -224,19 +215,25 @@ def main(argv: list[str] | None = None) -> int:
         return 3
 
 
-def train(args, sections, tc: TrainConfig, split, masks: ObjectMasks | None) -> int:
-    # A changed config or dataset gets a fresh state folder; the same one resumes (timings and timestamps in the
-    # manifest are left out: re-collecting identical data must not restart training).
-    run_dir = Path(args.state_dir) / config_hash(state_key(sections), data_identity(split.manifest))
-    accelerator, per_device = make_accelerator(run_dir, tc)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if accelerator.is_main_process:
-        for name in OUTPUTS:
-            prepare_output(Path(args.out) / name)  # an unwritable --out fails now, not after training
+@dataclass
+class GAN:
+    """The prepared models and optimizers: G and the loss module (D inside it) as DDP wraps them, and unwrapped."""
 
+    model: torch.nn.Module
+    loss: VQLoss
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    raw_model: VQGAN
+    disc: torch.nn.Module
+
+
+def prepare_gan(run: Run, sections, tc: TrainConfig, resolution: int, weights_dir: str | None) -> GAN:
+    """Build G and the loss with the same weights on every rank, then give each rank its own noise, move them to
+    the device and build their optimizers there, and let accelerate wrap all four."""
+    accelerator = run.accelerator
     seed_everything(tc.seed)  # the same initial weights on every rank
-    model, loss = build_models(sections, split.resolution, args.weights_dir)
-    seed_rank(tc.seed, rank)  # from here on each rank draws its own noise
+    model, loss = build_models(sections, resolution, weights_dir)
+    seed_rank(tc.seed, run.rank)  # from here on each rank draws its own noise
     # on the device before the optimizers are built over its parameters (see transformer.build_model)
     model = model.to(accelerator.device, memory_format=_memory_format(accelerator.device))
     loss = loss.to(accelerator.device)
@@ -245,131 +242,107 @@ def train(args, sections, tc: TrainConfig, split, masks: ObjectMasks | None) -> 
                              weight_decay=tc.weight_decay)
     # Both G and D go through DDP (D inside the loss module, which calls it); save_state checkpoints both.
     model, loss.discriminator, opt_g, opt_d = accelerator.prepare(model, loss.discriminator, opt_g, opt_d)
-    raw_model = accelerator.unwrap_model(model)
-    disc = accelerator.unwrap_model(loss.discriminator)
+    return GAN(model, loss, opt_g, opt_d, accelerator.unwrap_model(model),
+               accelerator.unwrap_model(loss.discriminator))
 
-    ckpts = CheckpointManager(run_dir, keep=tc.keep_checkpoints)
-    resumed = ckpts.resume(accelerator)
-    start = resumed.step
-    wall_before = float(resumed.extra.get("wall_time_s", 0.0))  # time spent by the invocations before this one
-    if resumed.path is not None:
-        accelerator.print(f"resumed from step {start} ({resumed.path})", flush=True)
-    else:
-        accelerator.print(f"starting fresh in {run_dir}", flush=True)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / "config.json", {"vqgan": sections, "data": split.manifest})
-    accelerator.init_trackers("vqgan")
-    metrics = MetricsLog(run_dir, accelerator, resume_step=start)
 
-    sampler = StepBatchSampler(len(split), per_device, rank, world, tc.seed, start=start * tc.grad_accum)
-    weight_objects = loss.cfg.object_weight > 0
-    loader = torch.utils.data.DataLoader(ImageBatches(split.images, masks), batch_sampler=sampler, collate_fn=_keep,
-                                         num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,
-                                         pin_memory=accelerator.device.type == "cuda")  # async host-to-GPU copies
-    batches = iter(loader)
-    images_per_step = per_device * world * tc.grad_accum
-    # No host sync inside a step: losses and stats stay on the device until a log step (IntervalMeans), the
-    # NaN/inf check reads its flag at log and checkpoint steps only (FiniteGuard).
-    t_start, meter, interval, guard = time.perf_counter(), Throughput(), IntervalMeans(accelerator), FiniteGuard(
-        accelerator)
-    bar = progress_bar(total=tc.steps, initial=start, desc="vqgan", disable=not accelerator.is_local_main_process,
-               dynamic_ncols=True, file=sys.stderr)
-    model.train()
-    disc.train()
-    for step in range(start, tc.steps):
+def image_loader(split, masks: ObjectMasks | None, sampler: StepBatchSampler, tc: TrainConfig, device):
+    """Batches in the sampler's order straight from the memory map, in `num_workers` processes."""
+    return torch.utils.data.DataLoader(ImageBatches(split.images, masks), batch_sampler=sampler, collate_fn=_keep,
+                                       num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,
+                                       pin_memory=device.type == "cuda")  # async host-to-GPU copies
+
+
+def next_batch(batches, sampler: StepBatchSampler, micro: int, masks: ObjectMasks | None, tc: TrainConfig,
+               resolution: int, weight_objects: bool, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A micro-step's model input and, when the loss weighs objects, its object masks: cropped and flipped as
+    the step's pure-function draws say."""
+    flip = sampler.coin(micro, salt=1) if tc.augment == "hflip" else None
+    batch, objects = next(batches), None
+    if masks is not None:
+        batch, objects = batch
+    if tc.crop:
+        boxes = [masks.boxes_of(i) for i in sampler.indices(micro)] if masks is not None else \
+            [()] * batch.shape[0]
+        corners = crop_windows(boxes, resolution, tc.crop, tc.object_crops, sampler.uniforms(micro, salt=2, k=4))
+        batch, objects = crop_batch(batch, objects, corners, tc.crop)
+    objects = to_mask_input(objects, flip, device) if weight_objects else None
+    return to_model_input(batch, flip, device), objects
+
+
+def gan_step(run: Run, gan: GAN, x: torch.Tensor, objects: torch.Tensor | None, step: int, tc: TrainConfig,
+             ) -> dict[str, torch.Tensor | float]:
+    """One micro-step of G, then of D once it has started: -> the values to log (left on the device)."""
+    accelerator, loss, disc = run.accelerator, gan.loss, gan.disc
+    row: dict[str, torch.Tensor | float] = {}
+    with accelerator.accumulate(gan.model, loss.discriminator):
+        # --- generator. D is frozen and its DDP wrapper told not to expect gradients: the adversarial
+        # term must move G only (otherwise G's loss would leave gradients in D for opt_d to apply).
+        disc.requires_grad_(False)
+        with accelerator.autocast(), accelerator.no_sync(loss.discriminator):
+            xrec, qloss, stats = gan.model(x)
+            g_loss, g_logs = loss.generator_loss(x, xrec, qloss, step, last_layer=gan.raw_model.last_layer,
+                                                  objects=objects)
+        disc.requires_grad_(True)
+        run.guard.watch(step, g_loss=g_loss)
+        accelerator.backward(g_loss)
+        if accelerator.sync_gradients and tc.grad_clip:
+            accelerator.clip_grad_norm_(gan.model.parameters(), tc.grad_clip)
+        gan.opt_g.step()
+        gan.opt_g.zero_grad(set_to_none=True)
+        row.update(_scalars(g_logs), usage=stats["usage"].detach(), perplexity=stats["perplexity"].detach())
+
+        # --- discriminator on real vs. detached reconstructions, only once it has started
+        if loss.disc_active(step):
+            with accelerator.autocast():
+                d_loss, d_logs = loss.discriminator_loss(x, xrec.detach(), step)
+            run.guard.watch(step, d_loss=d_loss)
+            accelerator.backward(d_loss)
+            if accelerator.sync_gradients and tc.grad_clip:
+                accelerator.clip_grad_norm_(loss.discriminator.parameters(), tc.grad_clip)
+            gan.opt_d.step()
+            gan.opt_d.zero_grad(set_to_none=True)
+            row.update(_scalars(d_logs))
+    return row
+
+
+def train(args, sections, tc: TrainConfig, split, masks: ObjectMasks | None) -> int:
+    # A changed config or dataset gets a fresh state folder; the same one resumes (timings and timestamps in the
+    # manifest are left out: re-collecting identical data must not restart training).
+    run_dir = Path(args.state_dir) / config_hash(state_key(sections), data_identity(split.manifest))
+    run = Run(run_dir, tc, args.out, OUTPUTS)
+    accelerator, device = run.accelerator, run.accelerator.device
+    gan = prepare_gan(run, sections, tc, split.resolution, args.weights_dir)
+    run.resume("vqgan", {"vqgan": sections, "data": split.manifest})
+
+    sampler = run.batch_sampler(len(split))
+    batches = iter(image_loader(split, masks, sampler, tc, device))
+    weight_objects = gan.loss.cfg.object_weight > 0
+    images_per_step = run.per_device * run.world * tc.grad_accum
+    gan.model.train()
+    gan.disc.train()
+    for step in run.steps("vqgan"):
         lr_g = lr_at(step, tc.lr, tc.warmup_steps, tc.steps, tc.lr_schedule, tc.min_lr_ratio)
         lr_d = lr_at(step, tc.disc_lr or tc.lr, tc.warmup_steps, tc.steps, tc.lr_schedule, tc.min_lr_ratio)
-        set_lr(opt_g, lr_g)
-        set_lr(opt_d, lr_d)
-        last_good = ckpts.latest()
+        set_lr(gan.opt_g, lr_g)
+        set_lr(gan.opt_d, lr_d)
         for k in range(tc.grad_accum):
             micro = step * tc.grad_accum + k
-            flip = sampler.coin(micro, salt=1) if tc.augment == "hflip" else None
-            batch, objects = next(batches), None
-            if masks is not None:
-                batch, objects = batch
-            if tc.crop:
-                boxes = [masks.boxes_of(i) for i in sampler.indices(micro)] if masks is not None else \
-                    [()] * batch.shape[0]
-                corners = crop_windows(boxes, split.resolution, tc.crop, tc.object_crops,
-                                       sampler.uniforms(micro, salt=2, k=4))
-                batch, objects = crop_batch(batch, objects, corners, tc.crop)
-            objects = to_mask_input(objects, flip, accelerator.device) if weight_objects else None
-            x = to_model_input(batch, flip, accelerator.device)
-            row: dict[str, torch.Tensor | float] = {}
-            with accelerator.accumulate(model, loss.discriminator):
-                # --- generator. D is frozen and its DDP wrapper told not to expect gradients: the adversarial
-                # term must move G only (otherwise G's loss would leave gradients in D for opt_d to apply).
-                disc.requires_grad_(False)
-                with accelerator.autocast(), accelerator.no_sync(loss.discriminator):
-                    xrec, qloss, stats = model(x)
-                    g_loss, g_logs = loss.generator_loss(x, xrec, qloss, step, last_layer=raw_model.last_layer,
-                                                          objects=objects)
-                disc.requires_grad_(True)
-                guard.watch(step, g_loss=g_loss)
-                accelerator.backward(g_loss)
-                if accelerator.sync_gradients and tc.grad_clip:
-                    accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                opt_g.step()
-                opt_g.zero_grad(set_to_none=True)
-                row.update(_scalars(g_logs), usage=stats["usage"].detach(), perplexity=stats["perplexity"].detach())
-
-                # --- discriminator on real vs. detached reconstructions, only once it has started
-                if loss.disc_active(step):
-                    with accelerator.autocast():
-                        d_loss, d_logs = loss.discriminator_loss(x, xrec.detach(), step)
-                    guard.watch(step, d_loss=d_loss)
-                    accelerator.backward(d_loss)
-                    if accelerator.sync_gradients and tc.grad_clip:
-                        accelerator.clip_grad_norm_(loss.discriminator.parameters(), tc.grad_clip)
-                    opt_d.step()
-                    opt_d.zero_grad(set_to_none=True)
-                    row.update(_scalars(d_logs))
-            interval.add(row)
-            meter.add(x.shape[0] * world)
+            x, objects = next_batch(batches, sampler, micro, masks, tc, split.resolution, weight_objects, device)
+            run.add(gan_step(run, gan, x, objects, step, tc), x.shape[0] * run.world)
 
         done = step + 1
-        bar.update(1)
-        save = done % tc.checkpoint_every == 0 or done == tc.steps
-        if done % tc.log_every == 0 or done == tc.steps:
-            guard.check(last_good)
-            means = interval.means()  # averaged over the interval and over all ranks: the global batch
-            rate = meter.rate()
-            metrics.log(done, {**means, "lr": lr_g, "disc_lr": lr_d, "images_per_s": rate})
-            bar.set_postfix({k: f"{means[k]:.3g}" for k in ("g_loss", "rec", "usage") if k in means}
-                            | {"img/s": f"{rate:.1f}"})
-        if save:
-            guard.check(last_good)  # never save a state after a non-finite step
-            ckpts.save(accelerator, done, {"images_seen": done * images_per_step,
-                                           "epoch": sampler.epoch_of(done * tc.grad_accum),
-                                           "wall_time_s": wall_before + time.perf_counter() - t_start})
-    bar.close()
+        run.bar.update(1)
+        if run.due(done, tc.log_every):
+            means, rate = run.interval_means()
+            run.metrics.log(done, {**means, "lr": lr_g, "disc_lr": lr_d, "images_per_s": rate})
+            run.bar.set_postfix({k: f"{means[k]:.3g}" for k in ("g_loss", "rec", "usage") if k in means}
+                                | {"img/s": f"{rate:.1f}"})
+        run.checkpoint(done, {"images_seen": done * images_per_step})
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        metrics.to_csv(out / "metrics.csv")
-        write_json_atomic(out / "train.json", {
-            "steps": tc.steps,
-            "resumed_from_step": start,
-            "wall_time_s": wall_before + time.perf_counter() - t_start,   # summed over resumed invocations
-            "wall_time_this_run_s": time.perf_counter() - t_start,
-            "world_size": world,
-            "device": str(accelerator.device),
-            "per_device_batch": per_device,
-            "global_batch": tc.batch_size,
-            "images_seen": tc.steps * images_per_step,
-            "mixed_precision": tc.mixed_precision,
-            "state": str(run_dir),
-            "train_config": asdict(tc),
-        })
-        # model.safetensors + config.json last, each renamed into place: the rule's outputs appear complete or not
-        save_model(raw_model, out)
-        accelerator.print(f"wrote {out / 'model.safetensors'} after {tc.steps} steps", flush=True)
-        for old in prune_state_dirs(args.state_dir, keep=run_dir):
-            accelerator.print(f"removed {old}: the state of an earlier config or dataset", flush=True)
+        run.export(gan.raw_model, {"images_seen": tc.steps * images_per_step})
     accelerator.end_training()
     return 0
 
