@@ -67,7 +67,8 @@ def _node_ids(proc: subprocess.Popen) -> list[str]:
 def test_the_slow_marker_is_registered_and_strict(pytestconfig):
     markers = [m.split(":")[0].strip() for m in pytestconfig.getini("markers")]
     assert {"slow", "e2e", "slurm"} <= set(markers), markers
-    assert "--strict-markers" in pytestconfig.getini("addopts") and "not slow" in " ".join(pytestconfig.getini("addopts"))
+    addopts = pytestconfig.getini("addopts")  # shlex-split: ['-ra', '--strict-markers', '-m', 'not slow']
+    assert "--strict-markers" in addopts and addopts[addopts.index("-m") + 1] == "not slow", addopts
 
 
 def test_the_heavy_tests_are_in_the_slow_tier_and_not_in_the_default_one():
