@@ -183,7 +183,6 @@ def _ddp_worker(rank, world, port, out):
     dist.destroy_process_group()
 
 
-@pytest.mark.slow  # two DDP processes (mp.spawn, 13 s at load 5-7)
 def test_codebook_maintenance_keeps_ranks_identical_under_gloo(tmp_path):
     """EMA statistics are all-reduced and restart / k-means vectors broadcast from rank 0, so two ranks that
     see different data still end every step with the same codebook."""

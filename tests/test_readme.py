@@ -43,7 +43,8 @@ def test_readme_main_command_builds_the_fid_table_on_the_default_config():
 # Whole modules of the slow tier: the tiny DAG end to end (with the kill -9 recovery run), the real SLURM run.
 SLOW_MODULES = ("tests/test_e2e.py", "tests/test_slurm.py")
 # Tests of the slow tier wherever they live: kill -9 then resume, and multi-process gloo/DDP runs.
-SLOW_NAMES = ("kill_9", "resume_after_kill", "two_process", "two_gloo", "two_machines", "under_gloo")
+# (test_quantize's two-process gloo check stays in the default tier: 3 s.)
+SLOW_NAMES = ("kill_9", "resume_after_kill", "two_process", "two_gloo", "two_machines")
 
 
 def _test_names(path) -> set[str]:
