@@ -19,7 +19,7 @@ import pytest
 import yaml
 from conftest import BIN, REPO, TEST_CONFIG, TINY_COCO, readme_commands, repo_copy, run_snakemake, snakemake_env
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # the slow tier: `pytest -m slow`
 
 DATA_RULES = {"prepare_coco", "collect_atari", "download_coco"}
 VQGAN_RULES = {"train_vqgan", "eval_vqgan", "encode"}

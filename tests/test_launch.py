@@ -73,6 +73,7 @@ def test_gpu_0_hides_every_gpu_from_the_job(tmp_path):
     assert out.stdout.split() == ["''", "0"]
 
 
+@pytest.mark.slow  # two gloo training processes, twice (48 s at load 5-7)
 def test_stray_accelerate_config_of_the_user_is_ignored(codes, tmp_path):
     """`accelerate config` leaves ~/.cache/huggingface/accelerate/default_config.yaml; accelerate launch reads it
     whenever it is not given --config_file. This one names one GPU id, which accelerate refuses for a multi-GPU
@@ -164,6 +165,7 @@ def test_profile_multi_node_example_submits_one_task_per_node(repo):
     assert not any(f.startswith("--ntasks-per-gpu") for f in flags), call
 
 
+@pytest.mark.slow  # four gloo training processes (72 s at load 5-7)
 def test_two_machines_on_localhost_train_what_one_machine_trains(codes, tmp_path):
     """World size 2 as 2 machines x 1 process (the multi-node path: --num_machines, --machine_rank,
     --main_process_ip, static rendezvous) ends with the weights of 1 machine x 2 processes."""

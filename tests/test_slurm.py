@@ -23,7 +23,7 @@ import pytest
 import yaml
 from conftest import BIN, REPO, TEST_CONFIG
 
-pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1800)]  # slow tier: `pytest -m slow`
 
 CLUSTER = REPO / "tests" / "cluster"
 # What the test runs through SLURM: the whole tiny DAG up to the table (the report's figures are left out: seven

@@ -199,6 +199,7 @@ def test_metrics_log_drops_rows_past_the_resumed_step(tmp_path):
 # end-to-end through the CLI
 
 
+@pytest.mark.slow  # two gloo training processes (27 s at load 5-7)
 def test_two_process_gloo_run_syncs_gradients(train_split, tmp_path):
     """Both ranks see different halves of each batch; equal final weights prove the gradients were averaged.
 
@@ -298,6 +299,7 @@ def test_object_weight_without_objects_csv_is_refused_before_training(train_spli
     assert not (tmp_path / "state").exists()
 
 
+@pytest.mark.slow  # two gloo training processes (22-27 s at load 5-7)
 @pytest.mark.parametrize("crops", [{}, {"crop": 12, "object_crops": 0.5}], ids=["frames", "object_crops"])
 def test_two_process_run_with_object_weight_and_flips_keeps_ranks_equal(object_split, tmp_path, crops):
     dump = tmp_path / "dump"
@@ -310,6 +312,7 @@ def test_two_process_run_with_object_weight_and_flips_keeps_ranks_equal(object_s
     assert ranks[0]["final"] == ranks[1]["final"] and ranks[0]["final"]["g"] != ranks[0]["initial"]["g"]
 
 
+@pytest.mark.slow  # kill -9 and resume, three training runs (43 s at load 5-7)
 def test_resume_after_kill_continues_step_count(train_split, tmp_path):
     config = config_with(steps=12, checkpoint_every=2, keep_checkpoints=2, log_every=2)
     # the uninterrupted reference runs alongside the victim (wall time; the cores are shared anyway)

@@ -88,6 +88,7 @@ def test_bad_config_is_refused_with_the_key_named(tmp_path):
         tt.main(args(tmp_path / "nowhere", tmp_path / "o", config()))
 
 
+@pytest.mark.slow  # kill -9 and resume (35 s at load 5-7)
 def test_resume_after_kill_continues_to_the_same_weights(tmp_path):
     codes = write_codes(tmp_path / "codes")
     cfg = config(steps=30, checkpoint_every=5, eval_every=10, pkeep=0.8, p_uncond=0.2)
@@ -123,6 +124,7 @@ def test_resume_after_kill_continues_to_the_same_weights(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"{k} differs after resume")
 
 
+@pytest.mark.slow  # two gloo training processes (37 s at load 5-7)
 def test_two_gloo_processes_train_the_same_weights_as_one(tmp_path):
     # per-rank slices of one global batch + all-reduced gradients = the single-process step, up to rounding
     codes = write_codes(tmp_path / "codes")
