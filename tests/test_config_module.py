@@ -179,3 +179,55 @@ def test_deep_merge_leaves_its_inputs_alone():
     base, over = {"a": {"b": 1, "c": [1]}}, {"a": {"b": 2}}
     assert deep_merge(base, over) == {"a": {"b": 2, "c": [1]}}
     assert base == {"a": {"b": 1, "c": [1]}}
+
+
+# -- issue #28, third round: what the config alone decides fails before any job, naming the key -----------------
+
+
+@pytest.mark.parametrize("change,key", [
+    ({"vqgan__quantizer__n_codes": 2**31}, "vqgan.quantizer.n_codes"),
+    ({"vqgan__quantizer__code_dim": 2**20}, "vqgan.quantizer.code_dim"),
+    ({"vqgan__model__ch": 2**16}, "vqgan.model.ch"),
+    ({"vqgan__model__z_channels": 2**20}, "vqgan.model.z_channels"),
+    ({"vqgan__model__num_res_blocks": 1000}, "vqgan.model.num_res_blocks"),
+    ({"vqgan__loss__disc_ch": 2**16}, "vqgan.loss.disc_ch"),
+    ({"transformer__model__n_embd": 2**20}, "transformer.model.n_embd"),
+    ({"transformer__model__n_layer": 10**6}, "transformer.model.n_layer"),
+    ({"vqgan__train__batch_size": 2**31}, "vqgan.train.batch_size"),
+    ({"vqgan__eval__batch_size": 2**31}, "vqgan.eval.batch_size"),
+    ({"sample__batch_size": 2**31}, "sample.batch_size"),
+    ({"fid__n": 2**31}, "fid.n"),
+])
+def test_sizes_that_allocate_memory_have_an_upper_bound(change, key):
+    message = rejected(cfg(**change))
+    assert re.search(rf"config key {re.escape(key)}: \d+ is greater than the maximum of \d+", message), message
+
+
+@pytest.mark.parametrize("change,key", [
+    ({"vqgan__train__seed": 2**32}, "vqgan.train.seed"),
+    ({"transformer__train__seed": 2**32}, "transformer.train.seed"),
+    ({"sample__seeds": [0, 2**32]}, "sample.seeds.1"),
+    ({"fid__seed": 2**32}, "fid.seed"),
+    ({"datasets__coco_tiny__seed": 2**32}, "datasets.coco_tiny.seed"),
+    ({"datasets__atari_tiny__seed": 2**32}, "datasets.atari_tiny.seed"),
+])
+def test_a_seed_beyond_32_bits_is_refused(change, key):
+    message = rejected(cfg(**change))
+    assert f"config key {key}: 4294967296 is greater than the maximum of 4294967295" in message, message
+
+
+@pytest.mark.parametrize("change,key", [
+    ({"vqgan__train__lr": float("nan")}, "vqgan.train.lr"),
+    ({"vqgan__loss__rec_weight": float("inf")}, "vqgan.loss.rec_weight"),
+    ({"transformer__train__betas": [0.9, float("nan")]}, "transformer.train.betas.1"),
+    ({"sample__top_p": float("nan")}, "sample.top_p"),
+    ({"datasets__atari_tiny__val_fraction": float("nan")}, "datasets.atari_tiny.val_fraction"),
+])
+def test_nan_and_infinity_are_refused_in_every_number(change, key):
+    message = rejected(cfg(**change))
+    assert message.startswith(f"config key {key}: ") and "finite" in message, message
+
+
+def test_a_non_finite_number_from_yaml_gets_a_hint():
+    c = cfg(vqgan__train__lr=yaml.safe_load("lr: .nan")["lr"])
+    assert "(.nan and .inf are YAML's NaN and infinity" in rejected(c)
