@@ -120,6 +120,18 @@ def defaults(path: str, name: str = "config") -> dict[str, Any]:
     return _defaults_of(node(path, name))
 
 
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` merged into a copy of `base`, mappings key by key (how a dataset's and a variant's overrides
+    apply to a section)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
 def with_defaults(path: str, given: dict[str, Any] | None, name: str = "config") -> dict[str, Any]:
     """`given` (a command's --config section, possibly partial) validated against section `path`, defaults
     filled; a ConfigError naming the key otherwise."""
