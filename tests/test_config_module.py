@@ -333,3 +333,8 @@ def test_the_shipped_configs_pass(files):
     if files[0].startswith(".test"):
         config["coco"]["root"] = str(TINY_COCO)
     check_experiment(config, RULES)
+
+
+def test_object_crops_need_object_boxes_before_any_job():
+    message = rejected(cfg(vqgan__train__crop=24, vqgan__train__object_crops=0.5))
+    assert message.startswith("config key datasets.coco_tiny.vqgan.train.object_crops: 0.5 needs object boxes"), message
