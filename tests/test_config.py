@@ -87,6 +87,8 @@ vqgan:
   train:
     steps: 20
     batch_size: 8
+    warmup_steps: 2
+    checkpoint_every: 10
 """
 
 
@@ -228,7 +230,7 @@ MALFORMED = [
     ("a dataset name twice", text("datasets:\n", "datasets:\n  coco_tiny: {kind: coco, resolution: 64}\n"),
      r"exp\.yaml:5: duplicate key datasets\.coco_tiny \(first at line 4\)"),
     ("a section twice", text(whole=MINIMAL + "vqgan:\n  train: {steps: 5}\n"),
-     r"exp\.yaml:20: duplicate key vqgan \(first at line 9\)"),
+     r"exp\.yaml:22: duplicate key vqgan \(first at line 9\)"),
     ("a nested key twice", text("    steps: 20\n", "    steps: 20\n    steps: 30\n"),
      r"exp\.yaml:19: duplicate key vqgan\.train\.steps \(first at line 18\)"),
     ("a key twice in JSON", text(whole='{"datasets": {"a": {"kind": "coco", "resolution": 32}}, "datasets": {}}',

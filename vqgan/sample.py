@@ -35,6 +35,7 @@ from vqgan.io.cli import UsageError, command, load_config_arg
 from vqgan.io.files import atomic_dir, prepare_output, write_json_atomic
 from vqgan.io.images import grid, save_png, to_uint8
 from vqgan.io.progress import progress_bar
+from vqgan.models import invalid
 from vqgan.models.gpt import GPT
 from vqgan.precision import PRECISIONS, autocast
 
@@ -58,24 +59,24 @@ class SampleConfig:
     def __post_init__(self):
         problems = []
         if self.n_per_class is not None and self.n_samples is not None:
-            problems.append("set n_per_class or n_samples, not both")
+            problems.append((("n_per_class", "n_samples"), "set one of n_per_class and n_samples, not both"))
         for k in ("n_per_class", "n_samples"):
             v = getattr(self, k)
             if v is not None and int(v) < 1:
-                problems.append(f"{k}={v} (must be >= 1)")
+                problems.append(((k,), f"{k}={v} (must be >= 1)"))
         if self.batch_size < 1:
-            problems.append(f"batch_size={self.batch_size} (must be >= 1)")
+            problems.append((("batch_size",), f"batch_size={self.batch_size} (must be >= 1)"))
         if self.temperature < 0:
-            problems.append(f"temperature={self.temperature} (must be >= 0; 0 = greedy)")
+            problems.append((("temperature",), f"temperature={self.temperature} (must be >= 0; 0 = greedy)"))
         if self.top_k is not None and self.top_k < 1:
-            problems.append(f"top_k={self.top_k} (must be >= 1, or null for off)")
+            problems.append((("top_k",), f"top_k={self.top_k} (must be >= 1, or null for off)"))
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            problems.append(f"top_p={self.top_p} (must be in (0, 1], or null for off)")
+            problems.append((("top_p",), f"top_p={self.top_p} (must be in (0, 1], or null for off)"))
         for k in ("precision", "decode_precision"):
             if getattr(self, k) not in PRECISIONS:
-                problems.append(f"{k}={getattr(self, k)!r} (use one of {list(PRECISIONS)})")
+                problems.append(((k,), f"{k}={getattr(self, k)!r} (use one of {list(PRECISIONS)})"))
         if problems:
-            raise ValueError("invalid sample config: " + "; ".join(problems))
+            raise invalid("sample config", problems)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "SampleConfig":

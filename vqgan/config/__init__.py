@@ -8,6 +8,7 @@
 - `docs`: config/README.md generated from the schemas (`python -m vqgan.config.docs`).
 
 `files` and `schema` import nothing of the project (every command may use them); `experiment` calls the data and
-eval code's own checks, and the Atari rules are passed in by the caller, so that vqgan needs nothing of
-atari_collect.
+eval code's own checks and builds every stage's own config objects (`build`, the loops', the sampler's and
+evaluation's: one copy of each rule, run for every dataset and variant), and the Atari rules are passed in by the
+caller, so that vqgan needs nothing of atari_collect.
 """

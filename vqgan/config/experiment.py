@@ -8,14 +8,15 @@ collector's game rules) comes in as `rules`, so that vqgan imports nothing of at
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vqgan.config.files import ConfigError
-from vqgan.config.schema import section_schema, validate
+from vqgan.config.schema import deep_merge, section_schema, validate
 
 OVERRIDABLE = ("vqgan", "transformer", "sample")  # sections a dataset entry and a variant may override
 NOT_FOR_COLLECTION = ("eval_sets",)  # dataset keys of later stages: changing them never recollects
@@ -74,16 +75,6 @@ def collection_entry(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in entry.items() if k not in OVERRIDABLE + NOT_FOR_COLLECTION}
 
 
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 # -- naming the key an error is about ---------------------------------------------------------------------------
 
 
@@ -95,14 +86,20 @@ class _Run:
     ds: str
     variant: str
     overrides: dict[str, Any]
+    entry: dict[str, Any] = field(default_factory=dict)  # the dataset's entry, with its own overrides
 
     def _set_by_variant(self, *keys: str) -> bool:
-        node: Any = self.overrides
-        for key in keys:
-            if not isinstance(node, dict) or key not in node:
-                return False
-            node = node[key]
-        return True
+        return _has(self.overrides, keys)
+
+    def nearest(self, section: tuple[str, ...], paths: tuple[tuple[str, ...], ...]) -> str:
+        """Of the keys a rule involves (paths within `section`; `("resolution",)` is the dataset's), the one the user
+        set nearest: the variant's, else the dataset's override, else the first; named as `key` names it."""
+        keys = [(*section, *p) for p in paths if p != ("resolution",)]
+        chosen = next((k for k in keys if self._set_by_variant(*k)), None) or next(
+            (k for k in keys if _has(self.entry, k)), None)
+        if chosen is None and paths[0] == ("resolution",):
+            return f"datasets.{self.ds}.resolution"
+        return self.key(*(chosen or (*section, *paths[0])))
 
     def where(self, *keys: str) -> str:
         """The key's path where it was set: `variants.paper.vqgan.train.lr` or `datasets.coco64.vqgan.train.lr`."""
@@ -124,6 +121,14 @@ class _Run:
         head = f"variants.{self.variant}.sample" if by_variant else f"datasets.{self.ds}.sample"
         where = f"{head}.{both.join(keys)}" if both else head
         return where + (f" (for dataset {self.ds})" if by_variant else "")
+
+
+def _has(node: Any, keys: tuple[str, ...]) -> bool:
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
 
 
 # -- cross-key checks of one dataset under one variant ------------------------------------------------------------
@@ -168,25 +173,82 @@ def _check_fid_counts(run: _Run, cfg: dict[str, Any], entry: dict[str, Any], sam
             f"fid.min_images = {fid['min_images']}, so FID would fail")
 
 
+def _check_schedules(run: _Run, sections: dict[str, Any]) -> None:
+    """What the loops accept but silently makes nothing of: a warm-up the run never finishes (the learning rate
+    never reaches `lr`, the schedule never runs) and resumable states more steps apart than the run is long (a
+    state is saved at the last step anyway: `steps` says that explicitly)."""
+    for section in ("vqgan", "transformer"):
+        tc, where = sections[section]["train"], (section, "train")
+        steps, warmup, every = tc["steps"], tc["warmup_steps"], tc["checkpoint_every"]
+        if warmup >= steps:
+            raise ConfigError(
+                f"config key {run.nearest(where, (('warmup_steps',), ('steps',)))}: {section}.train.warmup_steps = "
+                f"{warmup} is not below {section}.train.steps = {steps}, so the learning rate never reaches lr and "
+                "its schedule never runs; lower it (steps - 1 ramps over the whole run, 0 means no warm-up)")
+        if every > steps:
+            raise ConfigError(
+                f"config key {run.nearest(where, (('checkpoint_every',), ('steps',)))}: {section}.train."
+                f"checkpoint_every = {every} is more than {section}.train.steps = {steps}, so no resumable state is "
+                f"saved before the last step; write {steps} (a state at the last step only) or less")
+
+
+def _named_error(run: _Run, section: tuple[str, ...], e: ValueError) -> ConfigError:
+    """A stage config's ValueError as a ConfigError naming the key: its `.paths` (within `section`) or `.keys`
+    (fields of the section), the one the user set nearest; the section when the rule names no key."""
+    paths = getattr(e, "paths", None) or tuple((k,) for k in getattr(e, "keys", ()))
+    if not paths:
+        return ConfigError(f"config key {run.key(*section)}: {e}")
+    what = getattr(e, "what", None) or str(e)
+    if section == ("sample",) and set(paths) == {("n_per_class",), ("n_samples",)}:
+        return ConfigError(f"config keys {run.sample_counts(' and ')}: {what}")
+    return ConfigError(f"config key {run.nearest(section, paths)}: {what}")
+
+
+@contextlib.contextmanager
+def _named(run: _Run, *section: str):
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise _named_error(run, section, e) from None
+
+
+def _check_stage_configs(entry: dict[str, Any], run: _Run, sections: dict[str, Any]) -> None:
+    """Each stage's own config objects built from the merged sections, as its job builds them: their rules (one
+    copy each, in the models, the loops, the sampler and evaluation) run for every dataset and variant before any
+    job. This imports torch (the models' modules), a few seconds once per check."""
+    from vqgan.config import build
+    from vqgan.eval.recon import EvalConfig
+    from vqgan.sample import SampleConfig
+    from vqgan.train.config import TransformerTrainConfig
+
+    vq, tr, sample = sections["vqgan"], sections["transformer"], sections["sample"]
+    with _named(run, "vqgan"):
+        model, _, _ = build.vqgan_training(vq, entry["resolution"])
+    with _named(run, "vqgan", "eval"):
+        EvalConfig.from_dict(vq["eval"])
+    classes = len(entry["games"]) if entry["kind"] == "atari" else 1
+    with _named(run, "transformer", "model"):
+        build.gpt_config(model.n_codes, classes, model.grid**2, tr["model"])
+    with _named(run, "transformer", "train"):
+        TransformerTrainConfig.from_dict(tr["train"])
+    with _named(run, "sample"):  # one job per seed: the sampler takes `seed`
+        SampleConfig.from_dict({**{k: v for k, v in sample.items() if k != "seeds"}, "seed": sample["seeds"][0]})
+
+
 def _check_run(cfg: dict[str, Any], entry: dict[str, Any], run: _Run, sections: dict[str, Any],
                rules: dict[str, DatasetRules]) -> None:
     """The cross-key checks of one dataset's merged sections under one variant."""
-    vq, gpt, sample = sections["vqgan"], sections["transformer"]["model"], sections["sample"]
-    f = 2 ** (len(vq["model"]["ch_mult"]) - 1)
-    if entry["resolution"] % f:
-        raise ConfigError(
-            f"config key datasets.{run.ds}.resolution: {entry['resolution']} is not a multiple of the VQGAN's "
-            f"downsampling factor f = 2**(len({run.key('vqgan', 'model', 'ch_mult')})-1) = {f}")
-    if gpt["n_embd"] % gpt["n_head"]:
-        raise ConfigError(f"config key {run.key('transformer', 'model', 'n_embd')}: {gpt['n_embd']} is not "
-                          f"divisible by transformer.model.n_head = {gpt['n_head']}")
-    if sample["n_per_class"] is not None and sample["n_samples"] is not None:
-        raise ConfigError(f"config keys {run.sample_counts(' and ')}: set one of them, not both")
-    weight = vq["loss"]["object_weight"]
-    if weight > 0 and not (entry["kind"] in rules and rules[entry["kind"]].has_object_boxes(entry["games"])):
-        raise ConfigError(
-            f"config key {run.key('vqgan', 'loss', 'object_weight')}: {weight} needs object boxes (objects.csv), "
-            "which only Atari games with RAM rules have (docs/objects.md); set it to 0 for this dataset")
+    _check_stage_configs(entry, run, sections)
+    _check_schedules(run, sections)
+    vq, sample = sections["vqgan"], sections["sample"]
+    boxes = entry["kind"] in rules and rules[entry["kind"]].has_object_boxes(entry["games"])
+    for key, value in (("loss", "object_weight"), ("train", "object_crops")):
+        if vq[key][value] > 0 and not boxes:
+            raise ConfigError(
+                f"config key {run.key('vqgan', key, value)}: {vq[key][value]} needs object boxes (objects.csv), "
+                "which only Atari games with RAM rules have (docs/objects.md); set it to 0 for this dataset")
     bounds = _split_bounds(entry)
     _check_batches(run, sections, *bounds["train"])
     _check_fid_counts(run, cfg, entry, sample, *bounds["val"])
@@ -290,6 +352,12 @@ def _check_top_level(cfg: dict[str, Any]) -> None:
     if "{" in wd or "}" in wd:
         raise ConfigError(f"config key weights_dir: {wd!r} has braces, which Snakemake would read as wildcards in "
                           "fetch_weights' outputs; use a plain folder path")
+    from vqgan.eval.fid import FIDConfig
+
+    try:  # the fid job's own rules
+        FIDConfig.from_dict(cfg["fid"])
+    except ValueError as e:
+        raise ConfigError(f"config key fid: {e}") from None
     if cfg["fid"]["min_images"] > cfg["fid"]["n"]:
         raise ConfigError(f"config key fid.min_images: {cfg['fid']['min_images']} is more than fid.n = "
                           f"{cfg['fid']['n']} images per side, so every FID would fail")
@@ -309,7 +377,7 @@ def check_experiment(cfg: dict[str, Any], rules: dict[str, DatasetRules]) -> Exp
             _check_eval_sets(ds, entry)
         sections[ds] = {}
         for variant, overrides in variants(cfg).items():
-            run = _Run(ds, variant, overrides)
+            run = _Run(ds, variant, overrides, entry)
             sections[ds][variant] = _merge_sections(cfg, entry, run)
             _check_run(cfg, entry, run, sections[ds][variant], rules)
     _check_coco(cfg)

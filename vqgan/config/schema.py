@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +49,17 @@ def section_schema(path: str, name: str = "config") -> dict[str, Any]:
 @functools.lru_cache(maxsize=None)
 def _validator_class():
     """Draft 2020-12 that fills defaults and takes integers strictly: JSON Schema counts 20.0 as an integer, which
-    then reaches range() or a tensor shape inside a job."""
+    then reaches range() or a tensor shape inside a job. Numbers are finite: NaN passes every `minimum` (each
+    comparison is false) and infinity every `minimum`, and either would reach a loss or a learning rate."""
     import jsonschema
     from jsonschema import validators
 
     base = jsonschema.Draft202012Validator
-    strict = base.TYPE_CHECKER.redefine("integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool))
+    strict = base.TYPE_CHECKER.redefine_many({
+        "integer": lambda _, x: isinstance(x, int) and not isinstance(x, bool),
+        "number": lambda _, x: isinstance(x, (int, float)) and not isinstance(x, bool)
+        and (isinstance(x, int) or math.isfinite(x)),
+    })
     properties = base.VALIDATORS["properties"]
 
     def properties_with_defaults(validator, props, instance, schema):
@@ -69,6 +75,8 @@ def _validator_class():
 def _hint(e) -> str:
     """What to write instead, for the mistakes YAML makes easy."""
     x, expected = e.instance, e.validator_value
+    if e.validator == "type" and isinstance(x, float) and not math.isfinite(x):
+        return " (.nan and .inf are YAML's NaN and infinity: every number must be finite)"
     if e.validator == "type" and isinstance(x, float) and x.is_integer() and "integer" in expected:
         return f" (write {int(x)}, without the decimal point)"
     if e.validator == "type" and isinstance(x, str) and "number" in expected:
@@ -110,6 +118,18 @@ def defaults(path: str, name: str = "config") -> dict[str, Any]:
     """Every default of a section, nested sections filled too; keys without a default (required ones, and
     switches whose absence means off) are left out."""
     return _defaults_of(node(path, name))
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` merged into a copy of `base`, mappings key by key (how a dataset's and a variant's overrides
+    apply to a section)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def with_defaults(path: str, given: dict[str, Any] | None, name: str = "config") -> dict[str, Any]:

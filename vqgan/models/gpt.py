@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from vqgan.models import invalid
+
 
 @dataclass
 class GPTConfig:
@@ -40,6 +42,11 @@ class GPTConfig:
     n_embd: int
     dropout: float
     bias: bool  # biases in Linear and LayerNorm (taming has them; nanoGPT shows they are not needed)
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise invalid("GPT config", [(("n_head", "n_embd"), f"n_head={self.n_head} does not divide "
+                                          f"n_embd={self.n_embd} (each head gets n_embd / n_head channels)")])
 
     @property
     def uncond_token(self) -> int:
@@ -149,7 +156,6 @@ def _can_prepack(p: torch.Tensor) -> bool:
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        assert config.n_embd % config.n_head == 0, "n_embd must be a multiple of n_head"
         # q, k and v in one matmul: at sampling time a step is a handful of small matmuls, so fewer is faster
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vqgan.models import invalid
 from vqgan.models.quantize import build_quantizer
 
 
@@ -50,19 +51,31 @@ class VQGANConfig:
     def __post_init__(self):
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
         self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
-        problems = []
-        if self.quantizer not in ("l2", "taming"):
-            problems.append(f"quantizer={self.quantizer!r} (choose 'l2' or 'taming')")
-        if not self.ch_mult:
-            problems.append("ch_mult is empty")
-        elif self.resolution % self.downsample:
-            problems.append(f"resolution={self.resolution} is not divisible by f={self.downsample}")
-        if self.n_codes < 2 or self.code_dim < 1:
-            problems.append(f"n_codes={self.n_codes}, code_dim={self.code_dim}")
-        if not 0.0 < self.ema_decay < 1.0:
-            problems.append(f"ema_decay={self.ema_decay} (must be in (0, 1))")
+        problems = self.problems()
         if problems:
-            raise ValueError("invalid VQGAN config: " + "; ".join(problems))
+            raise invalid("VQGAN config", problems)
+
+    def problems(self) -> list[tuple[tuple[str, ...], str]]:
+        """What is wrong: (the fields involved, the first to name; what to do)."""
+        out = []
+        if self.quantizer not in ("l2", "taming"):
+            out.append((("quantizer",), f"quantizer={self.quantizer!r} (choose 'l2' or 'taming')"))
+        if not self.ch_mult:
+            out.append((("ch_mult",), "ch_mult is empty"))
+        elif self.resolution % self.downsample:
+            out.append((("resolution", "ch_mult"),
+                        f"resolution={self.resolution} is not divisible by f={self.downsample}, the downsampling "
+                        f"factor 2**(len(ch_mult)-1): make it a multiple of f, or shorten ch_mult"))
+        if self.n_codes < 2 or self.code_dim < 1:
+            out.append((("n_codes", "code_dim"), f"n_codes={self.n_codes}, code_dim={self.code_dim}"))
+        if not 0.0 < self.ema_decay < 1.0:
+            out.append((("ema_decay",), f"ema_decay={self.ema_decay} (must be in (0, 1))"))
+        return out
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        """The feature-map side of each level, the input's first: where `attn_resolutions` can add attention."""
+        return tuple(self.resolution // 2**i for i in range(len(self.ch_mult)))
 
     @property
     def downsample(self) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 from vqgan.config.schema import defaults
 from vqgan.io.cli import load_config_arg
+from vqgan.models import invalid
 
 
 @dataclass
@@ -43,26 +44,27 @@ class LoopConfig:
 
     POSITIVE = ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every")
 
-    def problems(self) -> list[str]:
-        """What is wrong with the values; subclasses extend the list with their own keys."""
+    def problems(self) -> list[tuple[tuple[str, ...], str]]:
+        """What is wrong with the values, each (the keys involved, the first to name; what to do); subclasses extend
+        the list with their own keys."""
         out = []
         if self.mixed_precision not in ("no", "bf16", "fp16"):
-            out.append(f"mixed_precision={self.mixed_precision!r} (use 'no', 'bf16' or 'fp16')")
+            out.append((("mixed_precision",), f"mixed_precision={self.mixed_precision!r} (use 'no', 'bf16' or 'fp16')"))
         if self.lr_schedule not in ("cosine", "constant"):
-            out.append(f"lr_schedule={self.lr_schedule!r} (use 'cosine' or 'constant')")
+            out.append((("lr_schedule",), f"lr_schedule={self.lr_schedule!r} (use 'cosine' or 'constant')"))
         for k in self.POSITIVE:
             v = getattr(self, k)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                out.append(f"{k}={v!r} (must be an integer >= 1)")
+                out.append(((k,), f"{k}={v!r} (must be an integer >= 1)"))
         if len(self.betas) != 2:
-            out.append(f"betas={list(self.betas)} (need two numbers)")
+            out.append((("betas",), f"betas={list(self.betas)} (need two numbers)"))
         return out
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
         problems = self.problems()
         if problems:
-            raise ValueError(f"invalid {self.SECTION} config: " + "; ".join(problems))
+            raise invalid(f"{self.SECTION} config", problems)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None):
@@ -95,20 +97,22 @@ class VQGANTrainConfig(LoopConfig):
     def problems(self) -> list[str]:
         out = super().problems()
         if self.augment not in ("none", "hflip"):
-            out.append(f"augment={self.augment!r} (use 'none' or 'hflip')")
+            out.append((("augment",), f"augment={self.augment!r} (use 'none' or 'hflip')"))
         if not isinstance(self.crop, int) or isinstance(self.crop, bool) or self.crop < 0:
-            out.append(f"crop={self.crop!r} (an integer side in pixels, or 0 for whole frames)")
+            out.append((("crop",), f"crop={self.crop!r} (an integer side in pixels, or 0 for whole frames)"))
         if not 0.0 <= self.object_crops <= 1.0:
-            out.append(f"object_crops={self.object_crops!r} (a share in [0, 1])")
+            out.append((("object_crops",), f"object_crops={self.object_crops!r} (a share in [0, 1])"))
         elif self.object_crops > 0 and not self.crop:
-            out.append(f"object_crops={self.object_crops!r} needs crop > 0 (the side of the crops to centre)")
+            out.append((("object_crops", "crop"),
+                        f"object_crops={self.object_crops!r} needs crop > 0 (the side of the crops to centre)"))
         if self.mixed_precision == "fp16":
             # Two optimizers (G and D) would share accelerate's one loss scaler, which updates its scale after
             # each of them, and the adaptive GAN weight divides gradient norms taken by autograd.grad on the
             # unscaled loss: in fp16 those under/overflow. bf16 has fp32's range and needs no scaler.
-            out.append("mixed_precision='fp16' (the VQGAN loop has two optimizers, G and D, and an adaptive loss "
-                       "weight from raw gradient norms: fp16 would need a loss scaler per optimizer; use 'bf16' on "
-                       "GPUs that have it (A100, H100, ...) or 'no')")
+            out.append((("mixed_precision",),
+                        "mixed_precision='fp16' (the VQGAN loop has two optimizers, G and D, and an adaptive loss "
+                        "weight from raw gradient norms: fp16 would need a loss scaler per optimizer; use 'bf16' on "
+                        "GPUs that have it (A100, H100, ...) or 'no')"))
         return out
 
 
@@ -127,9 +131,9 @@ class TransformerTrainConfig(LoopConfig):
     def problems(self) -> list[str]:
         out = super().problems()
         if not 0.0 < self.pkeep <= 1.0:
-            out.append(f"pkeep={self.pkeep} (must be in (0, 1]; 1 = no corruption)")
+            out.append((("pkeep",), f"pkeep={self.pkeep} (must be in (0, 1]; 1 = no corruption)"))
         if not 0.0 <= self.p_uncond < 1.0:
-            out.append(f"p_uncond={self.p_uncond} (must be in [0, 1))")
+            out.append((("p_uncond",), f"p_uncond={self.p_uncond} (must be in [0, 1))"))
         return out
 
 

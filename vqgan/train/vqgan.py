@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqgan.config.build import loss_config, vqgan_config
+from vqgan.config.build import loss_config, vqgan_config, vqgan_training
 from vqgan.data.dataset import data_identity, read_split
 from vqgan.data.object_masks import ObjectMasks, crop_windows
 from vqgan.io.checkpoint import CONFIG, WEIGHTS
 from vqgan.io.cli import command, load_config_arg
 from vqgan.io.hashing import config_hash
 from vqgan.io.weights import lpips_state_dict
-from vqgan.models.losses import NLayerDiscriminator, VQLoss
+from vqgan.models.losses import VQLoss
 from vqgan.models.lpips import LPIPS
 from vqgan.models.vqgan import VQGAN
 from vqgan.train.config import VQGANTrainConfig as TrainConfig
@@ -175,30 +175,6 @@ def object_masks(split, loss_section: dict[str, Any], tc: TrainConfig) -> Object
                                   class_balance=cfg.object_class_balance)
 
 
-def check_crop(tc: TrainConfig, sections: dict[str, dict[str, Any]], resolution: int) -> None:
-    """ValueError naming vqgan.train.crop when crops do not fit the data, the token grid, the discriminator (once
-    the GAN runs) or the batch-neighbour foreground weight."""
-    if not tc.crop:
-        return
-    f = vqgan_config(resolution, sections).downsample
-    if tc.crop > resolution or tc.crop % f:
-        raise ValueError(f"vqgan.train.crop={tc.crop}: must be at most the data's resolution ({resolution} px) and a "
-                         f"multiple of the model's downsampling factor f = {f} (whole tokens); e.g. "
-                         f"{max(f, resolution // 2 // f * f)}, or 0 for whole frames")
-    loss = loss_config(sections["loss"])
-    smallest = NLayerDiscriminator.min_input(loss.disc_layers)
-    if tc.crop < smallest and loss.disc_start < tc.steps and loss.disc_weight > 0:
-        raise ValueError(f"vqgan.train.crop={tc.crop} is smaller than the discriminator's smallest input "
-                         f"({smallest} px for loss.disc_layers={loss.disc_layers}), and the GAN starts at "
-                         f"loss.disc_start={loss.disc_start} < train.steps={tc.steps}; crop >= {smallest}, "
-                         "fewer disc_layers, or no GAN (disc_start >= steps)")
-    if loss.foreground_weight > 0:
-        raise ValueError(f"vqgan.train.crop={tc.crop} with vqgan.loss.foreground_weight > 0: the foreground mask "
-                         "compares each image with the median of its batch neighbours, which crops from different "
-                         "places of the frame do not share; set foreground_weight: 0 (use loss.object_weight, "
-                         "from the exact object boxes) or crop: 0")
-
-
 @command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -206,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     tc = TrainConfig.from_dict(sections["train"])
     split = read_split(args.data)
     check_batch(tc, len(split), f"images of {args.data}")  # before the state folder, models or outputs are touched
-    check_crop(tc, sections, split.resolution)
+    vqgan_training(sections, split.resolution)  # crops, discriminator, attention: the config check's rules
     masks = object_masks(split, sections["loss"], tc)  # no objects.csv when needed: fail before anything is touched
     try:
         return train(args, sections, tc, split, masks)
