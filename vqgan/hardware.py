@@ -66,6 +66,13 @@ class Hardware:
         return f"hardware: {gpus}, {cpus}{how}"
 
 
+def job_defaults(hw: Hardware) -> tuple[int, int]:
+    """(gpu, threads) of the rules on this machine: every rule that may use a GPU gets one when there is one (0:
+    the CPU); a training job gets an equal share of the CPUs, between two jobs (two datasets train side by side)
+    or one per GPU, whichever is more: 1 thread on a 2-core machine."""
+    return (1 if hw.gpus else 0), max(1, hw.cpus // max(2, len(hw.gpus)))
+
+
 # -- detection ------------------------------------------------------------------------------------------------
 
 
