@@ -22,7 +22,8 @@ Why a wrapper and not `accelerate launch` in the rule directly:
 - it checks the batch against the data (`vqgan.train.config.check_data`) before torch is imported or any process
   started: a batch larger than the dataset fails in a fraction of a second, not after torch's 5-9 s import;
 - it checks that this machine has a GPU for every process before starting any (accelerate would fail later with
-  "invalid device ordinal");
+  "invalid device ordinal"), and that torch can use the GPU the job was given (vqgan.device: one line saying what
+  torch sees, instead of training for hours on the CPU);
 - `--nodes M > 1` (inside a SLURM job of M nodes): `srun` starts this launcher once per node, and each starts
   `accelerate launch --num_machines M --machine_rank $SLURM_NODEID --main_process_ip <first node>` with N / M
   processes. The SLURM job must be submitted with the `mpi` resource so that the job itself runs this `srun`
