@@ -185,6 +185,14 @@ def test_with_gpus_every_gpu_job_asks_for_one_and_at_most_two_run_at_once(two_gp
     assert found["encode"] == {0} and found["train_vqgan"] == {1} and "at most 1 GPU jobs at once" in err
 
 
+def test_more_gpus_for_a_job_than_the_machine_has_is_one_line_before_any_job(two_gpus):
+    proc = run_snakemake("-n", "--cores", "2", "--configfile", str(TEST_CONFIG), "--set-resources",
+                         "train_vqgan:gpu=3", check=False, timeout=300)
+    assert proc.returncode != 0 and "Job stats" not in proc.stdout
+    assert re.search(r"^--set-resources train_vqgan:gpu=3: at most 2 GPU\(s\) here .*; give train_vqgan gpu=2 or "
+                     r"less \(0: the CPU\)$", proc.stdout + proc.stderr, re.M), proc.stdout[-3000:]
+
+
 def test_without_gpus_every_job_asks_for_none():
     env = snakemake_env()
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not (Path(p) / "nvidia-smi").exists())

@@ -172,6 +172,7 @@ def plan_jobs():
         raise WorkflowError(str(e)) from None
     gpu, threads = hardware.job_defaults(hw)
     cap = cap_gpu_jobs(hw)
+    check_gpu_requests(cap)
     # not again in the jobs Snakemake starts itself (a SLURM job runs Snakemake again)
     if workflow.is_main_process:
         cap = f" (at most {cap} GPU jobs at once)" if cap else ""
@@ -194,3 +195,16 @@ def cap_gpu_jobs(hw):
         return None
     workflow.register_resource("gpu", len(hw.gpus))
     return len(hw.gpus)
+
+
+def check_gpu_requests(cap):
+    """A --set-resources <rule>:gpu=N above the cap, in one line (Snakemake's own message would blame pipes)."""
+    if not cap:
+        return
+    for rule, res in workflow.resource_settings.overwrite_resources.items():
+        n = res["gpu"].value if "gpu" in res else None
+        if isinstance(n, int) and n > cap:
+            raise WorkflowError(
+                f"--set-resources {rule}:gpu={n}: at most {cap} GPU(s) here (the GPUs found, or --resources "
+                f"gpu=...); give {rule} gpu={cap} or less (0: the CPU)"
+            )
