@@ -156,7 +156,7 @@ def on_own_gpus(command):
     """Rules whose program may use a GPU run it through vqgan.gpus: with gpu=0 it sees no GPU (CPU jobs side by
     side never land on cuda:0), with gpu=N it gets N GPUs that no other job holds, waiting while too few are free.
     """
-    return "python -m vqgan.gpus --count {resources.gpu} -- " + command
+    return f"python -m vqgan.gpus --count {{resources.gpu}} -- {command}"
 
 
 # -- the machine --------------------------------------------------------------------------------------------
