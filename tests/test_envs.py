@@ -66,7 +66,9 @@ def test_gpu_0_hides_the_gpus_of_every_rule_that_could_use_one(gpu):
     assert set(GPU_RULES) <= seen, f"dry run showed no command for {set(GPU_RULES) - seen}"
     for rule, cmd in commands:
         if rule in GPU_RULES:
-            prefix = cmd[: cmd.index("python")]
-            shown = subprocess.run(["bash", "-c", prefix + 'echo "[$CUDA_VISIBLE_DEVICES]"'], capture_output=True,
-                                   text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"}).stdout.strip()
+            # the rule's own launcher (vqgan.gpus) up to its `--`, then a command that shows what it was given
+            prefix = cmd[: cmd.index(" -- ") + 4]
+            shown = subprocess.run(["bash", "-c", prefix + """bash -c 'echo "[$CUDA_VISIBLE_DEVICES]"'"""],
+                                   capture_output=True, text=True,
+                                   env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"}).stdout.strip()
             assert shown == ("[]" if gpu == 0 else "[0]"), f"{rule} with gpu={gpu}: {prefix!r} -> {shown}"

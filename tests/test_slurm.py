@@ -45,7 +45,8 @@ RUN_DEADLINE_S = 1200
 
 def _env() -> dict[str, str]:
     # Jobs inherit this environment (the plugin submits with --export=ALL): our venv's python and CLIs first.
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # SLURM hands the GPU jobs fake GPUs (CUDA_VISIBLE_DEVICES): VQGAN_FAKE_CUDA lets them compute on the CPU.
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "VQGAN_FAKE_CUDA": "1"}
 
 
 def _snakemake(work: Path, configfile: Path, *args: str) -> list[str]:

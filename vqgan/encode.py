@@ -23,6 +23,7 @@ import torch
 
 from vqgan.data.codes import CODES_JSON, SPLITS, code_dtype, save_npy
 from vqgan.data.dataset import DatasetError, read_split
+from vqgan.device import job_device
 from vqgan.io.checkpoint import load_vqgan
 from vqgan.io.cli import command
 from vqgan.io.files import prepare_output, write_json_atomic
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     for name in (CODES_JSON, *(f"{s}{suffix}.npy" for s in SPLITS for suffix in ("", "_labels"))):
         prepare_output(out / name)  # fails now if `out` is not writable
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(job_device(args.device))
     model = load_vqgan(args.model, map_location=device).eval()
     n_codes = int(model.cfg.n_codes)
     dtype = code_dtype(n_codes)

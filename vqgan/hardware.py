@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, replace
@@ -65,6 +66,13 @@ class Hardware:
         return f"hardware: {gpus}, {cpus}{how}"
 
 
+def job_defaults(hw: Hardware) -> tuple[int, int]:
+    """(gpu, threads) of the rules on this machine: every rule that may use a GPU gets one when there is one (0:
+    the CPU); a training job gets an equal share of the CPUs, between two jobs (two datasets train side by side)
+    or one per GPU, whichever is more: 1 thread on a 2-core machine."""
+    return (1 if hw.gpus else 0), max(1, hw.cpus // max(2, len(hw.gpus)))
+
+
 # -- detection ------------------------------------------------------------------------------------------------
 
 
@@ -78,6 +86,19 @@ def _run_nvidia_smi(which: Callable[[str], str | None] = shutil.which) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return proc.stdout if proc.returncode == 0 else ""
+
+
+def driver_versions(which: Callable[[str], str | None] = shutil.which) -> str:
+    """nvidia-smi's header, "driver 550.54.15, CUDA <= 12.4", for an error message; "" without nvidia-smi."""
+    exe = which("nvidia-smi")
+    try:
+        text = subprocess.run([exe], capture_output=True, text=True, timeout=30).stdout if exe else ""
+    except (OSError, subprocess.TimeoutExpired):
+        text = ""
+    driver = re.search(r"Driver Version:\s*([\d.]+)", text)
+    cuda = re.search(r"CUDA Version:\s*([\d.]+)", text)
+    parts = [f"driver {driver.group(1)}"] if driver else []
+    return ", ".join(parts + ([f"CUDA <= {cuda.group(1)}"] if cuda else []))
 
 
 def parse_gpus(text: str, visible: str | None = None) -> tuple[GPU, ...]:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from vqgan.config.schema import defaults
+from vqgan.device import job_device
 from vqgan.io.checkpoint import CheckpointError, load_gpt, load_vqgan
 from vqgan.io.cli import UsageError, command, load_config_arg
 from vqgan.io.files import atomic_dir, prepare_output, write_json_atomic
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = SampleConfig.from_dict(load_config_arg(args.config))
     out = Path(args.out)
     prepare_output(out)  # fails now if `out` is not writable
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(job_device(args.device))
     gpt = load_gpt(args.transformer, map_location=device).eval()
     vqgan = load_vqgan(args.vqgan, map_location=device).eval()
     codes_json = Path(args.transformer) / "codes.json"

@@ -40,6 +40,7 @@ from PIL import Image
 
 from vqgan.config.schema import defaults
 from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
+from vqgan.device import job_device
 from vqgan.io.cli import command, load_config_arg
 from vqgan.io.files import atomic_dir, atomic_file, prepare_output, write_json_atomic
 from vqgan.io.hashing import sha256_file
@@ -639,12 +640,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache-dir", default="results/fid/cache", help="real-set PNGs and features, reused across runs")
     p.add_argument("--weights-dir", default="resources/weights", help="looked in first for the Inception file")
     p.add_argument("--name", help="dataset name (default: the parent folder of --real)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help="auto (the job's GPU, else cuda if any), cpu, cuda, cuda:1")
     p.add_argument("--workers", type=int, default=0, help="data loader processes for decoding/resizing")
     p.add_argument("--no-download", action="store_true", help="never download the Inception weights")
     args = p.parse_args(argv)
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = job_device(args.device)
     cfg = FIDConfig.from_dict(load_config_arg(args.config))
     prepare_output(args.out)  # an unwritable --out fails now, not after the scoring
     result = compute_scores(

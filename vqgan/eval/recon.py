@@ -36,6 +36,7 @@ import torch
 from vqgan.config.schema import defaults
 from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
 from vqgan.data.object_masks import outward_boxes
+from vqgan.device import job_device
 from vqgan.eval.eval_sets import EvalSet, check_eval_sets, native_screens, pixel_objects, preprocess
 from vqgan.eval.object_scores import PSNR_CAP_DB, ObjectScores, definition, empty_summary
 from vqgan.io.checkpoint import load_vqgan
@@ -624,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     for out in (args.out_json, args.out_png, args.recon_dir):
         if out:
             prepare_output(out)  # an unwritable output fails now, not after the evaluation
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(job_device(args.device))
     model = load_vqgan(args.model, map_location=device).eval()
     val, train = read_split(args.data), read_split(args.train_data)
     if val.resolution != model.cfg.resolution or train.resolution != model.cfg.resolution:

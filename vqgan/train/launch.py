@@ -22,7 +22,8 @@ Why a wrapper and not `accelerate launch` in the rule directly:
 - it checks the batch against the data (`vqgan.train.config.check_data`) before torch is imported or any process
   started: a batch larger than the dataset fails in a fraction of a second, not after torch's 5-9 s import;
 - it checks that this machine has a GPU for every process before starting any (accelerate would fail later with
-  "invalid device ordinal");
+  "invalid device ordinal"), and that torch can use the GPU the job was given (vqgan.device: one line saying what
+  torch sees, instead of training for hours on the CPU);
 - `--nodes M > 1` (inside a SLURM job of M nodes): `srun` starts this launcher once per node, and each starts
   `accelerate launch --num_machines M --machine_rank $SLURM_NODEID --main_process_ip <first node>` with N / M
   processes. The SLURM job must be submitted with the `mpi` resource so that the job itself runs this `srun`
@@ -40,6 +41,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from vqgan.device import fake_cuda, job_device
 from vqgan.io.cli import command
 from vqgan.train.config import check_data
 
@@ -122,25 +124,22 @@ def hide_gpus() -> None:
 
 
 def check_devices(local_processes: int, num_processes: int, nodes: int) -> str:
-    """'cuda' or 'cpu' for the processes of this machine; a LaunchError when there are fewer GPUs than processes."""
+    """'cuda' or 'cpu' for the processes of this machine (vqgan.device.job_device: a job given a GPU that torch
+    cannot use stops there); a LaunchError when there are fewer GPUs than processes."""
     import torch
 
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if torch.cuda.is_available():
+    device = job_device()
+    if device == "cuda":
         n = torch.cuda.device_count()
         if local_processes > n:
             where = f" ({num_processes} over {nodes} machines)" if nodes > 1 else ""
             raise LaunchError(
                 f"--num-processes asks for {local_processes} processes on this machine{where}, one per GPU, but "
-                f"torch sees {n} GPU(s) (CUDA_VISIBLE_DEVICES={visible!r}). Set the rule's gpu resource to at most "
-                f"{n * nodes} (profiles/slurm/config.yaml: set-resources), or make SLURM allocate more GPUs per node"
+                f"torch sees {n} GPU(s) (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). Set the "
+                f"rule's gpu resource to at most {n * nodes} (profiles/slurm/config.yaml: set-resources), or make "
+                "SLURM allocate more GPUs per node"
             )
-        return "cuda"
-    if visible not in (None, "") and local_processes >= 1:
-        print(f"launch: warning: CUDA_VISIBLE_DEVICES={visible!r} but torch sees no GPU (torch {torch.__version__}, "
-              f"CUDA build {torch.version.cuda}); training runs on the CPU. Install the torch build that matches "
-              "the GPU's driver to use it.", file=sys.stderr, flush=True)
-    return "cpu"
+    return device
 
 
 def usable_cpus() -> int:
@@ -263,6 +262,8 @@ def main(argv: list[str]) -> int:
             print("launch:", " ".join(cmd), file=sys.stderr, flush=True)
             return subprocess.call(cmd)
         device = check_devices(local, a.num_processes, a.nodes) if a.num_processes > 0 else "cpu"
+        if device == "cpu" and fake_cuda():
+            os.environ["ACCELERATE_USE_CPU"] = "true"  # a GPU job that computes on the CPU (test hook): Accelerator too
         threads = math_threads(a.threads, local)
         if a.num_processes <= 1 and a.nodes == 1:
             if a.threads is not None or os.environ.get("SLURM_JOB_ID"):  # else: as the caller set them

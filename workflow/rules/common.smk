@@ -2,8 +2,10 @@
 # path builders. The checks themselves live in vqgan/config/ (a Python module with its own unit tests); the
 # Snakefile calls them while the DAG is built, before any job runs, and each failure is one line naming the key.
 import json
+import sys
 
 from atari_collect.config import DATASET_RULES, parse_config
+from vqgan import hardware
 from vqgan.config.experiment import DEFAULT_COCO_ROOT, check_experiment
 from vqgan.config.files import ConfigError, check_config_files
 
@@ -150,11 +152,59 @@ def all_targets():
 ENV = "../envs/pipeline.yaml"
 
 
-def gpu_or_cpu(command):
-    """`gpu=0` means the CPU: a job that asked for no GPU must not see one, or CPU jobs running side by side would
-    all land on cuda:0 of the machine. Rules whose program may use a GPU wrap their shell command in this.
+def on_own_gpus(command):
+    """Rules whose program may use a GPU run it through vqgan.gpus: with gpu=0 it sees no GPU (CPU jobs side by
+    side never land on cuda:0), with gpu=N it gets N GPUs that no other job holds, waiting while too few are free.
     """
-    return (
-        "if [ {resources.gpu} -eq 0 ]; then export CUDA_VISIBLE_DEVICES=; fi; "
-        + command
-    )
+    return f"python -m vqgan.gpus --count {{resources.gpu}} -- {command}"
+
+
+# -- the machine --------------------------------------------------------------------------------------------
+
+
+def plan_jobs():
+    """The machine, detected once while the DAG is built (vqgan.hardware; VQGAN_HARDWARE overrides it) and
+    printed as one line by the main process: -> (the GPU rules' default gpu, the training rules' threads).
+    --set-resources and --set-threads (and the cluster profile's) win over both."""
+    try:
+        hw = hardware.detect()
+    except hardware.HardwareError as e:
+        raise WorkflowError(str(e)) from None
+    gpu, threads = hardware.job_defaults(hw)
+    cap = cap_gpu_jobs(hw)
+    check_gpu_requests(cap)
+    # not again in the jobs Snakemake starts itself (a SLURM job runs Snakemake again)
+    if workflow.is_main_process:
+        cap = f" (at most {cap} GPU jobs at once)" if cap else ""
+        print(
+            f"{hw.line()}; jobs: gpu={gpu}{cap}, {threads} thread{'s' * (threads > 1)} per training job",
+            file=sys.stderr,
+        )
+    return gpu, threads
+
+
+def cap_gpu_jobs(hw):
+    """Never more GPU jobs at once than GPUs: Snakemake's global `gpu` resource -> the cap, or None. A value given
+    with --resources stays. Not when the jobs go to a cluster (--jobs with a remote executor sets Snakemake's
+    `_nodes`): the GPUs of the submitting host mean nothing there, and the cap would bind the whole cluster.
+    """
+    given = workflow.global_resources
+    if "gpu" in given:
+        return given["gpu"].value
+    if not hw.gpus or given["_nodes"].value is not None or not workflow.is_main_process:
+        return None
+    workflow.register_resource("gpu", len(hw.gpus))
+    return len(hw.gpus)
+
+
+def check_gpu_requests(cap):
+    """A --set-resources <rule>:gpu=N above the cap, in one line (Snakemake's own message would blame pipes)."""
+    if not cap:
+        return
+    for rule, res in workflow.resource_settings.overwrite_resources.items():
+        n = res["gpu"].value if "gpu" in res else None
+        if isinstance(n, int) and n > cap:
+            raise WorkflowError(
+                f"--set-resources {rule}:gpu={n}: at most {cap} GPU(s) here (the GPUs found, or --resources "
+                f"gpu=...); give {rule} gpu={cap} or less (0: the CPU)"
+            )

@@ -18,12 +18,12 @@ rule fid:
         ENV
     threads: 4  # capped at --cores by Snakemake
     resources:
-        gpu=0,  # 0: CPU, GPUs hidden; 1: the GPU when there is one (profiles/slurm sets it)
+        gpu=GPU,  # 1 where GPUs were detected (the job gets its own), else 0: the CPU, GPUs hidden
     params:
         cfg=json.dumps(config["fid"], sort_keys=True),
         weights=config["weights_dir"],
     shell:
-        gpu_or_cpu(
+        on_own_gpus(
             "python -m vqgan.eval.fid --config {params.cfg:q} --real {input.real:q} --gen {input.gen:q}"
             " --recon {input.recon:q} --train {input.train:q} --name {wildcards.ds:q} --cache-dir results/fid/cache"
             " --weights-dir {params.weights:q} --out {output:q} > {log:q} 2>&1"

@@ -22,13 +22,13 @@ rule sample:
     conda:
         ENV
     resources:
-        gpu=0,  # 0: CPU, GPUs hidden; 1: the GPU when there is one (profiles/slurm sets it)
+        gpu=GPU,  # 1 where GPUs were detected (the job gets its own), else 0: the CPU, GPUs hidden
     params:
         cfg=sample_json,
         transformer=lambda w: f"results/transformer/{w.ds}/{w.variant}",
         vqgan=lambda w: f"results/vqgan/{w.ds}/{w.variant}",
     shell:
-        gpu_or_cpu(
+        on_own_gpus(
             "python -m vqgan.sample --config {params.cfg:q} --transformer {params.transformer:q}"
             " --vqgan {params.vqgan:q} --out {output.samples:q} > {log:q} 2>&1"
         )

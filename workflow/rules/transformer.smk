@@ -19,7 +19,7 @@ rule encode:
     conda:
         ENV
     resources:
-        gpu=0,  # 0: CPU, GPUs hidden; 1: the GPU when there is one (profiles/slurm sets it)
+        gpu=GPU,  # 1 where GPUs were detected (the job gets its own), else 0: the CPU, GPUs hidden
     params:
         model=lambda w: f"results/vqgan/{w.ds}/{w.variant}",
         data=lambda w: f"results/data/{w.ds}",
@@ -28,7 +28,7 @@ rule encode:
             "precision"
         ],
     shell:
-        gpu_or_cpu(
+        on_own_gpus(
             "python -m vqgan.encode --model {params.model:q} --data {params.data:q} --out {params.out:q}"
             " --precision {params.precision} > {log:q} 2>&1"
         )
@@ -49,12 +49,15 @@ rule train_transformer:
         "benchmarks/train_transformer/{ds}/{variant}.tsv"
     conda:
         ENV
-    # One math thread per job by default: on a shared 2-core machine two 1-thread jobs side by side trained
-    # faster than one 2-thread job (threads stall on each other when descheduled). Raise with --set-threads.
-    # Inside a SLURM job the launcher uses the CPUs SLURM gave the job instead (cpus_per_gpu in the profile).
-    threads: 1
+    # Math threads: an equal share of the CPUs between two jobs, or one per GPU (vqgan.hardware.job_defaults): 1 on
+    # a 2-core machine, where two 1-thread jobs side by side trained faster than one 2-thread job (threads stall on
+    # each other when descheduled). --set-threads wins. Inside a SLURM job the launcher uses the CPUs SLURM gave
+    # the job instead (cpus_per_gpu in the profile).
+    threads: TRAIN_THREADS
     resources:
-        gpu=0,  # processes, one per GPU (0: one CPU process, GPUs hidden); profiles set it, e.g. profiles/slurm
+        # processes, one per GPU (0: one CPU process, GPUs hidden); 1 where GPUs were detected, else 0;
+        # --set-resources train_transformer:gpu=N (or a profile, e.g. profiles/slurm) wins
+        gpu=GPU,
         nodes=1,  # machines they are spread over (> 1: a multi-node SLURM job, see README)
     params:
         cfg=lambda w: section_json(w.ds, w.variant, "transformer"),
@@ -62,7 +65,7 @@ rule train_transformer:
         out=lambda w: f"results/transformer/{w.ds}/{w.variant}",
         state=lambda w: f"results/transformer/{w.ds}/{w.variant}/state",  # outside the outputs: survives reruns, resumes
     shell:
-        gpu_or_cpu(
+        on_own_gpus(
             "python -m vqgan.train.launch --num-processes {resources.gpu} --nodes {resources.nodes}"
             " --threads {threads} -- -m vqgan.train.transformer"
             " --config {params.cfg:q} --codes {params.codes:q} --out {params.out:q} --state-dir {params.state:q}"

@@ -18,12 +18,15 @@ rule train_vqgan:
         "benchmarks/train_vqgan/{ds}/{variant}.tsv"
     conda:
         ENV
-    # One math thread per job by default: on a shared 2-core machine two 1-thread jobs side by side trained
-    # faster than one 2-thread job (threads stall on each other when descheduled). Raise with --set-threads.
-    # Inside a SLURM job the launcher uses the CPUs SLURM gave the job instead (cpus_per_gpu in the profile).
-    threads: 1
+    # Math threads: an equal share of the CPUs between two jobs, or one per GPU (vqgan.hardware.job_defaults): 1 on
+    # a 2-core machine, where two 1-thread jobs side by side trained faster than one 2-thread job (threads stall on
+    # each other when descheduled). --set-threads wins. Inside a SLURM job the launcher uses the CPUs SLURM gave
+    # the job instead (cpus_per_gpu in the profile).
+    threads: TRAIN_THREADS
     resources:
-        gpu=0,  # processes, one per GPU (0: one CPU process, GPUs hidden); profiles set it, e.g. profiles/slurm
+        # processes, one per GPU (0: one CPU process, GPUs hidden); 1 where GPUs were detected, else 0;
+        # --set-resources train_vqgan:gpu=N (or a profile, e.g. profiles/slurm) wins
+        gpu=GPU,
         nodes=1,  # machines they are spread over (> 1: a multi-node SLURM job, see README)
     params:
         cfg=lambda w: section_json(
@@ -34,7 +37,7 @@ rule train_vqgan:
         state=lambda w: f"results/vqgan/{w.ds}/{w.variant}/state",
         weights=config["weights_dir"],
     shell:
-        gpu_or_cpu(
+        on_own_gpus(
             "python -m vqgan.train.launch --num-processes {resources.gpu} --nodes {resources.nodes}"
             " --threads {threads} -- -m vqgan.train.vqgan"
             " --config {params.cfg:q} --data {input.train:q} --out {params.out:q} --state-dir {params.state:q}"
@@ -64,14 +67,14 @@ rule eval_vqgan:
     conda:
         ENV
     resources:
-        gpu=0,  # 0: CPU, GPUs hidden; 1: the GPU when there is one (profiles/slurm sets it)
+        gpu=GPU,  # 1 where GPUs were detected (the job gets its own), else 0: the CPU, GPUs hidden
     params:
         cfg=lambda w: section_json(w.ds, w.variant, "vqgan", keys=("eval",)),
         eval_sets=lambda w: eval_sets_json(w.ds),
         model=lambda w: f"results/vqgan/{w.ds}/{w.variant}",
         weights=config["weights_dir"],
     shell:
-        gpu_or_cpu(
+        on_own_gpus(
             "python -m vqgan.eval.recon --config {params.cfg:q} --model {params.model:q} --data {input.val:q}"
             " --train-data {input.train:q} --weights-dir {params.weights:q} --out-json {output.json:q}"
             " --out-png {output.grid:q} --recon-dir {output.recon:q} --eval-sets {params.eval_sets:q} > {log:q} 2>&1"
