@@ -114,6 +114,23 @@ perceptual_weights = lpips_weights_when(lambda vq: vq["loss"]["perceptual_weight
 eval_lpips_weights = lpips_weights_when(lambda vq: vq["eval"]["lpips"])
 
 
+def benchmark_files(wildcards):
+    """Every compute job's benchmark TSV (an output of that job): benchmarks/<rule>/<ds>[/<variant>[/seed<n>]].tsv."""
+    data = [
+        f"benchmarks/{'prepare_coco' if ds in COCO_DATASETS else 'collect_atari'}/{ds}.tsv"
+        for ds in DATASETS
+    ]
+    stages = ["train_vqgan", "eval_vqgan", "encode", "train_transformer", "fid"]
+    per_variant = [f"benchmarks/{r}/{ds}/{v}.tsv" for r in stages for ds, v in runs()]
+    per_seed = [
+        f"benchmarks/sample/{ds}/{v}/seed{s}.tsv"
+        for ds, v in runs()
+        for s in sample_seeds(ds, v)
+    ]
+    # sorted: the order `find benchmarks | sort` gave the figure
+    return sorted(data + per_variant + per_seed)
+
+
 # -- targets ------------------------------------------------------------------------------------------------
 
 

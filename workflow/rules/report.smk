@@ -57,23 +57,6 @@ rule plot_coverage:
         "python -m atari_collect.coverage --data results/data/{wildcards.ds:q} --out {output:q} > {log:q} 2>&1"
 
 
-def benchmark_files(wildcards):
-    """Every compute job's benchmark TSV (an output of that job): benchmarks/<rule>/<ds>[/<variant>[/seed<n>]].tsv."""
-    data = [
-        f"benchmarks/{'prepare_coco' if ds in COCO_DATASETS else 'collect_atari'}/{ds}.tsv"
-        for ds in DATASETS
-    ]
-    stages = ["train_vqgan", "eval_vqgan", "encode", "train_transformer", "fid"]
-    per_variant = [f"benchmarks/{r}/{ds}/{v}.tsv" for r in stages for ds, v in runs()]
-    per_seed = [
-        f"benchmarks/sample/{ds}/{v}/seed{s}.tsv"
-        for ds, v in runs()
-        for s in sample_seeds(ds, v)
-    ]
-    # sorted: the order `find benchmarks | sort` gave the figure
-    return sorted(data + per_variant + per_seed)
-
-
 rule plot_benchmarks:
     # Time and peak memory of every compute job, from Snakemake's benchmark: files, and its images/s from the
     # counts in each job's outputs (vqgan.eval.plots.STAGE_IMAGES reads them under --results)
