@@ -23,9 +23,9 @@ import torch
 
 from vqgan.data.codes import CODES_JSON, SPLITS, code_dtype, save_npy
 from vqgan.data.dataset import DatasetError, read_split
-from vqgan.io.checkpoint import load_vqgan
+from vqgan.io.checkpoint import load_vqgan, model_files
 from vqgan.io.cli import command
-from vqgan.io.files import prepare_output, write_json_atomic
+from vqgan.io.files import prepare_output, refuse_overlap, write_json_atomic
 from vqgan.io.images import to_tensor
 from vqgan.io.progress import progress_bar
 from vqgan.precision import PRECISIONS, autocast, check_precision
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="encoder precision: bf16 autocast is ~1.8x faster on a CPU with bf16 instructions; "
                    "about 1%% of the codes (near ties) differ from fp32's (default fp32)")
     args = p.parse_args(argv)
+    refuse_overlap({"--out": args.out}, {"--model": model_files(args.model), "--data": args.data})
 
     out = Path(args.out)
     for name in (CODES_JSON, *(f"{s}{suffix}.npy" for s in SPLITS for suffix in ("", "_labels"))):

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 
 from vqgan.config.schema import defaults
-from vqgan.io.checkpoint import CheckpointError, load_gpt, load_vqgan
+from vqgan.data.codes import CODES_JSON
+from vqgan.io.checkpoint import CheckpointError, load_gpt, load_vqgan, model_files
 from vqgan.io.cli import UsageError, command, load_config_arg
-from vqgan.io.files import atomic_dir, prepare_output, write_json_atomic
+from vqgan.io.files import atomic_dir, prepare_output, refuse_overlap, write_json_atomic
 from vqgan.io.images import grid, save_png, to_uint8
 from vqgan.io.progress import progress_bar
 from vqgan.models.gpt import GPT
@@ -142,13 +143,16 @@ def parse_args(argv):
 @command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    refuse_overlap({"--out": args.out}, {"--config": args.config, "--vqgan": model_files(args.vqgan),
+                                         "--transformer": [*model_files(args.transformer),
+                                                           Path(args.transformer) / CODES_JSON]})
     cfg = SampleConfig.from_dict(load_config_arg(args.config))
     out = Path(args.out)
     prepare_output(out)  # fails now if `out` is not writable
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpt = load_gpt(args.transformer, map_location=device).eval()
     vqgan = load_vqgan(args.vqgan, map_location=device).eval()
-    codes_json = Path(args.transformer) / "codes.json"
+    codes_json = Path(args.transformer) / CODES_JSON
     try:
         meta = json.loads(codes_json.read_text()) if codes_json.is_file() else {}
         h, w = meta.get("grid", [vqgan.cfg.grid, vqgan.cfg.grid])

@@ -41,7 +41,7 @@ from PIL import Image
 from vqgan.config.schema import defaults
 from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
 from vqgan.io.cli import command, load_config_arg
-from vqgan.io.files import atomic_dir, atomic_file, prepare_output, write_json_atomic
+from vqgan.io.files import atomic_dir, atomic_file, prepare_output, refuse_overlap, write_json_atomic
 from vqgan.io.hashing import sha256_file
 from vqgan.io.progress import progress_bar
 
@@ -643,6 +643,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=0, help="data loader processes for decoding/resizing")
     p.add_argument("--no-download", action="store_true", help="never download the Inception weights")
     args = p.parse_args(argv)
+    refuse_overlap({"--out": args.out, "--cache-dir": args.cache_dir},
+                   {"--real": args.real, "--gen": args.gen, "--recon": args.recon, "--train": args.train,
+                    "--config": args.config, "--weights-dir": args.weights_dir})
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     cfg = FIDConfig.from_dict(load_config_arg(args.config))

@@ -38,9 +38,9 @@ from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
 from vqgan.data.object_masks import outward_boxes
 from vqgan.eval.eval_sets import EvalSet, check_eval_sets, native_screens, pixel_objects, preprocess
 from vqgan.eval.object_scores import PSNR_CAP_DB, ObjectScores, definition, empty_summary
-from vqgan.io.checkpoint import load_vqgan
+from vqgan.io.checkpoint import load_vqgan, model_files
 from vqgan.io.cli import UsageError, command, load_config_arg
-from vqgan.io.files import prepare_output, write_json_atomic
+from vqgan.io.files import prepare_output, refuse_overlap, write_json_atomic
 from vqgan.io.images import PngFolderWriter, abs_diff, grid, save_png, to_tensor, to_uint8
 from vqgan.io.progress import progress_bar
 from vqgan.io.weights import lpips_state_dict
@@ -615,9 +615,19 @@ def evaluate_eval_sets(model, sets: list[EvalSet], train, baselines, cfg: EvalCo
     return out
 
 
+def eval_set_folders(value: str | None) -> list[str]:
+    """The folders an `--eval-sets` value names, for the overlap check (check_eval_sets checks the rest)."""
+    raw = load_config_arg(value, "--eval-sets") if value else {}
+    return [spec["path"] for spec in raw.values() if isinstance(spec, dict) and "path" in spec]
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    refuse_overlap({"--out-json": args.out_json, "--out-png": args.out_png, "--recon-dir": args.recon_dir},
+                   {"--model": model_files(args.model), "--data": args.data, "--train-data": args.train_data,
+                    "--config": args.config, "--weights-dir": args.weights_dir,
+                    "--eval-sets": eval_set_folders(args.eval_sets)})
     section = load_config_arg(args.config) if args.config else {}
     cfg = EvalConfig.from_dict(section.get("eval", {}) if "eval" in section or "train" in section
                                or "model" in section else section)

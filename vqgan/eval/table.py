@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from vqgan.io.cli import command
-from vqgan.io.files import prepare_output, write_text_atomic
+from vqgan.io.files import prepare_output, refuse_overlap, write_text_atomic
 from vqgan.io.hashing import config_hash
 
 # column -> (source, key in that source's JSON). Sources: fid = results/fid/{ds}/{variant}.json (vqgan.eval.fid),
@@ -329,6 +329,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="CSV path (results/fid_table.csv)")
     p.add_argument("--markdown", help="also write a Markdown rendering here")
     args = p.parse_args(argv)
+    refuse_overlap({"--out": args.out, "--markdown": args.markdown},
+                   {"--fid": args.fid, "--recon": args.recon, "--vqgan-train": args.vqgan_train,
+                    "--transformer-train": args.transformer_train, "--data": args.data})
     for out in (args.out, args.markdown):
         if out:
             prepare_output(out)  # an unwritable output fails now

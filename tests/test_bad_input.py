@@ -1,0 +1,229 @@
+"""Bad input, third round (issue #28): outputs never overlap inputs, readers check what writers check, edge data
+is data, and messages name the flag or the file.
+
+The commands run in-process through their `main(argv)`, as in tests/test_faults.py.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from vqgan.config.build import gpt_config, vqgan_config
+from vqgan.data.dataset import write_split
+from vqgan.io.checkpoint import save_model
+from vqgan.models.gpt import GPT
+from vqgan.models.vqgan import VQGAN
+
+torch.set_num_threads(1)
+
+
+def run_main(module: str, argv: list[str], capsys) -> tuple[int, str]:
+    """(exit code, the `error:` lines on stderr) of a command run in-process."""
+    try:
+        rc = importlib.import_module(module).main(argv) or 0
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    return rc, [line for line in err.splitlines() if "error:" in line]
+
+
+def snapshot(path: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under `path` (or `path` itself): its bytes and mtime."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+
+
+@pytest.fixture
+def w(tmp_path) -> SimpleNamespace:
+    """A 16 px two-class dataset, a tiny VQGAN and GPT on its codes, and small files the report stages read."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 4)):
+        write_split(tmp_path / "data" / split, rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8),
+                    pd.DataFrame({"source_id": np.arange(n), "label": np.arange(n) % 2}),
+                    {"source": "test", "classes": ["a", "b"]})
+    save_model(VQGAN(vqgan_config(resolution=16, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
+                                  z_channels=8, n_codes=32, code_dim=4)), tmp_path / "vqgan")
+    codes = tmp_path / "codes"
+    codes.mkdir()
+    for split, n in (("train", 8), ("val", 4)):
+        np.save(codes / f"{split}.npy", rng.integers(0, 32, (n, 4, 4)).astype(np.int16))
+        np.save(codes / f"{split}_labels.npy", np.arange(n) % 2)
+    meta = {"n_codes": 32, "grid": [4, 4], "n_classes": 2, "class_names": ["a", "b"], "counts": {}}
+    (codes / "codes.json").write_text(json.dumps(meta))
+    save_model(GPT(gpt_config(vocab_size=32, n_classes=2, block_size=16, n_layer=1, n_head=2, n_embd=16)),
+               tmp_path / "gpt")
+    (tmp_path / "gpt" / "codes.json").write_text(json.dumps(meta))
+    (tmp_path / "metrics.csv").write_text("step,loss\n1,0.5\n2,0.4\n")
+    (tmp_path / "fid.json").write_text(json.dumps({"dataset": "x", "fid": 1.0}))
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "section.yaml").write_text("{}\n")
+    return SimpleNamespace(root=tmp_path, data=tmp_path / "data", vqgan=tmp_path / "vqgan", gpt=tmp_path / "gpt",
+                           codes=codes, cfg=tmp_path / "cfg")
+
+
+def recon_argv(w, **out) -> list[str]:
+    out = {"out_json": w.root / "r.json", "out_png": w.root / "r.png", **out}
+    argv = ["--model", str(w.vqgan), "--data", str(w.data / "val"), "--train-data", str(w.data / "train"),
+            "--out-json", str(out["out_json"]), "--out-png", str(out["out_png"]), "--device", "cpu",
+            "--config", '{"lpips": false}']
+    return argv + (["--recon-dir", str(out["recon_dir"])] if "recon_dir" in out else [])
+
+
+def sample_argv(w, out) -> list[str]:
+    return ["--config", '{"n_per_class": 1}', "--transformer", str(w.gpt), "--vqgan", str(w.vqgan),
+            "--out", str(out), "--device", "cpu"]
+
+
+# --- the commands that destroyed an input and exited 0 ---------------------------------------------------------
+
+def assert_refused(rc, lines, out, inp):
+    assert rc == 2, f"exit code {rc}: {lines}"
+    assert len(lines) == 1 and "would destroy that input" in lines[0], lines
+    assert str(out) in lines[0] and str(inp) in lines[0], lines
+
+
+def test_sample_refuses_to_write_its_samples_over_the_vqgan_folder(w, capsys):
+    before = snapshot(w.vqgan)
+    rc, lines = run_main("vqgan.sample", sample_argv(w, out=w.vqgan), capsys)
+    assert_refused(rc, lines, w.vqgan, w.vqgan / "model.safetensors")
+    assert snapshot(w.vqgan) == before
+
+
+def test_eval_refuses_a_recon_dir_that_is_the_val_split(w, capsys):
+    before = snapshot(w.data / "val")
+    rc, lines = run_main("vqgan.eval.recon", recon_argv(w, recon_dir=w.data / "val"), capsys)
+    assert_refused(rc, lines, w.data / "val", w.data / "val")
+    assert snapshot(w.data / "val") == before
+
+
+@pytest.mark.parametrize("flag, name", [("out_png", "model.safetensors"), ("out_json", "config.json")])
+def test_eval_refuses_to_write_its_report_over_the_models_own_files(w, capsys, flag, name):
+    before = snapshot(w.vqgan)
+    rc, lines = run_main("vqgan.eval.recon", recon_argv(w, **{flag: w.vqgan / name}), capsys)
+    assert_refused(rc, lines, w.vqgan / name, w.vqgan / name)
+    assert snapshot(w.vqgan) == before
+
+
+# --- every command: an output that is, contains or lies inside an input is refused before anything is read ------
+
+def _weights_case(w):
+    """vqgan.weights: its output file is a symlink to the VGG16 file it would read (resolved, they are one)."""
+    wd = w.root / "wd"
+    wd.mkdir(exist_ok=True)
+    (wd / "vgg16-397923af.pth").write_bytes(b"not really weights")
+    if not (wd / "vgg16_features.safetensors").is_symlink():
+        os.symlink("vgg16-397923af.pth", wd / "vgg16_features.safetensors")
+    return ["--lpips", "--no-download", "--weights-dir", str(wd)], wd / "vgg16_features.safetensors", \
+        wd / "vgg16-397923af.pth"
+
+
+def _coco_root(w):
+    import shutil
+
+    from conftest import TINY_COCO
+
+    root = w.root / "coco"
+    if not root.exists():
+        shutil.copytree(TINY_COCO, root)
+    return root
+
+
+# (case id, module, lambda w: (argv, the output named, the input that must stay untouched))
+OVERLAPS = [
+    ("sample-out-is-transformer", "vqgan.sample", lambda w: (sample_argv(w, w.gpt), w.gpt, w.gpt)),
+    ("encode-out-is-model", "vqgan.encode",
+     lambda w: (["--model", str(w.vqgan), "--data", str(w.data), "--out", str(w.vqgan), "--device", "cpu"],
+                w.vqgan, w.vqgan)),
+    ("encode-out-in-data", "vqgan.encode",
+     lambda w: (["--model", str(w.vqgan), "--data", str(w.data), "--out", str(w.data / "train" / "c"), "--device",
+                 "cpu"], w.data / "train" / "c", w.data)),
+    ("train-out-is-data", "vqgan.train.vqgan",
+     lambda w: (["--config", "{}", "--data", str(w.data / "train"), "--out", str(w.data / "train"), "--state-dir",
+                 str(w.root / "s")], w.data / "train", w.data / "train")),
+    ("train-state-in-data", "vqgan.train.vqgan",
+     lambda w: (["--config", "{}", "--data", str(w.data / "train"), "--out", str(w.root / "o"), "--state-dir",
+                 str(w.data / "train" / "state")], w.data / "train" / "state", w.data / "train")),
+    ("train-out-has-config", "vqgan.train.vqgan",
+     lambda w: (["--config", str(w.cfg / "section.yaml"), "--data", str(w.data / "train"), "--out", str(w.cfg),
+                 "--state-dir", str(w.root / "s")], w.cfg, w.cfg / "section.yaml")),
+    ("gpt-out-is-codes", "vqgan.train.transformer",
+     lambda w: (["--config", "{}", "--codes", str(w.codes), "--out", str(w.codes), "--state-dir", str(w.root / "s")],
+                w.codes, w.codes)),
+    ("eval-json-is-train", "vqgan.eval.recon",
+     lambda w: (recon_argv(w, out_json=w.data / "train" / "manifest.json"), w.data / "train" / "manifest.json",
+                w.data / "train")),
+    ("fid-out-in-real", "vqgan.eval.fid",
+     lambda w: (["--real", str(w.data / "val"), "--gen", str(w.root / "gen"), "--out",
+                 str(w.data / "val" / "manifest.json"), "--no-download"], w.data / "val" / "manifest.json",
+                w.data / "val")),
+    ("fid-cache-is-train", "vqgan.eval.fid",
+     lambda w: (["--real", str(w.data / "val"), "--train", str(w.data / "train"), "--recon", str(w.root / "gen"),
+                 "--out", str(w.root / "f.json"), "--cache-dir", str(w.data / "train"), "--no-download"],
+                w.data / "train", w.data / "train")),
+    ("table-out-is-fid", "vqgan.eval.table",
+     lambda w: (["--fid", str(w.root / "fid.json"), "--out", str(w.root / "fid.json")], w.root / "fid.json",
+                w.root / "fid.json")),
+    ("table-markdown-in-data", "vqgan.eval.table",
+     lambda w: (["--data", str(w.data / "val"), "--out", str(w.root / "t.csv"), "--markdown",
+                 str(w.data / "val" / "meta.csv")], w.data / "val" / "meta.csv", w.data / "val")),
+    ("plots-curves", "vqgan.eval.plots",
+     lambda w: (["curves", "--metrics", str(w.root / "metrics.csv"), "--out", str(w.root / "metrics.csv")],
+                w.root / "metrics.csv", w.root / "metrics.csv")),
+    ("plots-data-grid", "vqgan.eval.plots",
+     lambda w: (["data-grid", "--data", str(w.data / "train"), "--out", str(w.data / "train" / "images.npy")],
+                w.data / "train" / "images.npy", w.data / "train")),
+    ("coverage", "atari_collect.coverage",
+     lambda w: (["--data", str(w.data), "--out", str(w.data / "train" / "meta.csv")], w.data / "train" / "meta.csv",
+                w.data)),
+    ("atari-out-has-config", "atari_collect.__main__",
+     lambda w: (["--config", str(w.cfg / "section.yaml"), "--out", str(w.cfg), "--no-progress"], w.cfg,
+                w.cfg / "section.yaml")),
+    ("coco-prepare-in-root", "vqgan.data.coco",
+     lambda w: (["prepare", "--config", '{"kind": "coco", "resolution": 16, "train_images": 2, "val_images": 2}',
+                 "--root", str(_coco_root(w)), "--out", str(_coco_root(w) / "train2017"), "--workers", "1",
+                 "--no-progress"], _coco_root(w) / "train2017", _coco_root(w))),
+    ("coco-download-has-config", "vqgan.data.coco",
+     lambda w: (["download", "--config", str(w.cfg / "section.yaml"), "--datasets", "{}", "--out", str(w.cfg),
+                 "--no-progress"], w.cfg, w.cfg / "section.yaml")),
+    ("weights-symlink", "vqgan.weights", _weights_case),
+]
+
+
+@pytest.mark.parametrize("module, case", [c[1:] for c in OVERLAPS], ids=[c[0] for c in OVERLAPS])
+def test_every_command_refuses_an_output_overlapping_an_input(w, capsys, module, case):
+    argv, out, inp = case(w)
+    (w.root / "gen").mkdir(exist_ok=True)
+    before = snapshot(inp)
+    rc, lines = run_main(module, argv, capsys)
+    assert_refused(rc, lines, out, inp)
+    assert snapshot(inp) == before
+
+
+def test_a_symlinked_or_relative_output_is_resolved_before_comparing(w, capsys, monkeypatch):
+    os.symlink(w.vqgan, w.root / "link")
+    monkeypatch.chdir(w.root)
+    before = snapshot(w.vqgan)
+    rc, lines = run_main("vqgan.sample", sample_argv(w, out="link"), capsys)
+    assert_refused(rc, lines, "link", w.vqgan)
+    rc, lines = run_main("vqgan.eval.recon", recon_argv(w, out_png=Path("vqgan/../vqgan/model.safetensors")), capsys)
+    assert_refused(rc, lines, "vqgan/../vqgan/model.safetensors", w.vqgan)
+    assert snapshot(w.vqgan) == before
+
+
+def test_outputs_beside_or_below_an_input_folder_are_fine(tmp_path):
+    from vqgan.io.files import refuse_overlap
+
+    model = tmp_path / "vqgan"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"w")
+    # the workflow's own layout: recon.json beside the model's files, the recon/ folder below the model folder
+    refuse_overlap({"--out-json": model / "recon.json", "--recon-dir": model / "recon"},
+                   {"--model": [model / "model.safetensors", model / "config.json"], "--config": '{"a": 1}'})
