@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -227,3 +228,132 @@ def test_outputs_beside_or_below_an_input_folder_are_fine(tmp_path):
     # the workflow's own layout: recon.json beside the model's files, the recon/ folder below the model folder
     refuse_overlap({"--out-json": model / "recon.json", "--recon-dir": model / "recon"},
                    {"--model": [model / "model.safetensors", model / "config.json"], "--config": '{"a": 1}'})
+
+
+# --- readers check what writers check ---------------------------------------------------------------------------
+
+def atari_split(path: Path, n: int = 4, objects: pd.DataFrame | None = None) -> Path:
+    """A two-game split as atari-collect writes it: `game` and `label` columns, object truth for Pong."""
+    games = ["Pong", "Breakout"]
+    meta = pd.DataFrame({"source_id": np.arange(n), "game": [games[i % 2] for i in range(n)], "label": np.arange(n) % 2})
+    truth = {"games": ["Pong"], "classes": {"Pong": ["player", "enemy", "ball"]}, "file": "objects.csv"}
+    if objects is None:
+        objects = pd.DataFrame({"frame": [0], "class": ["ball"], "id": [0], "x0": [1.0], "y0": [1.0], "x1": [3.0],
+                                "y1": [3.0], "visible": [1]})
+    return write_split(path, np.zeros((n, 16, 16, 3), np.uint8), meta,
+                       {"source": "ale", "classes": games, "object_truth": truth}, objects)
+
+
+def edit_split(path: Path, what: str) -> str:
+    """Break one file of a written split the way a hand edit or another tool would; -> the file's name."""
+    if what == "non-square":
+        np.save(path / "images.npy", np.zeros((4, 16, 12, 3), np.uint8))
+        return "images.npy"
+    if what == "count-string":
+        manifest = json.loads((path / "manifest.json").read_text())
+        (path / "manifest.json").write_text(json.dumps({**manifest, "count": "4"}))
+        return "manifest.json"
+    if what == "label-game":
+        meta = pd.read_csv(path / "meta.csv")
+        meta["game"] = meta["game"][::-1].to_numpy()
+        meta.to_csv(path / "meta.csv", index=False)
+        return "meta.csv"
+    if what == "object-class":
+        objects = pd.read_csv(path / "objects.csv")
+        objects["class"] = "alien"
+        objects.to_csv(path / "objects.csv", index=False)
+        return "objects.csv"
+    raise AssertionError(what)
+
+
+BROKEN_SPLITS = [("non-square", "images must be square, got 16x12"),
+                 ("count-string", "'count' must be an integer (the number of images), got '4' (str)"),
+                 ("label-game", "has label 0 ('Pong') but game 'Breakout'"),
+                 ("object-class", "class 'alien' on frame 0 (Pong) is not one of Pong's object classes")]
+
+
+@pytest.mark.parametrize("what, says", BROKEN_SPLITS, ids=[b[0] for b in BROKEN_SPLITS])
+def test_a_split_read_is_checked_as_it_was_written(tmp_path, what, says):
+    from vqgan.data.dataset import DatasetError, read_split
+
+    name = edit_split(atari_split(tmp_path / "val"), what)
+    with pytest.raises(DatasetError, match=re.escape(says)) as e:
+        read_split(tmp_path / "val")
+    assert str(e.value).startswith(str(tmp_path / "val" / name))
+
+
+def test_a_split_is_refused_by_its_writer_for_the_same_reasons(tmp_path):
+    from vqgan.data.dataset import DatasetError
+
+    with pytest.raises(DatasetError, match="class 'alien' on frame 0"):
+        atari_split(tmp_path / "a", objects=pd.DataFrame({"frame": [0], "class": ["alien"], "id": [0], "x0": [1.0],
+                                                          "y0": [1.0], "x1": [3.0], "y1": [3.0]}))
+    meta = pd.DataFrame({"game": ["Pong", "Pong"], "label": [0, 1]})
+    with pytest.raises(DatasetError, match=re.escape("row 3 has label 1 ('Breakout') but game 'Pong'")):
+        write_split(tmp_path / "b", np.zeros((2, 8, 8, 3), np.uint8), meta, {"classes": ["Pong", "Breakout"]})
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_streaming_writer_checks_object_classes_too(tmp_path):
+    from vqgan.data.dataset import DatasetError, open_split
+
+    meta = pd.DataFrame({"game": ["Pong"], "label": [0]})
+    with pytest.raises(DatasetError, match="class 'alien'"):
+        with open_split(tmp_path / "s", 1, 8) as w:
+            w.write(np.zeros((1, 8, 8, 3), np.uint8))
+            w.write_objects(pd.DataFrame({"frame": [0], "class": ["alien"], "id": [0], "x0": [1.0], "y0": [1.0],
+                                          "x1": [3.0], "y1": [3.0]}))
+            w.finish(meta, {"classes": ["Pong"], "object_truth": {"classes": {"Pong": ["ball"]}}})
+    assert not (tmp_path / "s").exists()
+
+
+def test_eval_refuses_a_non_square_split_naming_its_images_file(w, capsys):
+    edit_split(w.data / "val", "non-square")
+    rc, lines = run_main("vqgan.eval.recon", recon_argv(w), capsys)
+    assert rc == 2 and len(lines) == 1 and f"{w.data / 'val' / 'images.npy'}: images must be square" in lines[0]
+
+
+@pytest.mark.parametrize("edit, says", [
+    ("code-range", "train.npy: values span [0, 40], outside 0..31 (codes.json's n_codes = 32)"),
+    ("grid", "train.npy: expected (N, h, w) integer code grids with [h, w] = codes.json's grid [4, 4], got (8, 2, 8)"),
+    ("label-range", "train_labels.npy: values span [0, 5], outside 0..1 (codes.json's n_classes = 2)"),
+], ids=["code-range", "grid", "label-range"])
+def test_codes_are_checked_against_codes_json_on_read(w, capsys, edit, says):
+    codes = np.load(w.codes / "train.npy")
+    if edit == "code-range":
+        codes[0, 0, 0] = 40
+    elif edit == "grid":
+        codes = codes.reshape(8, 2, 8)
+    else:
+        np.save(w.codes / "train_labels.npy", np.array([0, 1, 0, 1, 0, 1, 0, 5]))
+    np.save(w.codes / "train.npy", codes)
+    argv = ["--config", '{"model": {"n_layer": 1, "n_head": 2, "n_embd": 16}, "train": {"batch_size": 4}}',
+            "--codes", str(w.codes), "--out", str(w.root / "o_gpt"), "--state-dir", str(w.root / "s_gpt")]
+    rc, lines = run_main("vqgan.train.transformer", argv, capsys)
+    assert rc == 2 and len(lines) == 1 and says in lines[0], lines
+
+
+def _screen(rng) -> np.ndarray:
+    return rng.integers(0, 256, (210, 160, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("fault, says", [("jpeg", "is a JPEG file named .png"),
+                                         ("truncated", "not a readable PNG (Truncated File Read)")])
+def test_eval_set_images_are_checked_by_content(tmp_path, fault, says):
+    from PIL import Image
+
+    from vqgan.eval.eval_sets import EvalSetError, check_eval_sets
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    Image.fromarray(_screen(rng)).save(folder / "a.png")
+    bad = folder / "b.png"
+    if fault == "jpeg":
+        Image.fromarray(_screen(rng)).save(bad, format="JPEG")
+    else:
+        Image.fromarray(_screen(rng)).save(bad)
+        bad.write_bytes(bad.read_bytes()[:5000])
+    with pytest.raises(EvalSetError, match=re.escape(f"{bad}")) as e:
+        check_eval_sets({"s": {"path": str(folder), "game": "Pong"}}, ["Pong"])
+    assert says in str(e.value)

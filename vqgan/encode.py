@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vqgan.data.codes import CODES_JSON, SPLITS, code_dtype, save_npy
+from vqgan.data.codes import CODES_JSON, SPLITS, check_codes, code_dtype, save_npy
 from vqgan.data.dataset import DatasetError, read_split
 from vqgan.io.checkpoint import load_vqgan, model_files
 from vqgan.io.cli import command
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         codes = encode_images(model, split.images, args.batch_size, device, desc=f"encode {split_name}",
                               precision=args.precision)
         grid = list(codes.shape[1:])
+        check_codes(out / f"{split_name}.npy", codes, labels, {"grid": grid, "n_codes": n_codes,
+                                                                "n_classes": len(class_names)})
         save_npy(out / f"{split_name}.npy", codes.astype(dtype))
         save_npy(out / f"{split_name}_labels.npy", labels.astype(np.int64))
         counts[split_name] = int(len(codes))
