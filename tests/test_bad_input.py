@@ -357,3 +357,34 @@ def test_eval_set_images_are_checked_by_content(tmp_path, fault, says):
     with pytest.raises(EvalSetError, match=re.escape(f"{bad}")) as e:
         check_eval_sets({"s": {"path": str(folder), "game": "Pong"}}, ["Pong"])
     assert says in str(e.value)
+
+
+# --- edge data is data ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("frames", ["black", "noise"])
+def test_an_eval_set_without_objects_reports_no_objects_found(w, capsys, frames):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        atari_split(w.root / "atari" / split)
+    folder = w.root / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        screen = np.zeros((210, 160, 3), np.uint8) if frames == "black" else _screen(rng)
+        Image.fromarray(screen).save(folder / f"{i}.png")
+    argv = ["--model", str(w.vqgan), "--data", str(w.root / "atari" / "val"), "--train-data",
+            str(w.root / "atari" / "train"), "--out-json", str(w.root / "r.json"), "--out-png", str(w.root / "r.png"),
+            "--device", "cpu", "--config", '{"lpips": false}',
+            "--eval-sets", json.dumps({"empty": {"path": str(folder), "game": "Pong"}})]
+    rc, lines = run_main("vqgan.eval.recon", argv, capsys)
+    assert rc == 0, lines
+    e = json.loads((w.root / "r.json").read_text())["eval_sets"]["empty"]
+    assert e["object_recall"] is None and e["n_objects"] is None
+    assert e["objects"]["unavailable_reason"].startswith("no objects found in any of the 3 frames")
+    rc, lines = run_main("vqgan.eval.table", ["--recon", str(w.root / "r.json"), "--out", str(w.root / "t.csv")],
+                         capsys)
+    assert rc == 0, lines
+    table = pd.read_csv(w.root / "t.csv")
+    notes = table.loc[table["subset"].astype(str).str.contains("empty"), "notes"].tolist()
+    assert len(notes) == 1 and "object recall: no objects found in any of the 3 frames" in notes[0], table

@@ -368,6 +368,9 @@ class GridPicks:
         return grid(big)
 
 
+NO_OBJECTS = "no objects found"  # the reason recall is null when the truth or the pixel detector has no object
+
+
 @dataclass
 class ObjectTally:
     """Object recall and box errors on the evaluated images that have object truth (`ObjectIndex`), and which
@@ -381,9 +384,11 @@ class ObjectTally:
     @classmethod
     def start(cls, objects, val_labels, class_names: list[str], resolution: int, cfg: EvalConfig,
               truth: dict[str, Any]) -> "ObjectTally":
-        index = ObjectIndex(objects, val_labels, class_names, resolution) if objects is not None else None
-        why = None if index is not None else (truth.get("why") or "no object truth (no objects.csv: COCO, or no "
-                                              "Atari game with RAM rules in atari_collect/objects.py)")
+        found = objects is not None and len(objects) > 0  # edge data: black or noise frames hold no object
+        index = ObjectIndex(objects, val_labels, class_names, resolution) if found else None
+        why = None if found else truth.get("why") or (
+            f"{NO_OBJECTS} in any of the {len(val_labels)} frames (black or noise frames?)" if objects is not None
+            else "no object truth (no objects.csv: COCO, or no Atari game with RAM rules in atari_collect/objects.py)")
         return cls(index, ObjectScores(cfg.object_min_error, cfg.object_keep_ratio),
                    set(truth.get("games", class_names if index is not None else [])), why)
 

@@ -268,6 +268,7 @@ def _with_notes(row: dict[str, Any], recon: dict[str, Any], first: Sequence[str 
     if recon and recon.get("object_recall") is None:
         if why:
             notes.append(f"object recall {why}" if why.startswith("not available") else
+                         f"object recall: {why}" if why.startswith("no objects found") else
                          f"object recall not available: {why}")
         elif recon.get("n_objects") is not None:
             notes.append("no object instance scored")
