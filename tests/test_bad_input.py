@@ -388,3 +388,36 @@ def test_an_eval_set_without_objects_reports_no_objects_found(w, capsys, frames)
     table = pd.read_csv(w.root / "t.csv")
     notes = table.loc[table["subset"].astype(str).str.contains("empty"), "notes"].tolist()
     assert len(notes) == 1 and "object recall: no objects found in any of the 3 frames" in notes[0], table
+
+
+# --- messages ---------------------------------------------------------------------------------------------------
+
+def test_a_training_job_ended_by_sigterm_says_so_and_how_to_resume(w):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    config = json.dumps({"model": {"ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [],
+                                   "z_channels": 8}, "quantizer": {"n_codes": 16, "code_dim": 4},
+                         "loss": {"perceptual_weight": 0.0, "disc_ch": 8, "disc_layers": 2},
+                         "train": {"steps": 100000, "batch_size": 4, "checkpoint_every": 2}})
+    state = w.root / "state"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "vqgan.train.vqgan", "--config", config, "--data",
+                             str(w.data / "train"), "--out", str(w.root / "o"), "--state-dir", str(state)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not list(state.glob("*/checkpoint-2/train_state.json")) and time.time() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    newest = sorted(state.glob("*/checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "terminated by SIGTERM during step" in err, err[-2000:]
+    assert f"rerunning the same command resumes from the newest checkpoint ({newest})" in err, err[-2000:]
