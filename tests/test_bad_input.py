@@ -421,3 +421,29 @@ def test_a_training_job_ended_by_sigterm_says_so_and_how_to_resume(w):
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "terminated by SIGTERM during step" in err, err[-2000:]
     assert f"rerunning the same command resumes from the newest checkpoint ({newest})" in err, err[-2000:]
+
+
+FLAG_MISTAKES = [
+    ("encode-batch-0", "vqgan.encode", lambda w: ["--model", str(w.vqgan), "--data", str(w.data), "--out",
+                                                 str(w.root / "c"), "--batch-size", "0"],
+     "argument --batch-size: '0': give an integer >= 1"),
+    ("plots-rows-0", "vqgan.eval.plots", lambda w: ["data-grid", "--data", str(w.data / "train"), "--out",
+                                                   str(w.root / "p.png"), "--rows", "0"],
+     "argument --rows: '0': give an integer >= 1"),
+    ("encode-device", "vqgan.encode", lambda w: ["--model", str(w.vqgan), "--data", str(w.data), "--out",
+                                                str(w.root / "c"), "--device", "gpu"],
+     "argument --device: unknown device 'gpu'; use one of cpu, cuda, cuda:N"),
+    ("sample-device", "vqgan.sample", lambda w: [*sample_argv(w, w.root / "s")[:-1], "gpu0"],
+     "argument --device: unknown device 'gpu0'; use one of cpu, cuda, cuda:N"),
+    ("eval-device", "vqgan.eval.recon", lambda w: [*recon_argv(w), "--device", "cuda0"],
+     "argument --device: unknown device 'cuda0'; use one of cpu, cuda, cuda:N"),
+    ("fid-device", "vqgan.eval.fid", lambda w: ["--real", str(w.data / "val"), "--out", str(w.root / "f.json"),
+                                               "--device", "GPU"],
+     "argument --device: unknown device 'GPU'; use one of cpu, cuda, cuda:N"),
+]
+
+
+@pytest.mark.parametrize("module, make_argv, says", [c[1:] for c in FLAG_MISTAKES], ids=[c[0] for c in FLAG_MISTAKES])
+def test_a_bad_flag_value_is_one_line_naming_the_flag(w, capsys, module, make_argv, says):
+    rc, lines = run_main(module, make_argv(w), capsys)
+    assert rc == 2 and len(lines) == 1 and says in lines[0], lines

@@ -24,7 +24,7 @@ import torch
 from vqgan.data.codes import CODES_JSON, SPLITS, check_codes, code_dtype, save_npy
 from vqgan.data.dataset import DatasetError, read_split
 from vqgan.io.checkpoint import load_vqgan, model_files
-from vqgan.io.cli import command
+from vqgan.io.cli import at_least, command, device_name
 from vqgan.io.files import prepare_output, refuse_overlap, write_json_atomic
 from vqgan.io.images import to_tensor
 from vqgan.io.progress import progress_bar
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="trained VQGAN folder (results/vqgan/{ds}/{variant})")
     p.add_argument("--data", required=True, help="dataset folder holding train/ and val/ (results/data/{ds})")
     p.add_argument("--out", required=True, help="output folder (results/codes/{ds}/{variant})")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--batch-size", type=at_least(1), default=64)
+    p.add_argument("--device", type=device_name, default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="encoder precision: bf16 autocast is ~1.8x faster on a CPU with bf16 instructions; "
                    "about 1%% of the codes (near ties) differ from fp32's (default fp32)")

@@ -32,7 +32,7 @@ import torch
 from vqgan.config.schema import defaults
 from vqgan.data.codes import CODES_JSON
 from vqgan.io.checkpoint import CheckpointError, load_gpt, load_vqgan, model_files
-from vqgan.io.cli import UsageError, command, load_config_arg
+from vqgan.io.cli import UsageError, command, device_name, load_config_arg
 from vqgan.io.files import atomic_dir, prepare_output, refuse_overlap, write_json_atomic
 from vqgan.io.images import grid, save_png, to_uint8
 from vqgan.io.progress import progress_bar
@@ -136,7 +136,7 @@ def parse_args(argv):
                    help="trained transformer folder (results/transformer/{ds}/{variant})")
     p.add_argument("--vqgan", required=True, help="trained VQGAN folder (results/vqgan/{ds}/{variant})")
     p.add_argument("--out", required=True, help="output folder (results/samples/{ds}/{variant}/seed{seed})")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--device", type=device_name, default=None, help="cpu / cuda (default: cuda when available)")
     return p.parse_args(argv)
 
 

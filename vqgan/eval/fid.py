@@ -40,7 +40,7 @@ from PIL import Image
 
 from vqgan.config.schema import defaults
 from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
-from vqgan.io.cli import command, load_config_arg
+from vqgan.io.cli import at_least, command, device_name, load_config_arg
 from vqgan.io.files import atomic_dir, atomic_file, prepare_output, refuse_overlap, write_json_atomic
 from vqgan.io.hashing import sha256_file
 from vqgan.io.progress import progress_bar
@@ -639,8 +639,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache-dir", default="results/fid/cache", help="real-set PNGs and features, reused across runs")
     p.add_argument("--weights-dir", default="resources/weights", help="looked in first for the Inception file")
     p.add_argument("--name", help="dataset name (default: the parent folder of --real)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--workers", type=int, default=0, help="data loader processes for decoding/resizing")
+    p.add_argument("--device", type=lambda v: v if v == "auto" else device_name(v), default="auto",
+                   help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--workers", type=at_least(0), default=0, help="data loader processes for decoding/resizing")
     p.add_argument("--no-download", action="store_true", help="never download the Inception weights")
     args = p.parse_args(argv)
     refuse_overlap({"--out": args.out, "--cache-dir": args.cache_dir},

@@ -39,7 +39,7 @@ from vqgan.data.object_masks import outward_boxes
 from vqgan.eval.eval_sets import EvalSet, check_eval_sets, native_screens, pixel_objects, preprocess
 from vqgan.eval.object_scores import PSNR_CAP_DB, ObjectScores, definition, empty_summary
 from vqgan.io.checkpoint import load_vqgan, model_files
-from vqgan.io.cli import UsageError, command, load_config_arg
+from vqgan.io.cli import UsageError, command, device_name, load_config_arg
 from vqgan.io.files import prepare_output, refuse_overlap, write_json_atomic
 from vqgan.io.images import PngFolderWriter, abs_diff, grid, save_png, to_tensor, to_uint8
 from vqgan.io.progress import progress_bar
@@ -588,7 +588,7 @@ def parse_args(argv):
     p.add_argument("--recon-dir", default=None, help="write every evaluated reconstruction as PNG here (rFID)")
     p.add_argument("--config", default=None, help="the vqgan section (its `eval` keys are used) or the eval keys")
     p.add_argument("--weights-dir", default="resources/weights", help="LPIPS/VGG16 weights (LPIPS skipped if absent)")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--device", type=device_name, default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--eval-sets", default=None, metavar="JSON",
                    help="extra frame sets, {name: {path: folder of raw 210x160 ALE screens (PNG), game: GAME}} "
                         "(datasets.<ds>.eval_sets; see vqgan/eval/eval_sets.py)")
