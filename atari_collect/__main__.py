@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from vqgan.data.dataset import DatasetError, prepare_splits, scratch_dir
+from vqgan.io.files import refuse_overlap
 
 from .collect import collect
 from .config import ConfigError, parse_config
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_overlap({"--out": args.out}, {"--config": args.config})
     raw = read_config(args.config)
     if args.seed_override is not None:
         raw = {**raw, "seed": args.seed_override}

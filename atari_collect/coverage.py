@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+from vqgan.io.files import refuse_overlap
+
 from .explore import plot_coverage
 
 SPLITS = ("train", "val")
@@ -34,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="PNG to write")
     args = p.parse_args(argv)
     try:
+        refuse_overlap({"--out": args.out}, {"--data": args.data})
         games, levels = explored_games(args.data)
     except (OSError, ValueError) as e:
         print(f"atari_collect.coverage: error: {e}", file=sys.stderr)

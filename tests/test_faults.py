@@ -171,7 +171,7 @@ BAD_CALLS = [
     ("sample-config-type", "vqgan.sample", lambda w: sample(w, config='{"temperature": "hot"}'),
      "invalid sample config"),
     ("sample-out", "vqgan.sample", lambda w: sample(w, out=w.unwritable), "cannot write"),
-    ("fid-real-missing", "vqgan.eval.fid", lambda w: ["--real", str(w.missing), "--gen", str(w.root), "--out",
+    ("fid-real-missing", "vqgan.eval.fid", lambda w: ["--real", str(w.missing), "--gen", str(w.vqgan), "--out",
                                                      str(w.root / "f.json")], "no such dataset folder"),
     ("fid-gen-missing", "vqgan.eval.fid", lambda w: ["--real", str(w.data / "val"), "--gen", str(w.missing), "--out",
                                                     str(w.root / "f.json")], "not a directory"),

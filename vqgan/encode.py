@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vqgan.data.codes import CODES_JSON, SPLITS, code_dtype, save_npy
+from vqgan.data.codes import CODES_JSON, SPLITS, check_codes, code_dtype, save_npy
 from vqgan.data.dataset import DatasetError, read_split
 from vqgan.device import job_device
-from vqgan.io.checkpoint import load_vqgan
-from vqgan.io.cli import command
-from vqgan.io.files import prepare_output, write_json_atomic
+from vqgan.io.checkpoint import load_vqgan, model_files
+from vqgan.io.cli import at_least, command, device_name
+from vqgan.io.files import prepare_output, refuse_overlap, write_json_atomic
 from vqgan.io.images import to_tensor
 from vqgan.io.progress import progress_bar
 from vqgan.precision import PRECISIONS, autocast, check_precision
@@ -58,12 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="trained VQGAN folder (results/vqgan/{ds}/{variant})")
     p.add_argument("--data", required=True, help="dataset folder holding train/ and val/ (results/data/{ds})")
     p.add_argument("--out", required=True, help="output folder (results/codes/{ds}/{variant})")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--batch-size", type=at_least(1), default=64)
+    p.add_argument("--device", type=device_name, default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="encoder precision: bf16 autocast is ~1.8x faster on a CPU with bf16 instructions; "
                    "about 1%% of the codes (near ties) differ from fp32's (default fp32)")
     args = p.parse_args(argv)
+    refuse_overlap({"--out": args.out}, {"--model": model_files(args.model), "--data": args.data})
 
     out = Path(args.out)
     for name in (CODES_JSON, *(f"{s}{suffix}.npy" for s in SPLITS for suffix in ("", "_labels"))):
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         codes = encode_images(model, split.images, args.batch_size, device, desc=f"encode {split_name}",
                               precision=args.precision)
         grid = list(codes.shape[1:])
+        check_codes(out / f"{split_name}.npy", codes, labels, {"grid": grid, "n_codes": n_codes,
+                                                                "n_classes": len(class_names)})
         save_npy(out / f"{split_name}.npy", codes.astype(dtype))
         save_npy(out / f"{split_name}_labels.npy", labels.astype(np.int64))
         counts[split_name] = int(len(codes))

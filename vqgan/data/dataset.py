@@ -116,15 +116,41 @@ def prepare_splits(out: str | os.PathLike, splits: tuple[str, ...] = SPLITS) -> 
     return [p for split in splits for p in prepare_output(Path(out) / split)]
 
 
-def check_split(path: str | os.PathLike, images: np.ndarray, meta: pd.DataFrame) -> np.ndarray:
+def check_images(where: str | os.PathLike, images: np.ndarray) -> None:
+    """images.npy's contract, checked by its writers and its reader: (N, R, R, 3) uint8, square (the token grid and
+    codes.json's grid assume it)."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise DatasetError(f"{where}: images must be (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
+    if images.shape[1] != images.shape[2]:
+        raise DatasetError(f"{where}: images must be square, got {images.shape[1]}x{images.shape[2]} (H x W); "
+                           "rerun the data stage")
+
+
+def check_meta(where: str | os.PathLike, meta: pd.DataFrame, n_images: int, classes: list[str] | None) -> None:
+    """meta.csv's contract, checked by its writers and its reader: a row per image; `label` an index into the
+    manifest's `classes` and, with a `game` column too, the label of that game."""
+    if len(meta) != n_images:
+        raise DatasetError(f"{where}: {len(meta)} meta rows but {n_images} images; rerun the data stage")
+    if "label" not in meta.columns or classes is None:
+        return
+    labels = meta["label"]
+    if len(labels) and (not pd.api.types.is_integer_dtype(labels) or labels.min() < 0 or labels.max() >= len(classes)):
+        raise DatasetError(f"{where}: column 'label' must hold class indices 0..{len(classes) - 1} (the manifest's "
+                           f"classes {list(classes)}); rerun the data stage")
+    if "game" in meta.columns and len(meta):
+        bad = np.flatnonzero(np.asarray(classes, dtype=object)[labels.to_numpy()] != meta["game"].to_numpy())
+        if len(bad):
+            i = int(bad[0])
+            raise DatasetError(f"{where}: row {i + 2} has label {labels.iloc[i]} ({classes[labels.iloc[i]]!r}) but "
+                               f"game {meta['game'].iloc[i]!r}; {len(bad)} rows disagree: rerun the data stage")
+
+
+def check_split(path: str | os.PathLike, images: np.ndarray, meta: pd.DataFrame,
+                classes: list[str] | None = None) -> np.ndarray:
     """The contract's checks on a split before it is written; returns the images as one contiguous array."""
     images = np.ascontiguousarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise DatasetError(f"{path}: images must be (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
-    if images.shape[1] != images.shape[2]:
-        raise DatasetError(f"{path}: images must be square, got {images.shape[1]}x{images.shape[2]}")
-    if len(meta) != len(images):
-        raise DatasetError(f"{path}: {len(images)} images but {len(meta)} meta rows")
+    check_images(path, images)
+    check_meta(Path(path) / META, meta, len(images), classes)
     return images
 
 
@@ -132,13 +158,15 @@ def fill_split(folder: Path, images: np.ndarray, meta: pd.DataFrame, manifest: d
                objects: pd.DataFrame | None = None, where: str | os.PathLike | None = None) -> None:
     """Write the files of a split into `folder` (a temporary folder of `atomic_dir`; errors name `where`, the
     split's final path); see write_split."""
-    images = check_split(folder, images, meta)
+    images = check_split(where or folder, images, meta, manifest.get("classes"))
     manifest = {**manifest, "count": int(len(images)), "resolution": int(images.shape[1])}
     # plain writes: `folder` is renamed into place whole (atomic_dir)
     np.save(folder / IMAGES, images)
     meta.to_csv(folder / META, index=False)
     if objects is not None:
         write_objects(folder, objects, len(images), int(images.shape[1]), where=where)
+        check_object_classes(objects, frame_games(meta, manifest.get("classes", ["all"])),
+                             manifest.get("object_truth"), Path(where or folder) / OBJECTS)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
 
 
@@ -173,6 +201,31 @@ def check_objects(objects: pd.DataFrame, n_images: int, resolution: int, where: 
     return objects
 
 
+def check_object_classes(objects: pd.DataFrame, games: np.ndarray, truth: dict[str, Any] | None,
+                         where: str | os.PathLike, first_row: int = 0) -> None:
+    """objects.csv's classes, checked by its writers and its reader: each row's class is one the manifest's
+    `object_truth.classes` lists for the game of its frame (`games`: the game of every image)."""
+    known = (truth or {}).get("classes")
+    if objects.empty or not isinstance(known, dict):
+        return
+    frame_games = games[objects["frame"].to_numpy(np.int64)]
+    ok = np.array([c in (known.get(g) or ()) for g, c in zip(frame_games, objects["class"])], dtype=bool)
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        game, cls = frame_games[i], objects["class"].iloc[i]
+        raise DatasetError(f"{where}: row {first_row + i + 2}: class {cls!r} on frame {objects['frame'].iloc[i]} "
+                           f"({game}) is not one of {game}'s object classes {known.get(game) or []} (the manifest's "
+                           "object_truth.classes); rerun the data stage")
+
+
+def frame_games(meta: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    """The game (class name) of every image: meta's `game` column, else the class its `label` names."""
+    if "game" in meta.columns:
+        return meta["game"].astype(str).to_numpy()
+    labels = meta["label"].to_numpy(np.int64) if "label" in meta.columns else np.zeros(len(meta), np.int64)
+    return np.asarray(classes, dtype=object)[labels]
+
+
 def write_objects(folder: str | os.PathLike, objects: pd.DataFrame, n_images: int, resolution: int,
                   where: str | os.PathLike | None = None) -> None:
     """Check `objects` and write `folder/objects.csv` (errors name `where`, the split's final path)."""
@@ -193,7 +246,7 @@ def write_split(
     how the data was made (source, seed, config). `objects` (see the module doc) is written as objects.csv.
     """
     path = Path(path)
-    images = check_split(path, images, meta)  # before a temporary folder exists
+    images = check_split(path, images, meta, manifest.get("classes"))  # before a temporary folder exists
     with atomic_dir(path) as tmp:
         fill_split(tmp, images, meta, manifest, objects, where=path)
     return path
@@ -225,13 +278,9 @@ def read_split(path: str | os.PathLike, mmap: bool = True) -> Split:
         raise DatasetError(f"{path / MANIFEST}: not valid JSON ({e}); {redo}") from None
     if not isinstance(manifest, dict):
         raise DatasetError(f"{path / MANIFEST}: expected a JSON object, got {type(manifest).__name__}; {redo}")
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise DatasetError(f"{path / IMAGES}: expected (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
-    if len(meta) != len(images) or manifest.get("count") != len(images):
-        raise DatasetError(
-            f"{path}: {len(images)} images, {len(meta)} meta rows, manifest count {manifest.get('count')}; "
-            "the folder is inconsistent, delete it and rerun the data stage"
-        )
+    check_images(path / IMAGES, images)
+    check_manifest(path / MANIFEST, manifest, len(images))
+    check_meta(path / META, meta, len(images), manifest.get("classes"))
     objects = None
     if (path / OBJECTS).is_file():
         try:
@@ -239,7 +288,25 @@ def read_split(path: str | os.PathLike, mmap: bool = True) -> Split:
         except (ValueError, UnicodeDecodeError) as e:  # pandas' EmptyDataError and ParserError are ValueErrors
             raise DatasetError(f"{path / OBJECTS}: not a readable CSV ({e}); {redo}") from None
         objects = check_objects(objects, len(images), int(images.shape[1]), path / OBJECTS)
+        check_object_classes(objects, frame_games(meta, manifest.get("classes", ["all"])),
+                             manifest.get("object_truth"), path / OBJECTS)
     return Split(path=path, images=images, meta=meta, manifest=manifest, objects=objects)
+
+
+def check_manifest(where: str | os.PathLike, manifest: dict[str, Any], n_images: int) -> None:
+    """The keys a reader relies on, as the writers fill them: `count` the number of images (an integer),
+    `classes` a list of names."""
+    count = manifest.get("count")
+    if not isinstance(count, int) or isinstance(count, bool):
+        raise DatasetError(f"{where}: 'count' must be an integer (the number of images), got {count!r} "
+                           f"({type(count).__name__}); rerun the data stage")
+    if count != n_images:
+        raise DatasetError(f"{where}: count {count} but images.npy holds {n_images} images; the folder is "
+                           "inconsistent, delete it and rerun the data stage")
+    classes = manifest.get("classes", ["all"])
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise DatasetError(f"{where}: 'classes' must be a non-empty list of names, got {classes!r}; rerun the data "
+                           "stage")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -336,10 +403,7 @@ class SplitWriter:
 
     def write(self, images: np.ndarray) -> None:
         images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise DatasetError(f"{self.path}: images must be (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
-        if images.shape[1] != images.shape[2]:
-            raise DatasetError(f"{self.path}: images must be square, got {images.shape[1]}x{images.shape[2]}")
+        check_images(self.path, images)
         self.images.write(images)
 
     def write_objects(self, objects: pd.DataFrame) -> None:
@@ -367,11 +431,20 @@ class SplitWriter:
         if self._objects is not None:
             self._objects.close()
 
+    def _check_object_classes(self, meta: pd.DataFrame, manifest: dict[str, Any]) -> None:
+        """objects.csv as written, read back a chunk at a time: its classes against the games of its frames."""
+        if not (self.tmp / OBJECTS).is_file():
+            return
+        games = frame_games(meta, manifest.get("classes", ["all"]))
+        rows = 0
+        for chunk in pd.read_csv(self.tmp / OBJECTS, usecols=["frame", "class"], chunksize=1 << 18):
+            check_object_classes(chunk, games, manifest.get("object_truth"), self.path / OBJECTS, first_row=rows)
+            rows += len(chunk)
+
     def finish(self, meta: pd.DataFrame, manifest: dict[str, Any], objects: pd.DataFrame | None = None) -> None:
         """Write meta.csv, objects.csv (when given, or streamed by `write_objects`) and manifest.json (with `count`
         and `resolution` filled in from the images written)."""
-        if len(meta) != len(self):
-            raise DatasetError(f"{self.path}: {len(self)} images but {len(meta)} meta rows")
+        check_meta(self.path / META, meta, len(self), manifest.get("classes"))
         if objects is not None and self._objects is not None:
             raise DatasetError(f"{self.path}: objects given to finish() after write_objects(); use one of them")
         if self._object_max_frame >= len(self):
@@ -382,6 +455,7 @@ class SplitWriter:
         meta.to_csv(self.tmp / META, index=False)  # plain writes: self.tmp is renamed into place whole
         if objects is not None:
             write_objects(self.tmp, objects, len(self), self.images.row_shape[0], where=self.path)
+        self._check_object_classes(meta, manifest)
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
         self.finished = True
 

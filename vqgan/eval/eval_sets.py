@@ -49,7 +49,8 @@ def png_files(folder: str | os.PathLike) -> list[Path]:
 def check_eval_sets(raw: dict[str, Any] | None, games: list[str], where: str = "eval_sets",
                     root: str | os.PathLike | None = None) -> list[EvalSet]:
     """Parse and check `eval_sets` of a dataset with `games`: every folder exists, holds PNGs, each 160x210 RGB
-    (read from the PNG header, not decoded), and names one of the games. Relative paths are taken from `root`
+    and a whole PNG by its content, not its name (header, chunks and checksums read, not decoded), and names one
+    of the games. Relative paths are taken from `root`
     (default: the working directory). Raises EvalSetError naming `where.<name>` and the file."""
     from PIL import Image, UnidentifiedImageError
 
@@ -91,9 +92,13 @@ def check_eval_sets(raw: dict[str, Any] | None, games: list[str], where: str = "
         for f in files:
             try:
                 with Image.open(f) as im:
-                    size, mode = im.size, im.mode
-            except (OSError, UnidentifiedImageError) as e:
+                    size, mode, kind = im.size, im.mode, im.format
+                    im.verify()  # every chunk and its checksum: a truncated or damaged file fails here, named
+            except (OSError, UnidentifiedImageError, SyntaxError) as e:
                 raise EvalSetError(f"config key {key}: {f}: not a readable PNG ({e})") from None
+            if kind != "PNG":  # by content, not by name: a JPEG named .png is lossy, not a raw screen
+                raise EvalSetError(f"config key {key}: {f} is a {kind} file named .png; raw ALE screens are PNG "
+                                   "(lossless): save ale.getScreenRGB() as PNG")
             if size != (NATIVE_W, NATIVE_H) or mode not in ("RGB", "RGBA", "P"):
                 raise EvalSetError(f"config key {key}: {f} is {size[0]}x{size[1]} {mode}; raw ALE screens are "
                                    f"{NATIVE_W}x{NATIVE_H} (width x height) RGB: save ale.getScreenRGB() as it is, "
@@ -104,9 +109,16 @@ def check_eval_sets(raw: dict[str, Any] | None, games: list[str], where: str = "
 
 def native_screens(files: list[Path]) -> np.ndarray:
     """(N, 210, 160, 3) uint8, the PNGs as RGB."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    return np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    screens = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                screens.append(np.asarray(im.convert("RGB")))
+        except (OSError, UnidentifiedImageError, SyntaxError) as e:  # changed since check_eval_sets read it
+            raise EvalSetError(f"{f}: not a readable PNG ({e}); replace the file") from None
+    return np.stack(screens)
 
 
 def preprocess(screens: np.ndarray, resolution: int, crop: list[int] | None) -> np.ndarray:

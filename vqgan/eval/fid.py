@@ -41,8 +41,8 @@ from PIL import Image
 from vqgan.config.schema import defaults
 from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
 from vqgan.device import job_device
-from vqgan.io.cli import command, load_config_arg
-from vqgan.io.files import atomic_dir, atomic_file, prepare_output, write_json_atomic
+from vqgan.io.cli import at_least, command, device_name, load_config_arg
+from vqgan.io.files import atomic_dir, atomic_file, prepare_output, refuse_overlap, write_json_atomic
 from vqgan.io.hashing import sha256_file
 from vqgan.io.progress import progress_bar
 
@@ -640,10 +640,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache-dir", default="results/fid/cache", help="real-set PNGs and features, reused across runs")
     p.add_argument("--weights-dir", default="resources/weights", help="looked in first for the Inception file")
     p.add_argument("--name", help="dataset name (default: the parent folder of --real)")
-    p.add_argument("--device", default="auto", help="auto (the job's GPU, else cuda if any), cpu, cuda, cuda:1")
-    p.add_argument("--workers", type=int, default=0, help="data loader processes for decoding/resizing")
+    p.add_argument("--device", type=lambda v: v if v == "auto" else device_name(v), default="auto",
+                   help="auto (the job's GPU, else cuda if any), cpu, cuda, cuda:1")
+    p.add_argument("--workers", type=at_least(0), default=0, help="data loader processes for decoding/resizing")
     p.add_argument("--no-download", action="store_true", help="never download the Inception weights")
     args = p.parse_args(argv)
+    refuse_overlap({"--out": args.out, "--cache-dir": args.cache_dir},
+                   {"--real": args.real, "--gen": args.gen, "--recon": args.recon, "--train": args.train,
+                    "--config": args.config, "--weights-dir": args.weights_dir})
 
     device = job_device(args.device)
     cfg = FIDConfig.from_dict(load_config_arg(args.config))

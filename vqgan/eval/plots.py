@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from vqgan.data.dataset import MANIFEST, SPLITS, DatasetError, evenly_spaced, read_split  # noqa: E402
-from vqgan.io.cli import command  # noqa: E402
-from vqgan.io.files import atomic_file, prepare_output  # noqa: E402
+from vqgan.io.cli import at_least, command  # noqa: E402
+from vqgan.io.files import atomic_file, prepare_output, refuse_overlap  # noqa: E402
 from vqgan.io.images import grid, save_png  # noqa: E402
 
 # Panels of `curves`, by column name; each panel appears only when the file has one of its columns.
@@ -239,9 +239,13 @@ def main(argv: list[str] | None = None) -> None:
     d = sub.add_parser("data-grid", help="a grid of images from a dataset split")
     d.add_argument("--data", required=True, help="split folder (results/data/{ds}/train)")
     d.add_argument("--out", required=True)
-    d.add_argument("--per-row", type=int, default=8)
-    d.add_argument("--rows", type=int, default=4, help="rows for one-class data (multi-class: one row per class)")
+    d.add_argument("--per-row", type=at_least(1), default=8)
+    d.add_argument("--rows", type=at_least(1), default=4,
+                   help="rows for one-class data (multi-class: one row per class)")
     args = p.parse_args(argv)
+    # not --results: the run's whole results/ folder, which holds the plots; only named outputs in it are read
+    inputs = {flag: getattr(args, flag[2:], None) for flag in ("--metrics", "--bench", "--data")}
+    refuse_overlap({"--out": args.out}, inputs)
     prepare_output(args.out)  # an unwritable --out fails now
     if args.command == "curves":
         plot_curves(args.metrics, args.out, args.title)

@@ -39,9 +39,9 @@ from vqgan.data.object_masks import outward_boxes
 from vqgan.device import job_device
 from vqgan.eval.eval_sets import EvalSet, check_eval_sets, native_screens, pixel_objects, preprocess
 from vqgan.eval.object_scores import PSNR_CAP_DB, ObjectScores, definition, empty_summary
-from vqgan.io.checkpoint import load_vqgan
-from vqgan.io.cli import UsageError, command, load_config_arg
-from vqgan.io.files import prepare_output, write_json_atomic
+from vqgan.io.checkpoint import load_vqgan, model_files
+from vqgan.io.cli import UsageError, command, device_name, load_config_arg
+from vqgan.io.files import prepare_output, refuse_overlap, write_json_atomic
 from vqgan.io.images import PngFolderWriter, abs_diff, grid, save_png, to_tensor, to_uint8
 from vqgan.io.progress import progress_bar
 from vqgan.io.weights import lpips_state_dict
@@ -369,6 +369,9 @@ class GridPicks:
         return grid(big)
 
 
+NO_OBJECTS = "no objects found"  # the reason recall is null when the truth or the pixel detector has no object
+
+
 @dataclass
 class ObjectTally:
     """Object recall and box errors on the evaluated images that have object truth (`ObjectIndex`), and which
@@ -382,9 +385,11 @@ class ObjectTally:
     @classmethod
     def start(cls, objects, val_labels, class_names: list[str], resolution: int, cfg: EvalConfig,
               truth: dict[str, Any]) -> "ObjectTally":
-        index = ObjectIndex(objects, val_labels, class_names, resolution) if objects is not None else None
-        why = None if index is not None else (truth.get("why") or "no object truth (no objects.csv: COCO, or no "
-                                              "Atari game with RAM rules in atari_collect/objects.py)")
+        found = objects is not None and len(objects) > 0  # edge data: black or noise frames hold no object
+        index = ObjectIndex(objects, val_labels, class_names, resolution) if found else None
+        why = None if found else truth.get("why") or (
+            f"{NO_OBJECTS} in any of the {len(val_labels)} frames (black or noise frames?)" if objects is not None
+            else "no object truth (no objects.csv: COCO, or no Atari game with RAM rules in atari_collect/objects.py)")
         return cls(index, ObjectScores(cfg.object_min_error, cfg.object_keep_ratio),
                    set(truth.get("games", class_names if index is not None else [])), why)
 
@@ -584,7 +589,7 @@ def parse_args(argv):
     p.add_argument("--recon-dir", default=None, help="write every evaluated reconstruction as PNG here (rFID)")
     p.add_argument("--config", default=None, help="the vqgan section (its `eval` keys are used) or the eval keys")
     p.add_argument("--weights-dir", default="resources/weights", help="LPIPS/VGG16 weights (LPIPS skipped if absent)")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--device", type=device_name, default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--eval-sets", default=None, metavar="JSON",
                    help="extra frame sets, {name: {path: folder of raw 210x160 ALE screens (PNG), game: GAME}} "
                         "(datasets.<ds>.eval_sets; see vqgan/eval/eval_sets.py)")
@@ -616,9 +621,19 @@ def evaluate_eval_sets(model, sets: list[EvalSet], train, baselines, cfg: EvalCo
     return out
 
 
+def eval_set_folders(value: str | None) -> list[str]:
+    """The folders an `--eval-sets` value names, for the overlap check (check_eval_sets checks the rest)."""
+    raw = load_config_arg(value, "--eval-sets") if value else {}
+    return [spec["path"] for spec in raw.values() if isinstance(spec, dict) and "path" in spec]
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    refuse_overlap({"--out-json": args.out_json, "--out-png": args.out_png, "--recon-dir": args.recon_dir},
+                   {"--model": model_files(args.model), "--data": args.data, "--train-data": args.train_data,
+                    "--config": args.config, "--weights-dir": args.weights_dir,
+                    "--eval-sets": eval_set_folders(args.eval_sets)})
     section = load_config_arg(args.config) if args.config else {}
     cfg = EvalConfig.from_dict(section.get("eval", {}) if "eval" in section or "train" in section
                                or "model" in section else section)

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from vqgan.io.cli import command
-from vqgan.io.files import prepare_output, write_text_atomic
+from vqgan.io.files import prepare_output, refuse_overlap, write_text_atomic
 from vqgan.io.hashing import config_hash
 
 # column -> (source, key in that source's JSON). Sources: fid = results/fid/{ds}/{variant}.json (vqgan.eval.fid),
@@ -268,6 +268,7 @@ def _with_notes(row: dict[str, Any], recon: dict[str, Any], first: Sequence[str 
     if recon and recon.get("object_recall") is None:
         if why:
             notes.append(f"object recall {why}" if why.startswith("not available") else
+                         f"object recall: {why}" if why.startswith("no objects found") else
                          f"object recall not available: {why}")
         elif recon.get("n_objects") is not None:
             notes.append("no object instance scored")
@@ -329,6 +330,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="CSV path (results/fid_table.csv)")
     p.add_argument("--markdown", help="also write a Markdown rendering here")
     args = p.parse_args(argv)
+    refuse_overlap({"--out": args.out, "--markdown": args.markdown},
+                   {"--fid": args.fid, "--recon": args.recon, "--vqgan-train": args.vqgan_train,
+                    "--transformer-train": args.transformer_train, "--data": args.data})
     for out in (args.out, args.markdown):
         if out:
             prepare_output(out)  # an unwritable output fails now

@@ -21,6 +21,11 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
+def model_files(directory: str | os.PathLike) -> list[Path]:
+    """The files a model folder is read from (what no command may overwrite: vqgan.io.files.refuse_overlap)."""
+    return [Path(directory) / WEIGHTS, Path(directory) / CONFIG]
+
+
 class CheckpointError(ValueError):
     """A model folder that cannot be loaded; the message names the file and what to do."""
 

@@ -12,6 +12,7 @@ few lines this needs: it may import nothing of vqgan but the dataset contract (t
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
@@ -94,6 +95,37 @@ def command(main: Callable[[list[str]], int | None]) -> Callable[[list[str] | No
             raise SystemExit(130) from None
 
     return wrapper
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse `type`: an integer >= `minimum`, else argparse's one line naming the flag (`--batch-size 0`)."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if number is None or number < minimum:
+            raise argparse.ArgumentTypeError(f"{value!r}: give an integer >= {minimum}")
+        return number
+
+    parse.__name__ = f"integer >= {minimum}"  # argparse names the type in some of its messages
+    return parse
+
+
+DEVICE_NAMES = "cpu, cuda, cuda:N (N: a GPU's index), mps"
+
+
+def device_name(value: str) -> str:
+    """An argparse `type` for `--device`: a device name torch knows, else one line listing the valid names
+    (whether that device is there is the command's own check)."""
+    import torch  # here: the commands that take no --device do not import torch
+
+    try:
+        torch.device(value)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"unknown device {value!r}; use one of {DEVICE_NAMES}") from None
+    return value
 
 
 def load_config_arg(value: str, flag: str = "--config") -> dict[str, Any]:

@@ -116,6 +116,32 @@ class OutputError(OSError):
     """An output that cannot be written; the message names the path and what to do."""
 
 
+Paths = dict[str, "str | os.PathLike | None | list[str | os.PathLike | None]"]
+
+
+def _named_paths(paths: Paths) -> Iterator[tuple[str, str | os.PathLike]]:
+    for name, value in paths.items():
+        for p in value if isinstance(value, (list, tuple)) else [value]:
+            if p is not None and str(p) != "":
+                yield name, p
+
+
+def refuse_overlap(outputs: Paths, inputs: Paths) -> None:
+    """OutputError when an output path is, contains or lies inside one of the inputs, e.g. `--out` = the model
+    folder (writing it would delete the model). Call it first in every command, before anything is read or written.
+    Both sides are {flag: path or paths}; symlinks and relative paths are resolved. An input that does not exist
+    cannot be destroyed (its reader reports it missing), and inline JSON given for a config path is skipped so."""
+    ins = [(name, p, Path(p).resolve()) for name, p in _named_paths(inputs) if os.path.lexists(p)]
+    for out_name, out in _named_paths(outputs):
+        o = Path(out).resolve()
+        for in_name, inp, i in ins:
+            how = ("is" if o == i else "contains" if i.is_relative_to(o) else "lies inside" if o.is_relative_to(i)
+                   else "")
+            if how:
+                raise OutputError(f"{out_name} {out} {how} the input {in_name} {inp}; writing it would destroy that "
+                                  "input: choose an output path outside the inputs")
+
+
 def prepare_output(path: str | os.PathLike) -> list[Path]:
     """Call at the start of a job for each output it will write: creates the output's folder, proves it is
     writable (so an unwritable `--out` fails now, not after an hour of work), and removes the temporaries that a

@@ -24,7 +24,9 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -512,10 +514,25 @@ class Run:
         self.interval, self.guard = IntervalMeans(accelerator), FiniteGuard(accelerator)
         self.bar = progress_bar(total=self.tc.steps, initial=self.start, desc=desc,
                                 disable=not accelerator.is_local_main_process, dynamic_ncols=True, file=sys.stderr)
-        for step in range(self.start, self.tc.steps):
-            self.last_good = self.ckpts.latest()
-            yield step
+        main_thread = threading.current_thread() is threading.main_thread()  # only it may set a handler
+        before = signal.signal(signal.SIGTERM, self._terminated) if main_thread else None
+        try:
+            for step in range(self.start, self.tc.steps):
+                self.step, self.last_good = step, self.ckpts.latest()
+                yield step
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
         self.bar.close()
+
+    def _terminated(self, signum: int, frame) -> None:
+        """SIGTERM (a cluster's time limit, scancel, Snakemake stopping): say so, and how to go on, in the log; the
+        exit unwinds through the atomic writers, so no half-written checkpoint or output looks complete."""
+        where = self.ckpts.latest() or "none was written yet, so it starts afresh"  # saved since the step began?
+        print(f"\nterminated by {signal.Signals(signum).name} during step {self.step + 1} of {self.tc.steps} (rank "
+              f"{self.rank}); rerunning the same command resumes from the newest checkpoint ({where})",
+              file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
 
     def add(self, values: dict[str, torch.Tensor | float], samples: int) -> None:
         """Count a micro-step: its logged values (kept on the device) and the samples all ranks processed."""

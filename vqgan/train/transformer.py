@@ -41,6 +41,7 @@ from vqgan.data.codes import load_codes
 from vqgan.data.dataset import data_identity
 from vqgan.io.checkpoint import CONFIG, WEIGHTS
 from vqgan.io.cli import command, load_config_arg
+from vqgan.io.files import refuse_overlap
 from vqgan.io.hashing import config_hash, sha256_bytes
 from vqgan.models.gpt import GPT, GPTConfig
 from vqgan.train.config import TransformerTrainConfig as TrainConfig
@@ -162,6 +163,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    refuse_overlap({"--out": args.out, "--state-dir": args.state_dir}, {"--codes": args.codes, "--config": args.config})
     model_section, tc = split_config(load_config_arg(args.config))
     train_codes, train_labels, meta = load_codes(args.codes, "train")
     val_codes, val_labels, _ = load_codes(args.codes, "val")

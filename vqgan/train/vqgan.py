@@ -28,6 +28,7 @@ from vqgan.data.dataset import data_identity, read_split
 from vqgan.data.object_masks import ObjectMasks, crop_windows
 from vqgan.io.checkpoint import CONFIG, WEIGHTS
 from vqgan.io.cli import command, load_config_arg
+from vqgan.io.files import refuse_overlap
 from vqgan.io.hashing import config_hash
 from vqgan.io.weights import lpips_state_dict
 from vqgan.models.losses import VQLoss
@@ -178,6 +179,8 @@ def object_masks(split, loss_section: dict[str, Any], tc: TrainConfig) -> Object
 @command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    refuse_overlap({"--out": args.out, "--state-dir": args.state_dir},
+                   {"--data": args.data, "--config": args.config, "--weights-dir": args.weights_dir})
     sections = split_config(load_config_arg(args.config))
     tc = TrainConfig.from_dict(sections["train"])
     split = read_split(args.data)
