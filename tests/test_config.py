@@ -534,3 +534,39 @@ def test_schema_defaults_reach_the_rules(tmp_path):
     proc = _dry_run(tmp_path, TEST_CONFIG)
     assert '"sticky_actions": 0.25' in proc.stdout
     assert '"frame_skip": 4' in proc.stdout
+
+
+# -- the default experiment is the measured one; the offline overlay changes only where things come from ---------
+
+
+def _experiment(*files: Path):
+    """The checked experiment of `--configfile files...`, merged as Snakemake merges them (nested keys update)."""
+    from snakemake.utils import update_config
+
+    from atari_collect.config import DATASET_RULES
+    from vqgan.config.experiment import check_experiment
+
+    cfg: dict = {}
+    for f in files:
+        update_config(cfg, yaml.safe_load(f.read_text()))
+    return check_experiment(cfg, {"atari": DATASET_RULES})
+
+
+def test_the_offline_overlay_trains_exactly_what_the_default_config_trains():
+    plain = _experiment(REPO / "config" / "config.yaml")
+    offline = _experiment(REPO / "config" / "config.yaml", REPO / "config" / "offline.yaml")
+    assert offline.sections == plain.sections, "config/offline.yaml changes a job's params"
+    assert offline.config == plain.config
+    overlay = yaml.safe_load((REPO / "config" / "offline.yaml").read_text())
+    assert set(overlay) <= {"coco", "weights_dir"}, f"offline.yaml sets more than sources: {sorted(overlay)}"
+    assert set(overlay.get("coco") or {}) <= {"root"}
+
+
+def test_the_default_config_is_the_recipe_docs_results_measured():
+    # docs/results.md: `paper` trains with LPIPS (900 steps), `ours` without it, 2600 steps on Atari
+    exp = _experiment(REPO / "config" / "config.yaml")
+    for ds in exp.datasets:
+        assert exp.section(ds, "paper", "vqgan")["loss"]["perceptual_weight"] == 1.0, ds
+        assert exp.section(ds, "ours", "vqgan")["loss"]["perceptual_weight"] == 0.0, ds
+        assert exp.section(ds, "paper", "vqgan")["train"]["steps"] == 900, ds
+    assert exp.section("atari64", "ours", "vqgan")["train"]["steps"] == 2600
