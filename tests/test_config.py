@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import BIN, REPO, TEST_CONFIG, TINY_COCO, run_snakemake
+from conftest import BIN, REPO, TEST_CONFIG, TINY_COCO, repo_copy, run_snakemake
 
 TEST_CONFIG = yaml.safe_load(TEST_CONFIG.read_text())
 TEST_CONFIG["coco"]["root"] = str(TINY_COCO)  # the dry runs happen in an empty temporary folder
@@ -151,7 +151,8 @@ MALFORMED = [
     ("coco root wrong type", setting(coco__root=7), r"coco\.root: 7 is not of type 'string', 'null'"),
     ("atari dataset without games", setting(datasets__atari_tiny__games=[]),
      r"datasets\.atari_tiny\.games: .*(should be non-empty|too short)"),
-    ("no datasets key", setting(datasets=DELETE), r"'datasets' is a required property"),
+    # a file without `datasets:` may be an overlay given alone: the message says both (config/offline.yaml)
+    ("no datasets key", setting(datasets=DELETE), r"no `datasets:`, so no experiment; an overlay .* needs `datasets:`"),
     ("no datasets", setting(datasets={}), r"config key datasets: \{\} should be non-empty"),
     ("dataset entry not a mapping", setting(datasets__coco_tiny=5), r"datasets\.coco_tiny: 5 is not of type 'object'"),
     ("section not a mapping", setting(vqgan=5), r"config key vqgan: 5 is not of type 'object'"),
@@ -570,3 +571,12 @@ def test_the_default_config_is_the_recipe_docs_results_measured():
         assert exp.section(ds, "ours", "vqgan")["loss"]["perceptual_weight"] == 0.0, ds
         assert exp.section(ds, "paper", "vqgan")["train"]["steps"] == 900, ds
     assert exp.section("atari64", "ours", "vqgan")["train"]["steps"] == 2600
+
+
+def test_an_overlay_given_alone_says_to_put_an_experiment_before_it(tmp_path):
+    clone = repo_copy(tmp_path / "clone")
+    proc = run_snakemake("-n", "--cores", "1", "--configfile", "config/offline.yaml", cwd=clone, check=False)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "--configfile config/config.yaml config/offline.yaml" in err, err[-2000:]
+    assert "is a required property" not in err, err[-2000:]
