@@ -181,7 +181,7 @@ def test_cli_writes_csv_and_markdown(results, tmp_path, capsys):
     T.main(["--fid", *map(str, results["fid"]), "--recon", *map(str, results["recon"]),
             "--vqgan-train", *map(str, results["vqgan_train"]),
             "--transformer-train", *map(str, results["transformer_train"]), "--data", *map(str, results["data"]),
-            "--out", str(out), "--markdown", str(md)])
+            "--out", str(out), "--markdown", str(md), "--html", str(tmp_path / "fid_table.html")])
     csv = pd.read_csv(out)
     assert list(csv.columns) == ["dataset", "variant", "subset", *T.COLUMNS]
     assert csv.set_index(["dataset", "variant", "subset"]).loc[("coco64", "ours", "all"), "fid"] == 81.25
@@ -197,6 +197,13 @@ def test_cli_writes_csv_and_markdown(results, tmp_path, capsys):
     assert "- atari64/ours/Pong: below its mean image (-0.60 dB)" in notes
     assert "- coco64/paper/all: val split has 480 images" in notes and "FID biased at N=240" in notes
     assert "81.25" in capsys.readouterr().out
+    # the report's table: every row of the Markdown table, with its notes, as HTML cells
+    page = (tmp_path / "fid_table.html").read_text()
+    body = page.split("<tbody>")[1].split("</tbody>")[0]
+    assert body.count("<tr>") == 9 and "<th>comparable_group</th>" in page
+    assert '<td class="r">95.00 ± 1.50</td>' in body and '<td class="l">Pong</td>' in body
+    assert '<td class="notes">below its mean image (-0.60 dB)' in body
+    assert "<li>coco64/paper/all: val split has 480 images" in page
 
 
 def test_bad_inputs_name_the_file(tmp_path):
