@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import BIN, REPO, TEST_CONFIG, TINY_COCO, run_snakemake
+from conftest import BIN, REPO, TEST_CONFIG, TINY_COCO, repo_copy, run_snakemake
 
 TEST_CONFIG = yaml.safe_load(TEST_CONFIG.read_text())
 TEST_CONFIG["coco"]["root"] = str(TINY_COCO)  # the dry runs happen in an empty temporary folder
@@ -153,7 +153,8 @@ MALFORMED = [
     ("coco root wrong type", setting(coco__root=7), r"coco\.root: 7 is not of type 'string', 'null'"),
     ("atari dataset without games", setting(datasets__atari_tiny__games=[]),
      r"datasets\.atari_tiny\.games: .*(should be non-empty|too short)"),
-    ("no datasets key", setting(datasets=DELETE), r"'datasets' is a required property"),
+    # a file without `datasets:` may be an overlay given alone: the message says both (config/offline.yaml)
+    ("no datasets key", setting(datasets=DELETE), r"no `datasets:`, so no experiment; an overlay .* needs `datasets:`"),
     ("no datasets", setting(datasets={}), r"config key datasets: \{\} should be non-empty"),
     ("dataset entry not a mapping", setting(datasets__coco_tiny=5), r"datasets\.coco_tiny: 5 is not of type 'object'"),
     ("section not a mapping", setting(vqgan=5), r"config key vqgan: 5 is not of type 'object'"),
@@ -536,3 +537,48 @@ def test_schema_defaults_reach_the_rules(tmp_path):
     proc = _dry_run(tmp_path, TEST_CONFIG)
     assert '"sticky_actions": 0.25' in proc.stdout
     assert '"frame_skip": 4' in proc.stdout
+
+
+# -- the default experiment is the measured one; the offline overlay changes only where things come from ---------
+
+
+def _experiment(*files: Path):
+    """The checked experiment of `--configfile files...`, merged as Snakemake merges them (nested keys update)."""
+    from snakemake.utils import update_config
+
+    from atari_collect.config import DATASET_RULES
+    from vqgan.config.experiment import check_experiment
+
+    cfg: dict = {}
+    for f in files:
+        update_config(cfg, yaml.safe_load(f.read_text()))
+    return check_experiment(cfg, {"atari": DATASET_RULES})
+
+
+def test_the_offline_overlay_trains_exactly_what_the_default_config_trains():
+    plain = _experiment(REPO / "config" / "config.yaml")
+    offline = _experiment(REPO / "config" / "config.yaml", REPO / "config" / "offline.yaml")
+    assert offline.sections == plain.sections, "config/offline.yaml changes a job's params"
+    assert offline.config == plain.config
+    overlay = yaml.safe_load((REPO / "config" / "offline.yaml").read_text())
+    assert set(overlay) <= {"coco", "weights_dir"}, f"offline.yaml sets more than sources: {sorted(overlay)}"
+    assert set(overlay.get("coco") or {}) <= {"root"}
+
+
+def test_the_default_config_is_the_recipe_docs_results_measured():
+    # docs/results.md: `paper` trains with LPIPS (900 steps), `ours` without it, 2600 steps on Atari
+    exp = _experiment(REPO / "config" / "config.yaml")
+    for ds in exp.datasets:
+        assert exp.section(ds, "paper", "vqgan")["loss"]["perceptual_weight"] == 1.0, ds
+        assert exp.section(ds, "ours", "vqgan")["loss"]["perceptual_weight"] == 0.0, ds
+        assert exp.section(ds, "paper", "vqgan")["train"]["steps"] == 900, ds
+    assert exp.section("atari64", "ours", "vqgan")["train"]["steps"] == 2600
+
+
+def test_an_overlay_given_alone_says_to_put_an_experiment_before_it(tmp_path):
+    clone = repo_copy(tmp_path / "clone")
+    proc = run_snakemake("-n", "--cores", "1", "--configfile", "config/offline.yaml", cwd=clone, check=False)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "--configfile config/config.yaml config/offline.yaml" in err, err[-2000:]
+    assert "is a required property" not in err, err[-2000:]

@@ -237,6 +237,7 @@ def test_report_from_the_readme_commands_shows_every_figure(run):
         _snakemake(workdir, config, *args)
     html = (workdir / "report.html").read_text(errors="replace")
     assert len(html) > 100_000 and "fid_table.csv" in html
+    assert "fid_table.html" in html, "the results table is not shown as a table"
     cfg = _base_config()
     expected = ["benchmarks.png"] + [f"data_{ds}.png" for ds in cfg["datasets"]] + [
         f"{stage}_{ds}_{v}_curves.png" for stage in ("vqgan", "transformer") for ds in cfg["datasets"]

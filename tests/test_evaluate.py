@@ -182,8 +182,13 @@ def test_recon_json_schema_grid_and_recon_pngs(tmp_path):
     assert m["lpips"] is None or isinstance(m["lpips"], float)
     if m["lpips"] is None:
         assert m["lpips_unavailable"], "a missing LPIPS must say why"
-    # grid: 3 rows (original / reconstruction / |difference|) x 4 columns, 16 px scaled x4 with 2 px padding
-    assert load_png(out_png).shape == (3 * (64 + 2) + 2, 4 * (64 + 2) + 2, 3)
+    # grid: 3 rows (original / reconstruction / |difference|) x 4 columns, 16 px scaled x4 with 2 px padding, and
+    # left of them a column naming each row
+    png = load_png(out_png)
+    label_width = png.shape[1] - (4 * (64 + 2) + 2)
+    assert png.shape[0] == 3 * (64 + 2) + 2 and 40 < label_width < 200, png.shape
+    labels = png[:, :label_width].min(-1) < 128  # dark text on white
+    assert all(labels[2 + i * 66: 66 + i * 66].any() for i in range(3)), "a row without its label"
     pngs = sorted(recon.glob("*.png"))
     assert len(pngs) == n_val and load_png(pngs[0]).shape == (res, res, 3)
 

@@ -450,5 +450,11 @@ def test_the_readmes_first_command_offline_stops_within_30_s_saying_why(tmp_path
                      re.M), terminal[-3000:]
     started = re.findall(r"^(?:local)?rule (\w+):$", terminal, re.M)
     assert set(started) <= {"download_coco", "fetch_weights"}, f"started beside the download: {started}"
+    # the last lines: what failed and what to type next, once, below Snakemake's own closing lines
+    last = terminal[terminal.rindex("At least one job did not complete successfully."):]
+    assert re.search(r"^download_coco failed \(log: logs/download_coco\.log\): could not download", last, re.M), last
+    assert f"snakemake --cores {cores} results/fid_table.csv --config coco='{{root: /path/to/coco}}'" in last, last
+    assert re.search(r"^    snakemake --cores all .*results/fid/atari64/ours\.json", last, re.M), last
+    assert "Traceback" not in last and "RuleException" not in last and "Shell command" not in last, last
     assert seconds < 30, f"the run took {seconds:.0f} s to stop"
     print(f"--cores {cores}: stopped after {seconds:.1f} s; jobs started: {started}")

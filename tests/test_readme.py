@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 
-from conftest import REPO, readme_commands
+import pytest
+from conftest import REPO, readme_commands, repo_copy, snakemake_env
 
 SLOW_TIER_COMMAND = "pytest -m slow"
 
@@ -86,3 +88,27 @@ def test_the_heavy_tests_are_in_the_slow_tier_and_not_in_the_default_one():
     assert not heavy_in_default, f"kill/resume or multi-process tests in the default tier: {heavy_in_default}"
     for name in SLOW_NAMES:  # the patterns still name real tests (a rename would empty the check above)
         assert any(name in ln.split("::")[-1] for ln in slow), f"no slow test is named *{name}*"
+def _readme_block(marker: str) -> list[str]:
+    """The lines of the README's ```bash block that contains `marker`."""
+    block = next(b for b in readme_commands() if marker in b)
+    return [ln for ln in block.splitlines() if ln.strip()]
+
+
+def _written_file(line: str) -> str:
+    # the last `> file` of a command line is the picture or text it leaves behind
+    return line.split("#")[0].rsplit(">", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_readme_dag_and_rulegraph_lines_run_as_written_and_leave_a_picture(tmp_path, index):
+    line = [ln for ln in _readme_block("--rulegraph") if "--report" not in ln][index]
+    if " dot -T" in line and shutil.which("dot") is None:
+        pytest.skip("Graphviz's `dot` is not installed (apt-get install graphviz)")
+    clone = repo_copy(tmp_path / "clone")
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", line], cwd=clone, env=snakemake_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{line}\n{proc.stderr[-3000:]}"
+    out = clone / _written_file(line)
+    assert out.is_file() and out.stat().st_size > 1000, f"{line}: {out.name} is empty or tiny"
+    head = out.read_bytes()[:64]
+    assert head.startswith((b"\x89PNG", b"<?xml", b"---")), f"{out.name} starts with {head!r}"

@@ -181,7 +181,7 @@ def test_cli_writes_csv_and_markdown(results, tmp_path, capsys):
     T.main(["--fid", *map(str, results["fid"]), "--recon", *map(str, results["recon"]),
             "--vqgan-train", *map(str, results["vqgan_train"]),
             "--transformer-train", *map(str, results["transformer_train"]), "--data", *map(str, results["data"]),
-            "--out", str(out), "--markdown", str(md)])
+            "--out", str(out), "--markdown", str(md), "--html", str(tmp_path / "fid_table.html")])
     csv = pd.read_csv(out)
     assert list(csv.columns) == ["dataset", "variant", "subset", *T.COLUMNS]
     assert csv.set_index(["dataset", "variant", "subset"]).loc[("coco64", "ours", "all"), "fid"] == 81.25
@@ -197,6 +197,13 @@ def test_cli_writes_csv_and_markdown(results, tmp_path, capsys):
     assert "- atari64/ours/Pong: below its mean image (-0.60 dB)" in notes
     assert "- coco64/paper/all: val split has 480 images" in notes and "FID biased at N=240" in notes
     assert "81.25" in capsys.readouterr().out
+    # the report's table: every row of the Markdown table, with its notes, as HTML cells
+    page = (tmp_path / "fid_table.html").read_text()
+    body = page.split("<tbody>")[1].split("</tbody>")[0]
+    assert body.count("<tr>") == 9 and "<th>comparable_group</th>" in page
+    assert '<td class="r">95.00 ± 1.50</td>' in body and '<td class="l">Pong</td>' in body
+    assert '<td class="notes">below its mean image (-0.60 dB)' in body
+    assert "<li>coco64/paper/all: val split has 480 images" in page
 
 
 def test_bad_inputs_name_the_file(tmp_path):
@@ -310,8 +317,9 @@ def test_data_grid_has_one_row_per_class(tmp_path):
     meta = pd.DataFrame({"label": [0] * 10 + [1] * 10 + [2] * 10})
     split = write_split(tmp_path / "val", images, meta, {"classes": ["Pong", "MsPacman", "Breakout"]})
     with Image.open(plots.plot_data_grid(split, tmp_path / "grid.png", per_row=5)) as img:
-        # scale 4 for 16 px frames, 2 px padding: 3 rows of 5 images
-        assert img.size == (5 * (64 + 2) + 2, 3 * (64 + 2) + 2)
+        # scale 4 for 16 px frames, 2 px padding: 3 rows of 5 images, each row's game named on its left, a title above
+        width, height = img.size
+        assert height == 3 * (64 + 2) + 2 + 16 and 40 < width - (5 * (64 + 2) + 2) < 120, img.size
 
 
 def test_a_one_game_dataset_gets_a_row_per_level(results):
@@ -325,3 +333,11 @@ def test_a_one_game_dataset_gets_a_row_per_level(results):
     row = table.loc[("atari64", "level0")]
     assert (row["n_eval"], row["psnr"], row["psnr_gain_over_mean_db"]) == (30, 29.0, 12.0)
     assert row["notes"] == "this level's own mean image: 27.50 dB"
+
+
+def test_curve_and_data_grid_titles_name_stage_dataset_variant_and_split(tmp_path):
+    from vqgan.eval import plots
+
+    metrics = tmp_path / "results" / "transformer" / "atari64" / "ours" / "metrics.csv"
+    assert plots.curves_title(metrics) == "transformer training: dataset atari64, variant ours"
+    assert plots.curves_title(tmp_path / "x" / "metrics.csv") == "x"

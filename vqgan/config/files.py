@@ -104,3 +104,21 @@ def check_config_files(paths) -> None:
     for path in paths:
         if Path(path).is_file():
             read_config_file(path)
+
+
+def _as_typed(path) -> str:
+    # Snakemake hands the files over as absolute paths; show those under the working directory as typed
+    p = Path(path)
+    return str(p.relative_to(Path.cwd())) if p.is_absolute() and p.is_relative_to(Path.cwd()) else str(path)
+
+
+def check_not_overlays_alone(paths, cfg: dict[str, Any], experiment: str = "config/config.yaml") -> None:
+    """Files given to --configfile without any `datasets:` (an overlay such as config/offline.yaml given alone):
+    a ConfigError saying to put an experiment first, instead of the schema's "'datasets' is a required property"."""
+    if "datasets" in cfg or not paths:
+        return
+    given = " ".join(_as_typed(p) for p in paths)
+    raise ConfigError(
+        f"--configfile {given}: no `datasets:`, so no experiment; an overlay such as config/offline.yaml changes "
+        f"an experiment and goes after it: --configfile {experiment} {given} (an experiment of your own needs "
+        "`datasets:`, see config/README.md)")

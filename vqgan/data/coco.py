@@ -38,8 +38,9 @@ from vqgan.io.progress import progress_bar
 SPLITS = ("train", "val")
 COCO_BASE_URL = "http://images.cocodataset.org"
 OFFLINE_HINT = (
-    "if this machine is offline or cannot reach the server, set `coco.root` in the config to a local COCO root "
-    "in the official layout (annotations/, train2017/, val2017/) and nothing is downloaded"
+    "if this machine is offline or cannot reach the server, set `coco.root` to a local COCO root in the official "
+    "layout (annotations/, train2017/, val2017/), e.g. --config coco='{root: /path/to/coco}', and nothing is "
+    "downloaded; the Atari datasets need no download (e.g. snakemake --cores all results/fid/atari64/ours.json)"
 )
 COMPLETE = ".complete"
 

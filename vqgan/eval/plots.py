@@ -28,7 +28,7 @@ import pandas as pd  # noqa: E402
 from vqgan.data.dataset import MANIFEST, SPLITS, DatasetError, evenly_spaced, read_split  # noqa: E402
 from vqgan.io.cli import at_least, command  # noqa: E402
 from vqgan.io.files import atomic_file, prepare_output, refuse_overlap  # noqa: E402
-from vqgan.io.images import grid, save_png  # noqa: E402
+from vqgan.io.images import grid, labelled, save_png  # noqa: E402
 
 # Panels of `curves`, by column name; each panel appears only when the file has one of its columns.
 LOSS_COLUMNS = ("g_loss", "nll", "rec", "perceptual", "qloss", "loss", "val_loss")
@@ -55,6 +55,17 @@ def _series(df: pd.DataFrame, column: str) -> pd.Series | None:
     s.index = df["step"]
     s = s.dropna()
     return s if len(s) else None
+
+
+def curves_title(metrics: Path) -> str:
+    """results/{stage}/{ds}/{variant}/metrics.csv -> "VQGAN training: dataset {ds}, variant {variant}"."""
+    parts = metrics.resolve().parts
+    if len(parts) >= 4 and parts[-4] in STAGE_NAMES:
+        return f"{STAGE_NAMES[parts[-4]]} training: dataset {parts[-3]}, variant {parts[-2]}"
+    return metrics.parent.name
+
+
+STAGE_NAMES = {"vqgan": "VQGAN", "transformer": "transformer"}
 
 
 def plot_curves(metrics: str | os.PathLike, out: str | os.PathLike, title: str | None = None) -> Path:
@@ -100,7 +111,7 @@ def plot_curves(metrics: str | os.PathLike, out: str | os.PathLike, title: str |
                 twin.legend(loc="lower right", fontsize=8)
         ax.legend(fontsize=8, loc="upper right" if name != "codebook" else "lower left")
     fig.tight_layout()
-    fig.suptitle(title or path.parent.name, y=1.04)
+    fig.suptitle(title or curves_title(path), y=1.04)
     return _save(fig, out)
 
 
@@ -221,7 +232,11 @@ def plot_data_grid(data: str | os.PathLike, out: str | os.PathLike, per_row: int
     picks = [g[evenly_spaced(len(g), per_row)] for g in groups]
     image_rows = [np.asarray(split.images[idx]) for idx in picks if len(idx)]
     scale = max(1, min(4, 96 // split.resolution))  # small frames stay legible in the report
-    return save_png(out, grid(image_rows, scale=scale))
+    folder = Path(data).resolve()
+    title = f"dataset {folder.parent.name}, {folder.name} split: {len(split)} images"
+    names = split.class_names
+    rows_named = [names[c] if c < len(names) else str(c) for c in classes] if len(classes) > 1 else []
+    return save_png(out, labelled(grid(image_rows, scale=scale), rows_named, title=title))
 
 
 @command

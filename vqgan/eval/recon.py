@@ -42,7 +42,7 @@ from vqgan.eval.object_scores import PSNR_CAP_DB, ObjectScores, definition, empt
 from vqgan.io.checkpoint import load_vqgan, model_files
 from vqgan.io.cli import UsageError, command, device_name, load_config_arg
 from vqgan.io.files import prepare_output, refuse_overlap, write_json_atomic
-from vqgan.io.images import PngFolderWriter, abs_diff, grid, save_png, to_tensor, to_uint8
+from vqgan.io.images import PngFolderWriter, abs_diff, grid, labelled, save_png, to_tensor, to_uint8
 from vqgan.io.progress import progress_bar
 from vqgan.io.weights import lpips_state_dict
 from vqgan.models.lpips import LPIPS
@@ -366,7 +366,7 @@ class GridPicks:
         scale = max(1, min(4, 128 // o.shape[1]))
         big = [boxed_originals(o, self.frames, index, classes, scale),
                *(a.repeat(scale, axis=1).repeat(scale, axis=2) for a in (r, abs_diff(o, r)))]
-        return grid(big)
+        return labelled(grid(big), ["original", "reconstruction", "|difference|"])
 
 
 NO_OBJECTS = "no objects found"  # the reason recall is null when the truth or the pixel detector has no object

@@ -23,6 +23,7 @@ lists the notes again under the table, where a wide table's last column would be
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import math
 import os
@@ -284,9 +285,9 @@ def _missing(value: Any) -> bool:
 WITH_SPREAD = {"fid": "fid_seed_std", "kid_mean": "kid_seed_std"}
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub-style Markdown table (no extra dependency); empty cells for missing values; FID and KID as mean ± std
-    over the seeds; then every row's notes as a list, where they are read."""
+def _formatted(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[str]]:
+    """(columns, every row's cells as text, the notes list): FID and KID as mean ± std over the seeds, empty cells
+    for missing values."""
     def fmt(column: str, value: Any) -> str:
         if _missing(value):
             return ""
@@ -295,10 +296,7 @@ def to_markdown(table: pd.DataFrame) -> str:
         return str(value)
 
     columns = [c for c in table.columns if c not in WITH_SPREAD.values()]
-    header = "| " + " | ".join(columns) + " |"
-    left = ("dataset", "variant", "subset", "kind", "comparable_group", "inception_sha256", "notes")
-    rule = "|" + "|".join("---" if c in left else "---:" for c in columns) + "|"
-    body = []
+    rows = []
     for row in table.to_dict("records"):
         cells = []
         for c in columns:
@@ -306,13 +304,46 @@ def to_markdown(table: pd.DataFrame) -> str:
             if c in WITH_SPREAD and cell and not _missing(row[WITH_SPREAD[c]]):
                 cell += " ± " + fmt(WITH_SPREAD[c], row[WITH_SPREAD[c]])
             cells.append(cell)
-        body.append("| " + " | ".join(cells) + " |")
-    lines = [header, rule, *body]
-    notes = [f"- {r['dataset']}/{r['variant']}/{r['subset']}: {r['notes']}"
+        rows.append(cells)
+    notes = [f"{r['dataset']}/{r['variant']}/{r['subset']}: {r['notes']}"
              for r in table.to_dict("records") if isinstance(r["notes"], str) and r["notes"]]
+    return columns, rows, notes
+
+
+LEFT = ("dataset", "variant", "subset", "kind", "comparable_group", "inception_sha256", "notes")
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-style Markdown table (no extra dependency); empty cells for missing values; FID and KID as mean ± std
+    over the seeds; then every row's notes as a list, where they are read."""
+    columns, rows, notes = _formatted(table)
+    header = "| " + " | ".join(columns) + " |"
+    rule = "|" + "|".join("---" if c in LEFT else "---:" for c in columns) + "|"
+    lines = [header, rule, *("| " + " | ".join(cells) + " |" for cells in rows)]
     if notes:
-        lines += ["", "Notes:", *notes]
+        lines += ["", "Notes:", *(f"- {n}" for n in notes)]
     return "\n".join(lines) + "\n"
+
+
+HTML_STYLE = ("body{font-family:sans-serif;font-size:13px;margin:8px}table{border-collapse:collapse}"
+              "th,td{border:1px solid #ccc;padding:3px 6px;white-space:nowrap}td.l{text-align:left}"
+              "td{text-align:right}td.notes{white-space:normal;min-width:24em}tr:nth-child(even){background:#f5f5f5}"
+              "th{background:#eee;position:sticky;top:0}")
+
+
+def to_html(table: pd.DataFrame, title: str = "FID table (results/fid_table.csv)") -> str:
+    """The Markdown table's cells as one standalone HTML page (the report shows it as a table): every row, its
+    notes in their column and listed below."""
+    columns, rows, notes = _formatted(table)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="{"notes" if c == "notes" else "l" if c in LEFT else "r"}">{html.escape(v)}'
+                         "</td>" for c, v in zip(columns, cells)) + "</tr>\n" for cells in rows)
+    listed = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{HTML_STYLE}</style></head><body>\n<h3>{html.escape(title)}</h3>\n"
+            f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n"
+            + (f"<h4>Notes</h4><ul>{listed}</ul>\n" if notes else "") + "</body></html>\n")
 
 
 @command
@@ -329,11 +360,12 @@ def main(argv: list[str] | None = None) -> None:
                    "than configured")
     p.add_argument("--out", required=True, help="CSV path (results/fid_table.csv)")
     p.add_argument("--markdown", help="also write a Markdown rendering here")
+    p.add_argument("--html", help="also write it as an HTML page here (the report's table)")
     args = p.parse_args(argv)
-    refuse_overlap({"--out": args.out, "--markdown": args.markdown},
+    refuse_overlap({"--out": args.out, "--markdown": args.markdown, "--html": args.html},
                    {"--fid": args.fid, "--recon": args.recon, "--vqgan-train": args.vqgan_train,
                     "--transformer-train": args.transformer_train, "--data": args.data})
-    for out in (args.out, args.markdown):
+    for out in (args.out, args.markdown, args.html):
         if out:
             prepare_output(out)  # an unwritable output fails now
     table = build_table(args.fid, args.recon, args.vqgan_train, args.transformer_train, args.data)
@@ -343,6 +375,8 @@ def main(argv: list[str] | None = None) -> None:
     markdown = to_markdown(table)
     if args.markdown:
         write_text_atomic((args.markdown), markdown)
+    if args.html:
+        write_text_atomic(args.html, to_html(table))
     print(markdown, end="")
 
 

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from vqgan.io.files import atomic_file, replace_dir, temp_dir_beside
 
@@ -53,6 +53,23 @@ def grid(rows: Sequence[np.ndarray], pad: int = 2, pad_value: int = 255, scale: 
             y, x = pad + i * (hs + pad), pad + j * (ws + pad)
             out[y : y + hs, x : x + ws] = img
     return out
+
+
+def labelled(image: np.ndarray, row_labels: Sequence[str] = (), title: str | None = None, pad: int = 2) -> np.ndarray:
+    """A `grid` image with its rows' labels in a column on the left and a title above (white bands, black text).
+    The rows are the grid's equal-height bands between `pad`-pixel gaps."""
+    font = ImageFont.load_default()
+    width = max([8 + int(font.getlength(s)) for s in row_labels] or [0])
+    top = 16 if title else 0
+    canvas = Image.new("RGB", (image.shape[1] + width, image.shape[0] + top), "white")
+    canvas.paste(Image.fromarray(np.ascontiguousarray(image)), (width, top))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((4, 2), title, fill="black", font=font)
+    band = (image.shape[0] - pad) / max(1, len(row_labels))
+    for i, label in enumerate(row_labels):
+        draw.text((4, top + pad + (i + 0.5) * band), label, fill="black", font=font, anchor="lm")
+    return np.asarray(canvas)
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:

@@ -1,19 +1,24 @@
 # Helpers shared by every .smk file in workflow/rules/: the config check's wiring, per-dataset config sections,
 # path builders. The checks themselves live in vqgan/config/ (a Python module with its own unit tests); the
 # Snakefile calls them while the DAG is built, before any job runs, and each failure is one line naming the key.
+import atexit
 import json
 import sys
 
 from atari_collect.config import DATASET_RULES, parse_config
 from vqgan import hardware
 from vqgan.config.experiment import DEFAULT_COCO_ROOT, check_experiment
-from vqgan.config.files import ConfigError, check_config_files
+from vqgan.config.failures import failed_jobs, what_next
+from vqgan.config.files import ConfigError, check_config_files, check_not_overlays_alone
 
 
-def check_files(paths):
-    """Read every config file strictly: a WorkflowError with file:line for the first problem."""
+def check_files(paths, given=False):
+    """Read every config file strictly: a WorkflowError with file:line for the first problem; files `given` with
+    --configfile must hold an experiment (`datasets:`), not an overlay alone."""
     try:
         check_config_files(paths)
+        if given:
+            check_not_overlays_alone(paths, config)
     except ConfigError as e:
         raise WorkflowError(str(e)) from None
 
@@ -26,6 +31,22 @@ def check_config(cfg):
         return check_experiment(cfg, {"atari": DATASET_RULES})
     except ConfigError as e:
         raise WorkflowError(str(e)) from None
+
+
+def print_what_next(snakemake_log):
+    """After a failed run, say what failed and what to type next (vqgan/config/failures.py) as the very last lines:
+    at exit, below Snakemake's own closing lines (log path, elapsed time, "At least one job did not complete").
+    """
+    atari = [f"results/fid/{ds}/{v}.json" for ds in ATARI_DATASETS for v in VARIANTS]
+
+    def show():
+        lines = what_next(
+            failed_jobs(snakemake_log), sys.argv, atari, config["weights_dir"]
+        )
+        if lines:
+            print("\n".join(lines), file=sys.stderr, flush=True)
+
+    atexit.register(show)
 
 
 def _names(names):

@@ -45,6 +45,12 @@ rule fid_table:
             category="Results",
         ),
         md="results/fid_table.md",
+        # the same table as a page the report shows (every row, with its notes)
+        html=report(
+            "results/fid_table.html",
+            caption="../report/fid_table.rst",
+            category="Results",
+        ),
     log:
         "logs/fid_table.log",
     conda:
@@ -52,4 +58,4 @@ rule fid_table:
     shell:
         "python -m vqgan.eval.table --fid {input.fid:q} --recon {input.recon:q} --vqgan-train {input.vqgan:q}"
         " --transformer-train {input.transformer:q} --data {input.data:q} --out {output.csv:q}"
-        " --markdown {output.md:q} > {log:q} 2>&1"
+        " --markdown {output.md:q} --html {output.html:q} > {log:q} 2>&1"
