@@ -91,7 +91,7 @@ def test_a_job_waits_while_every_gpu_is_held_and_runs_once_one_is_released(two_g
     assert re.search(r"claimed GPU 1 at .*\n.*released GPU 1 at .*\(exit code 0\)", err), err
 
 
-def test_kill_9_frees_the_gpu_once_the_job_and_its_command_are_gone(two_gpus):
+def test_a_sigkilled_holder_frees_its_gpu_once_the_job_and_its_command_are_gone(two_gpus):
     cmd = claimer(2, sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(120)")
     job = subprocess.Popen(cmd, env=two_gpus, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
