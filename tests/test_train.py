@@ -374,9 +374,9 @@ def test_nan_loss_stops_training_and_keeps_last_good_state(train_split, tmp_path
 def test_fp16_is_refused_with_the_reason_and_what_to_use(train_split, tmp_path):
     from vqgan.train.vqgan import TrainConfig
 
-    with pytest.raises(ValueError, match=r"mixed_precision='fp16'.*two optimizers.*'bf16'"):
-        TrainConfig.from_dict({"mixed_precision": "fp16"})
-    proc = run(train_cmd(config_with(mixed_precision="fp16"), train_split, tmp_path / "o", tmp_path / "s"))
+    with pytest.raises(ValueError, match=r"precision='fp16'.*two optimizers.*'auto'.*bf16"):
+        TrainConfig.from_dict({"precision": "fp16"})
+    proc = run(train_cmd(config_with(precision="fp16"), train_split, tmp_path / "o", tmp_path / "s"))
     assert proc.returncode != 0 and "fp16" in proc.stderr and not (tmp_path / "s").exists()
 
 

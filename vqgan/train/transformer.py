@@ -277,6 +277,7 @@ def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_dat
             "n_params": raw_model.num_params(),
             "tokens_seen": tc.steps * tokens_per_step,
             "model_config": gcfg.to_dict(),
+            "codes_precision": meta.get("precision"),  # what the encoder ran in (codes.json)
         }, files={"codes.json": meta}, note=f"; val {val_loss / LN2:.3f} bits/token", earlier="config or codes")
     accelerator.end_training()
     return 0
