@@ -80,8 +80,10 @@ def accelerate_name(resolved: str) -> str:
 
 
 def autocast(device, precision: str):
-    """A context that runs the model in a resolved `precision` on `device` (a torch.device or its name)."""
-    check_precision(precision, allowed=("fp32", "bf16"))
+    """A context that runs the model in `precision` on `device` (a torch.device or its name); the commands resolve
+    `auto` once, and record it, before they call this."""
+    if check_precision(precision) == "auto":
+        precision = resolve(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
