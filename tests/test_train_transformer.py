@@ -238,3 +238,19 @@ def test_training_steps_read_nothing_back_from_the_device_between_log_steps(tmp_
         counts[steps] = list(calls)
         monkeypatch.undo()
     assert len(counts[8]) == len(counts[4]), f"reads grew with the steps: {counts[8]}"
+
+
+@pytest.mark.parametrize("cpu_bf16,want", [("no", "fp32"), ("yes", "bf16")])
+def test_auto_precision_is_resolved_on_the_cpu_and_recorded(tmp_path, cpu_bf16, want):
+    # a process of its own: accelerate's state keeps the first precision a process asked for
+    codes = write_codes(tmp_path / "codes")
+    meta = json.loads((codes / "codes.json").read_text())
+    (codes / "codes.json").write_text(json.dumps({**meta, "precision": "bf16"}))
+    out = tmp_path / "tr"
+    proc = subprocess.run([sys.executable, "-m", "vqgan.train.transformer", *args(codes, out, config(steps=2))],
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "VQGAN_HARDWARE": f"cpu_bf16={cpu_bf16}"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((out / "train.json").read_text())
+    assert info["precision"] == want and info["precision_by_step"] == [[0, want]]
+    assert info["train_config"]["precision"] == "auto" and info["codes_precision"] == "bf16"
