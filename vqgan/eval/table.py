@@ -15,9 +15,13 @@ Each input is a JSON file written by one stage for one dataset and variant: `res
 or a key an older file lacks, gives an empty (NaN) cell rather than an error: the table is a summary, and a
 half-finished run should still show what it has. `COLUMNS` says where every column comes from.
 
+`precision` says what each stage's jobs ran in (`vqgan bf16, eval fp32, encode bf16, transformer bf16, sample
+bf16/fp32`: the transformer's weights / the decoder), as each recorded it with `auto` resolved on its device.
+
 `notes` says what a reader must not miss (a split smaller than configured, FID at an N where it is strongly
 biased, a reconstruction below its constant-image baseline, a collapsed codebook, a transformer no better on val
-than a uniform guess over the codes, why object scores are missing); the Markdown rendering
+than a uniform guess over the codes, why object scores are missing, variants of a dataset whose jobs ran in
+different precisions); the Markdown rendering
 lists the notes again under the table, where a wide table's last column would be missed.
 """
 from __future__ import annotations
