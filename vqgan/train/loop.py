@@ -89,9 +89,11 @@ def make_accelerator(run_dir: Path, tc: LoopConfig):
     and the precision `tc.precision` resolves to on this process's device: -> (accelerator, per_device_batch,
     precision). A ValueError when the batch does not divide or the device cannot run the precision."""
     from accelerate import Accelerator, PartialState
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import ProjectConfiguration, parse_flag_from_env
 
-    state = PartialState()  # the device this process trains on, before the Accelerator fixes its autocast
+    # The device this process trains on, before the Accelerator fixes its autocast; ACCELERATE_USE_CPU read as
+    # AcceleratorState reads it (a PartialState made without it would not join a multi-process CPU run).
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     precision = resolve(tc.precision, state.device, f"{tc.SECTION}.precision", allowed=(*PRECISIONS, "fp16"),
                         warn=state.is_main_process)
     accelerator = Accelerator(
