@@ -137,7 +137,7 @@ def variant_config(name: str, steps: int, batch_size: int, lr: float, warmup: in
         "quantizer": dict(v["quantizer"]),
         "loss": loss,
         "train": {"steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": warmup,
-                  "mixed_precision": "bf16", "log_every": 10, "checkpoint_every": steps, **train},
+                  "precision": "bf16", "log_every": 10, "checkpoint_every": steps, **train},
     }
 
 

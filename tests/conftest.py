@@ -17,6 +17,17 @@ TINY_COCO = REPO / ".test" / "data" / "tiny_coco"
 BIN = Path(sys.executable).parent  # the venv running pytest; its snakemake and our CLIs live here
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each test's in-process training run gets its own Accelerate state: it keeps the first precision a process
+    asked for, and `auto` resolves differently under VQGAN_HARDWARE (a job is one run per process)."""
+    yield
+    if "accelerate" in sys.modules:
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

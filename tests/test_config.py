@@ -139,7 +139,13 @@ MALFORMED = [
      r"datasets\.coco_tiny\.resolution.*33.*multiple"),
     ("unknown dataset kind", setting(datasets__coco_tiny__kind="imagenet"), r"'imagenet' is not one of \['coco', 'atari'\]"),
     ("unknown quantizer", setting(vqgan__quantizer__kind="fsq"), r"vqgan\.quantizer\.kind: 'fsq' is not one of"),
-    ("bad mixed precision", setting(vqgan__train__mixed_precision="fp8"), r"'fp8' is not one of"),
+    ("bad precision", setting(vqgan__train__precision="fp8"), r"'fp8' is not one of"),
+    ("Accelerate's no", setting(vqgan__train__precision="no"),
+     r"vqgan\.train\.precision: 'no' is not one of.*\(write fp32 for full precision\)"),
+    ("YAML's no", setting(transformer__train__precision=False), r"transformer\.train\.precision.*write fp32"),
+    ("the old key", setting(transformer__train__mixed_precision="bf16"),
+     r"'mixed_precision' was unexpected.*did you mean 'precision'"),
+    ("fp16 in the VQGAN", setting(vqgan__train__precision="fp16"), r"vqgan\.train\.precision: 'fp16' is not one of"),
     ("val fraction out of range", setting(datasets__atari_tiny__val_fraction=1.5),
      r"1\.5 is greater than or equal to the maximum"),
     ("val fraction zero", setting(datasets__atari_tiny__val_fraction=0),
@@ -494,13 +500,14 @@ def test_lpips_weights_are_an_input_of_eval_exactly_when_lpips_is_scored(tmp_pat
 
 def test_inference_precision_reaches_each_stage_of_its_variant_only(tmp_path):
     cfg = copy.deepcopy(TEST_CONFIG)
-    # the CI experiment leaves them at the schema's fp32; the paper variant sets all three to bf16
+    # the CI experiment leaves them at the schema's auto, which the jobs resolve: the DAG holds the literal `auto`,
+    # so results moved to another machine rerun nothing; the paper variant sets all three to bf16
     _set(cfg, "variants.paper.vqgan.eval", {"precision": "bf16"})
     _set(cfg, "variants.paper.vqgan.encode", {"precision": "bf16"})
     _set(cfg, "variants.paper.sample", {"decode_precision": "bf16"})
     proc = _dry_run(tmp_path, cfg)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for variant, want in (("paper", "bf16"), ("ours", "fp32")):
+    for variant, want in (("paper", "bf16"), ("ours", "auto")):
         assert f"--precision {want}" in _job_blocks(proc.stdout, "encode")[variant]
         assert f'"precision": "{want}"' in _job_blocks(proc.stdout, "eval_vqgan")[variant]
         sample_jobs = [b for b in proc.stdout.split("\nrule ")[1:] if b.startswith("sample:")

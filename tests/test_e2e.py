@@ -166,6 +166,52 @@ def test_nothing_to_do_after_a_full_run_and_after_editing_a_readme(run):
         os.utime(readme, (stat.st_atime, stat.st_mtime))
 
 
+def _precisions(results: Path) -> dict[str, str]:
+    """{file: precision} of every job's JSON under `results` that records one (decode_precision too)."""
+    out = {}
+    for path in sorted(results.rglob("*.json")):
+        data = json.loads(path.read_text())
+        for key in ("precision", "decode_precision"):
+            if isinstance(data, dict) and key in data:
+                out[f"{path.relative_to(results)}:{key}"] = data[key]
+    return out
+
+
+def test_every_job_records_what_auto_gave_and_another_cpu_reruns_nothing(run):
+    from vqgan.precision import resolve
+
+    workdir, config = run
+    used = _precisions(workdir / "results")
+    # train.json (both loops), recon.json, codes.json, samples.json: the .test config leaves every stage at auto
+    assert {k.split("/")[0] for k in used} >= {"vqgan", "codes", "transformer", "samples"}, used
+    assert set(used.values()) == {resolve("auto", "cpu")}, used
+    for flag in ("no", "yes"):  # the results moved to a CPU with, or without, bf16: the DAG holds the word auto
+        out = run_snakemake("-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", "-n", "--configfile",
+                            str(config), env=snakemake_env(VQGAN_HARDWARE=f"cpu_bf16={flag}")).stdout
+        assert "Nothing to be done" in out, out[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cpu_bf16,want", [("no", "fp32"), ("yes", "bf16")])
+def test_on_a_cpu_without_bf16_every_job_records_fp32_and_with_it_bf16(tmp_path, tiny_coco, cpu_bf16, want):
+    cfg = _base_config()  # one dataset, variant and seed: every stage up to the samples, each job once
+    del cfg["datasets"]["atari_tiny"]
+    cfg["variants"], cfg["sample"]["seeds"] = {"ours": {}}, [0]
+    config = _write_config(tmp_path / "config.yaml", cfg)
+    run_snakemake("results/samples/coco_tiny/ours/seed0", "results/vqgan/coco_tiny/ours/recon.json", "-s",
+                  str(REPO / "Snakefile"), "-d", str(tmp_path), "--cores", "2", "--configfile", str(config),
+                  env=snakemake_env(VQGAN_HARDWARE=f"cpu_bf16={cpu_bf16}"))
+    used = _precisions(tmp_path / "results")
+    assert sorted(used) == ["codes/coco_tiny/ours/codes.json:precision",
+                            "samples/coco_tiny/ours/seed0/samples.json:decode_precision",
+                            "samples/coco_tiny/ours/seed0/samples.json:precision",
+                            "transformer/coco_tiny/ours/codes.json:precision",
+                            "transformer/coco_tiny/ours/train.json:precision",
+                            "vqgan/coco_tiny/ours/recon.json:precision",
+                            "vqgan/coco_tiny/ours/train.json:precision"], used
+    assert set(used.values()) == {want}, used
+
+
 def test_changing_a_transformer_key_reruns_only_the_transformer_chain(run, tmp_path):
     workdir, _ = run
     cfg = _base_config()

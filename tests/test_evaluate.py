@@ -213,7 +213,7 @@ def test_eval_in_bf16_records_it_and_stays_close_to_fp32(tmp_path):
         (tmp_path / precision).mkdir()
         assert _eval_tiny_model(tmp_path / precision, {"precision": precision, "lpips": False}) == 0
         got[precision] = json.loads((tmp_path / precision / "recon.json").read_text())
-        assert got[precision]["eval_config"]["precision"] == precision
+        assert got[precision]["eval_config"]["precision"] == got[precision]["precision"] == precision
     # the same random model on the same frames: bf16 autocast moves the PSNR by far less than a dB ...
     assert got["bf16"]["psnr"] == pytest.approx(got["fp32"]["psnr"], abs=0.2)
     assert got["bf16"]["psnr_baseline_mean"] == got["fp32"]["psnr_baseline_mean"]  # baselines are not the model's
@@ -223,6 +223,14 @@ def test_eval_in_bf16_records_it_and_stays_close_to_fp32(tmp_path):
     assert psnr_per_image(b, a).mean() > 30
     with pytest.raises(ValueError, match="vqgan.eval.precision='fp16'"):
         EvalConfig.from_dict({"precision": "fp16"})
+
+
+@pytest.mark.parametrize("cpu_bf16,want", [("no", "fp32"), ("yes", "bf16")])
+def test_eval_records_what_auto_gave_on_this_cpu(tmp_path, monkeypatch, cpu_bf16, want):
+    monkeypatch.setenv("VQGAN_HARDWARE", f"cpu_bf16={cpu_bf16}")
+    assert _eval_tiny_model(tmp_path, {"precision": "auto", "lpips": False}, n_val=4) == 0
+    m = json.loads((tmp_path / "recon.json").read_text())
+    assert m["precision"] == want and m["eval_config"]["precision"] == "auto"
 
 
 def test_baselines_are_per_class_when_labels_are_given():

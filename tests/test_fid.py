@@ -289,3 +289,15 @@ def test_cpu_features_in_channels_last_chunks_match_one_plain_batch():
     feats = extractor(x)
     assert feats.shape == (10, 2048)
     assert float((feats - plain).abs().max() / plain.abs().max()) < 1e-4
+
+
+def test_samples_precision_is_read_from_each_seeds_samples_json(tmp_path):
+    from vqgan.eval.fid import samples_precision
+
+    for seed, used in ((0, {"precision": "bf16", "decode_precision": "fp32"}), (1, {"precision": "bf16",
+                       "decode_precision": "fp32"}), (2, {"precision": "fp32", "decode_precision": "fp32"}), (3, {})):
+        (tmp_path / f"seed{seed}").mkdir()
+        (tmp_path / f"seed{seed}" / "samples.json").write_text(json.dumps(used))
+    (tmp_path / "elsewhere").mkdir()  # samples made by another program: no samples.json
+    assert samples_precision([tmp_path / f"seed{s}" for s in range(4)]) == "bf16/fp32, fp32/fp32"
+    assert samples_precision([tmp_path / "elsewhere"]) is None

@@ -37,7 +37,7 @@ def stage(tmp_path_factory):
                            z_channels=8, n_codes=32, code_dim=4))
     save_model(vq, root / "vqgan")
     assert encode.main(["--model", str(root / "vqgan"), "--data", str(root / "data"), "--out", str(root / "codes"),
-                        "--batch-size", "4"]) == 0
+                        "--batch-size", "4", "--precision", "fp32"]) == 0
     return root
 
 
@@ -75,7 +75,7 @@ def test_encode_writes_the_models_codes_in_the_smallest_dtype(stage):
 
 
 def test_encode_in_bf16_records_its_precision_and_mostly_agrees_with_fp32(stage, tmp_path):
-    assert json.loads((stage / "codes" / "codes.json").read_text())["precision"] == "fp32"  # the default
+    assert json.loads((stage / "codes" / "codes.json").read_text())["precision"] == "fp32"
     assert encode.main(["--model", str(stage / "vqgan"), "--data", str(stage / "data"), "--out", str(tmp_path),
                         "--batch-size", "4", "--precision", "bf16"]) == 0
     assert json.loads((tmp_path / "codes.json").read_text())["precision"] == "bf16"
@@ -86,6 +86,19 @@ def test_encode_in_bf16_records_its_precision_and_mostly_agrees_with_fp32(stage,
     with pytest.raises(SystemExit):
         encode.main(["--model", str(stage / "vqgan"), "--data", str(stage / "data"), "--out", str(tmp_path),
                      "--precision", "fp16"])
+
+
+@pytest.mark.parametrize("cpu_bf16,want", [("no", "fp32"), ("yes", "bf16")])
+def test_encode_and_sample_record_what_auto_gave_on_this_cpu(stage, transformer, tmp_path, monkeypatch, cpu_bf16,
+                                                             want):
+    monkeypatch.setenv("VQGAN_HARDWARE", f"cpu_bf16={cpu_bf16}")
+    assert encode.main(["--model", str(stage / "vqgan"), "--data", str(stage / "data"), "--out", str(tmp_path),
+                        "--batch-size", "4", "--device", "cpu"]) == 0  # the schema's default: auto
+    assert json.loads((tmp_path / "codes.json").read_text())["precision"] == want
+    assert run_sample(stage, transformer, f"auto_{cpu_bf16}", n_per_class=1, batch_size=2) == 0
+    info = json.loads((stage / f"auto_{cpu_bf16}" / "samples.json").read_text())
+    assert info["precision"] == info["decode_precision"] == want
+    assert info["settings"]["precision"] == info["settings"]["decode_precision"] == "auto"  # what the config said
 
 
 def test_code_dtype_is_the_smallest_that_fits():

@@ -122,6 +122,28 @@ def test_notes_warn_of_small_data_biased_fid_and_a_dataset_below_its_mean_image(
     assert "configured" not in atari and "FID biased" not in atari  # no manifests given, no FID yet
 
 
+def test_precision_column_and_a_note_where_variants_of_a_dataset_ran_in_different_precisions(tmp_path):
+    r = tmp_path / "results"
+    vq = [_write(r / "vqgan" / "coco64" / v / "train.json", {"steps": 10, "precision": p, "precision_by_step": s})
+          for v, p, s in (("ours", "fp32", [[0, "bf16"], [5, "fp32"]]), ("paper", "fp32", [[0, "fp32"]]),
+                          ("third", "fp32", [[0, "bf16"], [5, "fp32"]]))]
+    recon = [_write(r / "vqgan" / "coco64" / v / "recon.json", {"n_images": 5, "precision": "fp32"})
+             for v in ("ours", "paper", "third")]
+    fid = [_write(r / "fid" / "coco64" / f"{v}.json", {"n_gen": 5, "n_real": 5, "samples_precision": p})
+           for v, p in (("ours", "bf16/fp32"), ("paper", "bf16/fp32"), ("third", "fp32/fp32"))]
+    table = T.build_table(fid=fid, recon=recon, vqgan_train=vq).set_index("variant")
+    assert table.loc["ours", "precision"] == "vqgan bf16+fp32, eval fp32, sample bf16/fp32"  # resumed elsewhere
+    assert table.loc["paper", "precision"] == "vqgan fp32, eval fp32, sample bf16/fp32"
+    assert "precision differs: vqgan ran in bf16+fp32, fp32 in paper; sample ran in bf16/fp32, fp32/fp32 in third" \
+        in table.loc["ours", "notes"]
+    assert "precision differs: vqgan ran in fp32, bf16+fp32 in ours, bf16+fp32 in third; sample ran in bf16/fp32, " \
+        "fp32/fp32 in third" in table.loc["paper", "notes"]
+    same = T.build_table(recon=recon)
+    assert (same["precision"] == "eval fp32").all() and not same["notes"].str.contains("precision").any()
+    assert pd.isna(T.build_table(recon=[_write(r / "old" / "a" / "b" / "recon.json", {"n_images": 5})]).loc[
+        0, "precision"])  # written before precisions were recorded: an empty cell
+
+
 def test_notes_flag_a_collapsed_codebook_and_a_transformer_no_better_than_uniform(results, tmp_path):
     table = T.build_table(**results).set_index(["dataset", "variant", "subset"])
     for key in (("coco64", "ours", "all"), ("atari64", "ours", "all")):  # 71% and 20% in use; 7.9 < 9.0 bits

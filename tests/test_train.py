@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -377,9 +378,9 @@ def test_nan_loss_stops_training_and_keeps_last_good_state(train_split, tmp_path
 def test_fp16_is_refused_with_the_reason_and_what_to_use(train_split, tmp_path):
     from vqgan.train.vqgan import TrainConfig
 
-    with pytest.raises(ValueError, match=r"mixed_precision='fp16'.*two optimizers.*'bf16'"):
-        TrainConfig.from_dict({"mixed_precision": "fp16"})
-    proc = run(train_cmd(config_with(mixed_precision="fp16"), train_split, tmp_path / "o", tmp_path / "s"))
+    with pytest.raises(ValueError, match=r"precision='fp16'.*two optimizers.*'auto'.*bf16"):
+        TrainConfig.from_dict({"precision": "fp16"})
+    proc = run(train_cmd(config_with(precision="fp16"), train_split, tmp_path / "o", tmp_path / "s"))
     assert proc.returncode != 0 and "fp16" in proc.stderr and not (tmp_path / "s").exists()
 
 
@@ -400,3 +401,25 @@ def test_vqgan_steps_read_nothing_back_from_the_device_between_log_steps(train_s
         counts[steps] = list(calls)
         monkeypatch.undo()
     assert len(counts[8]) == len(counts[4]), f"reads grew with the steps: {counts[8]}"
+
+
+def test_auto_precision_follows_the_machine_and_a_resume_elsewhere_records_both(train_split, tmp_path):
+    """The state folder holds the config's `auto`, not what it resolved to: a run resumed on a machine whose CPU has
+    no bf16 (VQGAN_HARDWARE stands in for the move) resumes, continues in what `auto` gives there, and says so."""
+    out, state = tmp_path / "out", tmp_path / "state"
+    cmd = train_cmd(config_with(steps=4, checkpoint_every=2, precision="auto"), train_split, out, state)
+    first = subprocess.run(cmd, env={**env(), "VQGAN_HARDWARE": "cpu_bf16=yes"}, capture_output=True, text=True,
+                           timeout=120)
+    assert first.returncode == 0, first.stderr[-3000:]
+    info = json.loads((out / "train.json").read_text())
+    assert info["precision"] == "bf16" and info["precision_by_step"] == [[0, "bf16"]]
+    assert info["train_config"]["precision"] == "auto"
+    (run_dir,) = state.iterdir()
+    for p in (run_dir / "checkpoint-4", out):  # back to step 2, as if the run had been cut there
+        shutil.rmtree(p)
+    second = subprocess.run(cmd, env={**env(), "VQGAN_HARDWARE": "cpu_bf16=no"}, capture_output=True, text=True,
+                            timeout=120)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from step 2" in second.stdout and [p.name for p in state.iterdir()] == [run_dir.name]
+    info = json.loads((out / "train.json").read_text())
+    assert info["precision"] == "fp32" and info["precision_by_step"] == [[0, "bf16"], [2, "fp32"]]

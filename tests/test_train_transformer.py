@@ -126,9 +126,9 @@ def test_resume_after_kill_continues_to_the_same_weights(tmp_path):
 
 @pytest.mark.slow  # two gloo training processes (37 s at load 5-7)
 def test_two_gloo_processes_train_the_same_weights_as_one(tmp_path):
-    # per-rank slices of one global batch + all-reduced gradients = the single-process step, up to rounding
+    # per-rank slices of one global batch + all-reduced gradients = the single-process step, up to fp32 rounding
     codes = write_codes(tmp_path / "codes")
-    cfg = config(steps=6, checkpoint_every=6, eval_every=6, pkeep=0.8, p_uncond=0.2, grad_clip=0)
+    cfg = config(steps=6, checkpoint_every=6, eval_every=6, pkeep=0.8, p_uncond=0.2, grad_clip=0, precision="fp32")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run([sys.executable, "-m", "vqgan.train.launch", "--num-processes", "2", "--", "-m",
                           "vqgan.train.transformer", *args(codes, tmp_path / "two", cfg)],
@@ -240,3 +240,19 @@ def test_training_steps_read_nothing_back_from_the_device_between_log_steps(tmp_
         counts[steps] = list(calls)
         monkeypatch.undo()
     assert len(counts[8]) == len(counts[4]), f"reads grew with the steps: {counts[8]}"
+
+
+@pytest.mark.parametrize("cpu_bf16,want", [("no", "fp32"), ("yes", "bf16")])
+def test_auto_precision_is_resolved_on_the_cpu_and_recorded(tmp_path, cpu_bf16, want):
+    # a process of its own: accelerate's state keeps the first precision a process asked for
+    codes = write_codes(tmp_path / "codes")
+    meta = json.loads((codes / "codes.json").read_text())
+    (codes / "codes.json").write_text(json.dumps({**meta, "precision": "bf16"}))
+    out = tmp_path / "tr"
+    proc = subprocess.run([sys.executable, "-m", "vqgan.train.transformer", *args(codes, out, config(steps=2))],
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "VQGAN_HARDWARE": f"cpu_bf16={cpu_bf16}"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((out / "train.json").read_text())
+    assert info["precision"] == want and info["precision_by_step"] == [[0, want]]
+    assert info["train_config"]["precision"] == "auto" and info["codes_precision"] == "bf16"

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vqgan.config.schema import defaults
 from vqgan.data.codes import CODES_JSON, SPLITS, check_codes, code_dtype, save_npy
 from vqgan.data.dataset import DatasetError, read_split
 from vqgan.device import job_device
@@ -29,7 +30,7 @@ from vqgan.io.cli import at_least, command, device_name
 from vqgan.io.files import prepare_output, refuse_overlap, write_json_atomic
 from vqgan.io.images import to_tensor
 from vqgan.io.progress import progress_bar
-from vqgan.precision import PRECISIONS, autocast, check_precision
+from vqgan.precision import PRECISIONS, autocast, resolve
 
 
 @torch.inference_mode()
@@ -37,10 +38,9 @@ def encode_images(model, images: np.ndarray, batch_size: int = 64, device="cpu",
                   precision: str = "fp32") -> np.ndarray:
     """(N, H, W, 3) uint8 (a memory map is fine) -> (N, h, w) int64 codes, batch by batch.
 
-    `precision="bf16"` runs the encoder under bf16 autocast (the code lookup stays fp32): ~1.8x the images/s
-    on a CPU with bf16 instructions; a code differs from fp32's where two codes are nearly equally close (0.7% on
-    the default Atari experiment: bench/inference.py measures both)."""
-    check_precision(precision)
+    `precision="bf16"` (resolved: not auto) runs the encoder under bf16 autocast (the code lookup stays fp32):
+    ~1.8x the images/s on a CPU with bf16 instructions; a code differs from fp32's where two codes are nearly
+    equally close (0.7% on the default Atari experiment: bench/inference.py measures both)."""
     device = torch.device(device)
     out = []
     for lo in progress_bar(range(0, len(images), batch_size), desc=desc, file=sys.stderr, dynamic_ncols=True):
@@ -60,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder (results/codes/{ds}/{variant})")
     p.add_argument("--batch-size", type=at_least(1), default=64)
     p.add_argument("--device", type=device_name, default=None, help="cpu / cuda (default: cuda when available)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="encoder precision: bf16 autocast is ~1.8x faster on a CPU with bf16 instructions; "
-                   "about 1%% of the codes (near ties) differ from fp32's (default fp32)")
+    p.add_argument("--precision", choices=PRECISIONS, default=defaults("vqgan.encode")["precision"],
+                   help="encoder precision (vqgan.encode.precision): bf16 autocast is ~1.8x faster on a CPU with "
+                   "bf16 instructions; about 1%% of the codes (near ties) differ from fp32's; auto: bf16 where the "
+                   "device has it natively (default %(default)s)")
     args = p.parse_args(argv)
     refuse_overlap({"--out": args.out}, {"--model": model_files(args.model), "--data": args.data})
 
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in (CODES_JSON, *(f"{s}{suffix}.npy" for s in SPLITS for suffix in ("", "_labels"))):
         prepare_output(out / name)  # fails now if `out` is not writable
     device = torch.device(job_device(args.device))
+    precision = resolve(args.precision, device, "vqgan.encode.precision")
     model = load_vqgan(args.model, map_location=device).eval()
     n_codes = int(model.cfg.n_codes)
     dtype = code_dtype(n_codes)
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     for split_name, split in splits.items():
         labels = split.labels
         codes = encode_images(model, split.images, args.batch_size, device, desc=f"encode {split_name}",
-                              precision=args.precision)
+                              precision=precision)
         grid = list(codes.shape[1:])
         check_codes(out / f"{split_name}.npy", codes, labels, {"grid": grid, "n_codes": n_codes,
                                                                 "n_classes": len(class_names)})
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "class_names": class_names,
         "counts": counts,
         "dtype": dtype.name,
-        "precision": args.precision,
+        "precision": precision,  # what the encoder ran in (auto resolved on this device)
         "model": str(args.model),
         "data": str(args.data),
     })

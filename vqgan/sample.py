@@ -39,7 +39,7 @@ from vqgan.io.images import grid, save_png, to_uint8
 from vqgan.io.progress import progress_bar
 from vqgan.models import invalid
 from vqgan.models.gpt import GPT
-from vqgan.precision import PRECISIONS, autocast
+from vqgan.precision import PRECISIONS, autocast, resolve
 
 GRID_PER_CLASS = 8
 
@@ -55,8 +55,8 @@ class SampleConfig:
     top_k: int | None  # null = off
     top_p: float | None  # nucleus sampling; null = off
     seed: int
-    precision: str  # transformer weights in "fp32" or "bf16"
-    decode_precision: str  # the VQGAN decoder: "fp32" or "bf16" autocast
+    precision: str  # transformer weights in "fp32" or "bf16"; "auto": vqgan.precision.resolve
+    decode_precision: str  # the VQGAN decoder: "fp32" or "bf16" autocast; or "auto"
 
     def __post_init__(self):
         problems = []
@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(class_names) != gpt.config.n_classes:
         raise CheckpointError(f"{codes_json} names {len(class_names)} classes, the model has "
                               f"{gpt.config.n_classes}; rerun train_transformer")
-    if cfg.precision == "bf16":
+    used = {k: resolve(getattr(cfg, k), device, f"sample.{k}") for k in ("precision", "decode_precision")}
+    if used["precision"] == "bf16":
         gpt = gpt.to(torch.bfloat16)
 
     counts = cfg.counts(gpt.config.n_classes)
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     codes = sample_codes(gpt, labels, cfg, device)
     sample_s = time.perf_counter() - t0
-    images = decode(vqgan, codes, (h, w), cfg.batch_size, device, cfg.decode_precision)
+    images = decode(vqgan, codes, (h, w), cfg.batch_size, device, used["decode_precision"])
 
     with atomic_dir(out) as tmp:
         rows, names, k = [], [], 0
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             "grid": [int(h), int(w)],
             "seed": cfg.seed,
             "settings": asdict(cfg),
+            **used,  # what the weights and the decoder ran in (auto resolved on this device)
             "device": str(device),
             "sampling_s": sample_s,
             "tokens_per_s": len(labels) * h * w / max(sample_s, 1e-9),

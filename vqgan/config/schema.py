@@ -85,6 +85,8 @@ def _hint(e) -> str:
             return f" (YAML reads {x} as text: write it with a decimal point and a signed exponent, e.g. 1.0e-4)"
         except ValueError:
             return ""
+    if (x == "no" or x is False) and "fp32" in e.schema.get("enum", ()):  # Accelerate's word; YAML reads no as false
+        return " (write fp32 for full precision)"
     if e.validator == "additionalProperties" and isinstance(x, dict):
         known = list(e.schema.get("properties", {}))
         for key in x:

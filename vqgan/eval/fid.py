@@ -506,6 +506,20 @@ def check_inputs(real_dir: str | os.PathLike, train_dir: str | os.PathLike | Non
             list_images(folder)
 
 
+def samples_precision(gen_dirs: Sequence[str | os.PathLike]) -> str | None:
+    """What the sample jobs ran in, from each folder's samples.json: `weights/decode`, e.g. `bf16/fp32` (the
+    distinct values joined by `, `); None where no folder says (samples made elsewhere)."""
+    seen: list[str] = []
+    for folder in gen_dirs:
+        try:
+            info = json.loads((Path(folder) / "samples.json").read_text())
+            used = f"{info['precision']}/{info['decode_precision']}"
+        except (OSError, ValueError, KeyError, TypeError):  # none, unreadable, or written before it was recorded
+            continue
+        seen += [used] * (used not in seen)
+    return ", ".join(seen) or None
+
+
 def score_seeds(result: dict[str, Any], gen_dirs: list, real: RealFeatures, cfg: FIDConfig,
                 extractor: InceptionFeatures, name: str, workers: int) -> list[dict[str, Any]]:
     """Score each seed's samples into `result` (`per_seed`; timings summed over the seeds), then their mean and
@@ -593,6 +607,7 @@ def compute_scores(
         "n_real_available": real.n_available,
         "n_gen": None, "fid": None, "kid_mean": None, "kid_std": None,
         "n_seeds": len(gen_dirs) or None, "fid_seed_std": None, "kid_seed_std": None, "per_seed": [],
+        "samples_precision": samples_precision(gen_dirs),
         "n_recon": None, "rfid": None, "rkid_mean": None, "rkid_std": None,
         "n_train": None, "fid_floor": None, "kid_floor_mean": None, "kid_floor_std": None,
         "copy_rate": None, "copy_threshold": None, "copy_quantile": None, "copy_n_train": None,

@@ -46,7 +46,7 @@ from vqgan.io.images import PngFolderWriter, abs_diff, grid, labelled, save_png,
 from vqgan.io.progress import progress_bar
 from vqgan.io.weights import lpips_state_dict
 from vqgan.models.lpips import LPIPS
-from vqgan.precision import autocast, check_precision
+from vqgan.precision import autocast, check_precision, resolve
 
 
 @dataclass
@@ -59,7 +59,7 @@ class EvalConfig:
     object_min_error: float     # 0-255 box MAE of the median image below which an object is not scored
     object_keep_ratio: float    # kept: the reconstruction's box MAE < this x the median image's
     lpips: bool                 # score LPIPS (the workflow then requires its weights; off: null, "off by config")
-    precision: str              # the VQGAN's encode + decode: "fp32" or "bf16" autocast (LPIPS stays fp32)
+    precision: str              # the VQGAN's encode + decode: "auto", "fp32" or "bf16" autocast (LPIPS stays fp32)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "EvalConfig":
@@ -641,6 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         if out:
             prepare_output(out)  # an unwritable output fails now, not after the evaluation
     device = torch.device(job_device(args.device))
+    asked, cfg = cfg, dataclasses.replace(cfg, precision=resolve(cfg.precision, device, "vqgan.eval.precision"))
     model = load_vqgan(args.model, map_location=device).eval()
     val, train = read_split(args.data), read_split(args.train_data)
     if val.resolution != model.cfg.resolution or train.resolution != model.cfg.resolution:
@@ -670,9 +671,10 @@ def main(argv: list[str] | None = None) -> int:
         raise
     if sets:
         metrics["eval_sets"] = evaluate_eval_sets(model, sets, train, baselines, cfg, device, lpips)
+    # `precision`: what the VQGAN ran in (auto resolved on this device); eval_config: what the config said
     metrics.update(model=str(args.model), data=str(args.data), train_data=str(args.train_data),
-                   eval_config=asdict(cfg), recon_dir=str(args.recon_dir) if args.recon_dir else None,
-                   lpips_unavailable=why)
+                   precision=cfg.precision, eval_config=asdict(asked),
+                   recon_dir=str(args.recon_dir) if args.recon_dir else None, lpips_unavailable=why)
     save_png(args.out_png, picture)
     write_json_atomic(args.out_json, metrics)
     print(format_report(metrics), flush=True)

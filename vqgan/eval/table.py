@@ -15,9 +15,13 @@ Each input is a JSON file written by one stage for one dataset and variant: `res
 or a key an older file lacks, gives an empty (NaN) cell rather than an error: the table is a summary, and a
 half-finished run should still show what it has. `COLUMNS` says where every column comes from.
 
+`precision` says what each stage's jobs ran in (`vqgan bf16, eval fp32, encode bf16, transformer bf16, sample
+bf16/fp32`: the transformer's weights / the decoder), as each recorded it with `auto` resolved on its device.
+
 `notes` says what a reader must not miss (a split smaller than configured, FID at an N where it is strongly
 biased, a reconstruction below its constant-image baseline, a collapsed codebook, a transformer no better on val
-than a uniform guess over the codes, why object scores are missing); the Markdown rendering
+than a uniform guess over the codes, why object scores are missing, variants of a dataset whose jobs ran in
+different precisions); the Markdown rendering
 lists the notes again under the table, where a wide table's last column would be missed.
 """
 from __future__ import annotations
@@ -87,9 +91,15 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "uniform_bits_per_token": ("transformer_train", "uniform_bits_per_token"),
     "transformer_wall_s": ("transformer_train", "wall_time_s"),
     "inception_sha256": ("fid", "inception_sha256"),
+    "precision": ("table", "precision"),                        # what each stage's jobs ran in: PRECISION_STAGES
     "notes": ("table", "notes"),                                # written here: what a reader must not miss
 }
 SHA_PREFIX = 12
+# The jobs a row's numbers come from, in pipeline order: (label, source, key). Each records the precision it used
+# (`auto` resolved on its device); train.json's precision_by_step lists every one a resumed run trained in.
+PRECISION_STAGES = (("vqgan", "vqgan_train", "precision"), ("eval", "recon", "precision"),
+                    ("encode", "transformer_train", "codes_precision"),
+                    ("transformer", "transformer_train", "precision"), ("sample", "fid", "samples_precision"))
 SOURCES = ("fid", "recon", "vqgan_train", "transformer_train")
 # FID's bias falls like 1/N; below the 2048 feature dimensions the covariance is rank-deficient and the bias large
 # (Chong & Forsyth 2020): such a score is only comparable at equal N, and KID (unbiased) should be read beside it
@@ -197,6 +207,35 @@ def _model_notes(recon: dict[str, Any], transformer: dict[str, Any]) -> list[str
     return notes
 
 
+def precisions(loaded: dict[str, dict], name: tuple[str, str]) -> dict[str, str]:
+    """{stage label: the precision its job used} for one dataset and variant, stages without a record left out."""
+    out = {}
+    for label, source, key in PRECISION_STAGES:
+        record = loaded[source].get(name, {})
+        steps = record.get("precision_by_step") if key == "precision" else None
+        value = "+".join(dict.fromkeys(p for _, p in steps)) if steps else record.get(key)
+        if value:
+            out[label] = str(value)
+    return out
+
+
+def _precision_notes(rows: list[dict[str, Any]], used: dict[tuple[str, str], dict[str, str]]) -> None:
+    """A note on each `all` row whose jobs ran in another precision than the other variants of its dataset
+    (bf16 moves rFID/FID a little: README), e.g. `vqgan trained in bf16, fp32 in paper`."""
+    for row in rows:
+        if row["subset"] != "all":
+            continue
+        mine, notes = used[row["dataset"], row["variant"]], []
+        others = {v: p for (ds, v), p in used.items() if ds == row["dataset"] and v != row["variant"]}
+        for label, value in mine.items():
+            differ = {v: p[label] for v, p in others.items() if p.get(label, value) != value}
+            if differ:
+                theirs = ", ".join(f"{p} in {v}" for v, p in sorted(differ.items()))
+                notes.append(f"{label} ran in {value}, {theirs}")
+        if notes:
+            row["notes"] = "; ".join(filter(None, [row["notes"], "precision differs: " + "; ".join(notes)]))
+
+
 def build_table(
     fid: Sequence[str | os.PathLike] = (),
     recon: Sequence[str | os.PathLike] = (),
@@ -216,6 +255,7 @@ def build_table(
     data_notes = load_data(data)
     names = sorted(set().union(*(records.keys() for records in loaded.values())))
     rows = []
+    used = {name: precisions(loaded, name) for name in names}
     for name in names:
         ds, variant = name
         row: dict[str, Any] = {"dataset": ds, "variant": variant, "subset": "all"}
@@ -223,6 +263,7 @@ def build_table(
         for column, (source, key) in COLUMNS.items():
             row[column] = _cell(loaded.get(source, {}).get(name, {}).get(key))
         row["comparable_group"] = _cell(comparable_group(fid_record))
+        row["precision"] = ", ".join(f"{k} {v}" for k, v in used[name].items()) or math.nan
         # The recon stage knows the resolution too, for a dataset whose FID has not run yet.
         if isinstance(row["resolution"], float) and math.isnan(row["resolution"]):
             row["resolution"] = _cell(loaded["recon"].get(name, {}).get("resolution"))
@@ -246,6 +287,7 @@ def build_table(
                 if source == "recon":
                     sub[column] = _cell(rec.get(key))
             rows.append(_with_notes(sub, rec))
+    _precision_notes(rows, used)
     table = pd.DataFrame(rows, columns=["dataset", "variant", "subset", *COLUMNS])
     integer_columns = ("resolution", "n_real", "n_gen", "n_seeds", "kid_subset", "n_train_ref", "n_recon", "n_eval",
                        "n_codes", "vqgan_steps", "transformer_steps", "n_objects_scored")
@@ -310,7 +352,7 @@ def _formatted(table: pd.DataFrame) -> tuple[list[str], list[list[str]], list[st
     return columns, rows, notes
 
 
-LEFT = ("dataset", "variant", "subset", "kind", "comparable_group", "inception_sha256", "notes")
+LEFT = ("dataset", "variant", "subset", "kind", "comparable_group", "inception_sha256", "precision", "notes")
 
 
 def to_markdown(table: pd.DataFrame) -> str:

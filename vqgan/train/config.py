@@ -36,7 +36,7 @@ class LoopConfig:
     min_lr_ratio: float
     grad_accum: int
     grad_clip: float | None  # max global grad norm; None or 0 disables
-    mixed_precision: str  # "no" | "bf16" | "fp16" (autocast; bf16 needs no loss scaling)
+    precision: str  # "auto" | "fp32" | "bf16" | "fp16" (autocast; bf16 needs no loss scaling); auto: vqgan.precision
     seed: int
     checkpoint_every: int
     keep_checkpoints: int
@@ -48,8 +48,9 @@ class LoopConfig:
         """What is wrong with the values, each (the keys involved, the first to name; what to do); subclasses extend
         the list with their own keys."""
         out = []
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            out.append((("mixed_precision",), f"mixed_precision={self.mixed_precision!r} (use 'no', 'bf16' or 'fp16')"))
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            fp32 = " ('no' is now 'fp32')" if self.precision in ("no", False) else ""
+            out.append((("precision",), f"precision={self.precision!r} (use 'auto', 'fp32', 'bf16' or 'fp16'){fp32}"))
         if self.lr_schedule not in ("cosine", "constant"):
             out.append((("lr_schedule",), f"lr_schedule={self.lr_schedule!r} (use 'cosine' or 'constant')"))
         for k in self.POSITIVE:
@@ -105,14 +106,14 @@ class VQGANTrainConfig(LoopConfig):
         elif self.object_crops > 0 and not self.crop:
             out.append((("object_crops", "crop"),
                         f"object_crops={self.object_crops!r} needs crop > 0 (the side of the crops to centre)"))
-        if self.mixed_precision == "fp16":
+        if self.precision == "fp16":
             # Two optimizers (G and D) would share accelerate's one loss scaler, which updates its scale after
             # each of them, and the adaptive GAN weight divides gradient norms taken by autograd.grad on the
             # unscaled loss: in fp16 those under/overflow. bf16 has fp32's range and needs no scaler.
-            out.append((("mixed_precision",),
-                        "mixed_precision='fp16' (the VQGAN loop has two optimizers, G and D, and an adaptive loss "
-                        "weight from raw gradient norms: fp16 would need a loss scaler per optimizer; use 'bf16' on "
-                        "GPUs that have it (A100, H100, ...) or 'no')"))
+            out.append((("precision",),
+                        "precision='fp16' (the VQGAN loop has two optimizers, G and D, and an adaptive loss "
+                        "weight from raw gradient norms: fp16 would need a loss scaler per optimizer; use 'auto' "
+                        "(bf16 where the device has it: A100, H100, ...) or 'fp32')"))
         return out
 
 

@@ -46,6 +46,7 @@ from vqgan.io.files import (
     write_text_atomic,
 )
 from vqgan.io.progress import progress_bar
+from vqgan.precision import PRECISIONS, accelerate_name, resolve
 from vqgan.train.config import LoopConfig, per_device_batch  # the train sections' keys: torch-free, see there
 
 TRAIN_STATE = "train_state.json"
@@ -86,18 +87,24 @@ def seed_rank(seed: int, rank: int) -> None:
 
 
 def make_accelerator(run_dir: Path, tc: LoopConfig):
-    """The Accelerator of a run (autocast, accumulation, TensorBoard under the state folder) and the per-device
-    batch: -> (accelerator, per_device_batch). A ValueError when the batch does not divide."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    """The Accelerator of a run (autocast, accumulation, TensorBoard under the state folder), the per-device batch
+    and the precision `tc.precision` resolves to on this process's device: -> (accelerator, per_device_batch,
+    precision). A ValueError when the batch does not divide or the device cannot run the precision."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import ProjectConfiguration, parse_flag_from_env
 
+    # The device this process trains on, before the Accelerator fixes its autocast; ACCELERATE_USE_CPU read as
+    # AcceleratorState reads it (a PartialState made without it would not join a multi-process CPU run).
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    precision = resolve(tc.precision, state.device, f"{tc.SECTION}.precision", allowed=(*PRECISIONS, "fp16"),
+                        warn=state.is_main_process)
     accelerator = Accelerator(
-        mixed_precision=tc.mixed_precision,
+        mixed_precision=accelerate_name(precision),
         gradient_accumulation_steps=tc.grad_accum,
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tb")),
     )
-    return accelerator, per_device_batch(tc.batch_size, accelerator.num_processes, tc.grad_accum)
+    return accelerator, per_device_batch(tc.batch_size, accelerator.num_processes, tc.grad_accum), precision
 
 
 class StepBatchSampler:
@@ -350,7 +357,7 @@ class FiniteGuard:
             raise NonFiniteLossError(
                 f"non-finite loss at step {step} ({', '.join(sorted(bad))}); training stopped and no state was saved "
                 f"after it. Last good state: {where}. Rerunning resumes from it; to get past the divergence lower "
-                "train.lr, raise train.warmup_steps, set train.grad_clip, or use train.mixed_precision 'no'/'bf16'."
+                "train.lr, raise train.warmup_steps, set train.grad_clip, or use train.precision 'fp32'/'bf16'."
             )
 
 
@@ -474,7 +481,7 @@ class Run:
 
     def __init__(self, run_dir: Path, tc: LoopConfig, out: str | os.PathLike, outputs: tuple[str, ...]):
         self.run_dir, self.tc, self.out = Path(run_dir), tc, Path(out)
-        self.accelerator, self.per_device = make_accelerator(self.run_dir, tc)
+        self.accelerator, self.per_device, self.precision = make_accelerator(self.run_dir, tc)
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         if self.accelerator.is_main_process:
             for name in outputs:
@@ -488,6 +495,12 @@ class Run:
         resumed = self.ckpts.resume(accelerator)
         self.start = resumed.step
         self.wall_before = float(resumed.extra.get("wall_time_s", 0.0))  # time spent by the invocations before this
+        # A run resumed on another machine continues in what `auto` gives there (weights and optimizer state are
+        # fp32 under autocast either way; a CPU made to emulate bf16 would train at half speed): the steps each
+        # precision ran are recorded as [first step, precision] pairs, carried from checkpoint to checkpoint.
+        self.precision_by_step = [list(p) for p in resumed.extra.get("precision_by_step", [])]
+        if not self.precision_by_step or self.precision_by_step[-1][1] != self.precision:
+            self.precision_by_step.append([self.start, self.precision])
         if resumed.path is not None:
             accelerator.print(f"resumed from step {self.start} ({resumed.path})", flush=True)
         else:
@@ -559,7 +572,8 @@ class Run:
             return
         self.guard.check(self.last_good)  # never save a state after a non-finite step
         self.ckpts.save(self.accelerator, done, {**extra, "epoch": self.sampler.epoch_of(done * self.tc.grad_accum),
-                                                 "wall_time_s": self.wall_time()})
+                                                 "wall_time_s": self.wall_time(),
+                                                 "precision_by_step": self.precision_by_step})
 
     def export(self, model: torch.nn.Module, summary: dict[str, Any], files: dict[str, Any] | None = None,
                note: str = "", earlier: str = "config or dataset") -> None:
@@ -580,7 +594,8 @@ class Run:
             "device": str(accelerator.device),
             "per_device_batch": self.per_device,
             "global_batch": self.tc.batch_size,
-            "mixed_precision": self.tc.mixed_precision,
+            "precision": self.precision,                   # what this invocation's steps ran in (auto resolved)
+            "precision_by_step": self.precision_by_step,   # [first step, precision] of each precision used
             "state": str(self.run_dir),
             "train_config": asdict(self.tc),
             **summary,

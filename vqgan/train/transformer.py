@@ -68,7 +68,8 @@ NOT_IN_STATE_KEY = ("checkpoint_every", "keep_checkpoints", "log_every", "eval_e
 
 def state_key(model_section: dict[str, Any], tc: TrainConfig) -> dict[str, Any]:
     """The part of the config that names a run's state folder: the model and every train key that shapes the
-    weights. The number of processes is not in it: the global batch sequence is the same on any world size."""
+    weights. The number of processes is not in it: the global batch sequence is the same on any world size.
+    `precision` is in it as the config wrote it (`auto`), never resolved: a run resumes on another machine too."""
     return {"model": model_section, "train": {k: v for k, v in asdict(tc).items() if k not in NOT_IN_STATE_KEY}}
 
 
@@ -279,6 +280,7 @@ def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_dat
             "n_params": raw_model.num_params(),
             "tokens_seen": tc.steps * tokens_per_step,
             "model_config": gcfg.to_dict(),
+            "codes_precision": meta.get("precision"),  # what the encoder ran in (codes.json)
         }, files={"codes.json": meta}, note=f"; val {val_loss / LN2:.3f} bits/token", earlier="config or codes")
     accelerator.end_training()
     return 0

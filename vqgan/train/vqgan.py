@@ -145,6 +145,7 @@ def state_key(sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
     Left out: the `eval` section and the bookkeeping keys of `train` above. The number of processes is not a
     config key at all: the global batch sequence is the same on any world size, so a run may resume on another.
+    `precision` is in it as the config wrote it (`auto`), never resolved: a run resumes on another machine too.
     """
     train = {k: v for k, v in sections["train"].items() if k not in NOT_IN_STATE_KEY}
     return {**{k: v for k, v in sections.items() if k not in ("eval", "train")}, "train": train}
