@@ -383,10 +383,10 @@ def test_fp16_is_refused_with_the_reason_and_what_to_use(train_split, tmp_path):
     assert proc.returncode != 0 and "fp16" in proc.stderr and not (tmp_path / "s").exists()
 
 
-def test_vqgan_steps_read_nothing_back_from_the_device_between_log_steps(train_split, tmp_path, monkeypatch):
+def test_vqgan_steps_read_nothing_back_from_the_device_between_log_steps(train_split, tmp_path):
     """Losses, codebook statistics, the NaN guard and dead-code restarts stay on the device between log steps
     (on a GPU every read waits for all queued work). Twice the steps must mean no more reads."""
-    from test_train_transformer import count_host_syncs
+    from host_syncs import HostSyncs, more
 
     from vqgan.train.vqgan import main
 
@@ -394,9 +394,8 @@ def test_vqgan_steps_read_nothing_back_from_the_device_between_log_steps(train_s
     for steps in (4, 8):
         cfg = json.loads(config_with(steps=steps, log_every=steps, checkpoint_every=steps, augment="hflip"))
         cfg["quantizer"].update(ema=True, restart_dead_after=1, kmeans_init=True)
-        calls = count_host_syncs(monkeypatch)
-        assert main(["--config", json.dumps(cfg), "--data", str(train_split), "--out", str(tmp_path / f"o{steps}"),
-                     "--state-dir", str(tmp_path / f"s{steps}")]) == 0
-        counts[steps] = list(calls)
-        monkeypatch.undo()
-    assert len(counts[8]) == len(counts[4]), f"reads grew with the steps: {counts[8]}"
+        with HostSyncs() as calls:  # reads, data-dependent shapes, host-made tensors: what stalls a GPU
+            assert main(["--config", json.dumps(cfg), "--data", str(train_split), "--out", str(tmp_path / f"o{steps}"),
+                         "--state-dir", str(tmp_path / f"s{steps}")]) == 0
+        counts[steps] = calls.events
+    assert len(counts[8]) == len(counts[4]), f"reads grew with the steps: {more(counts[8], counts[4])}"

@@ -363,13 +363,15 @@ class IntervalMeans:
 
     def __init__(self, accelerator):
         self.accelerator = accelerator
-        self.sums: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, torch.Tensor | float] = {}
         self.counts: dict[str, int] = {}
 
     def add(self, values: dict[str, torch.Tensor | float]) -> None:
         for k, v in values.items():
-            v = v.detach().float().reshape(()) if isinstance(v, torch.Tensor) else torch.tensor(float(v))
-            self.sums[k] = self.sums[k] + v.to(self.sums[k].device) if k in self.sums else v
+            # numbers stay Python floats: a tensor made of one would be copied to the device (or a device sum
+            # back to the host) at every step; float + device tensor stays on the device
+            v = v.detach().float().reshape(()) if isinstance(v, torch.Tensor) else float(v)
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
             self.counts[k] = self.counts.get(k, 0) + 1
 
     def means(self) -> dict[str, float]:
@@ -377,7 +379,8 @@ class IntervalMeans:
         if not keys:
             return {}
         device = self.accelerator.device
-        local = torch.stack([self.sums[k].to(device) / self.counts[k] for k in keys])
+        local = torch.stack([torch.as_tensor(self.sums[k], dtype=torch.float32, device=device) / self.counts[k]
+                             for k in keys])
         if self.accelerator.num_processes > 1:
             local = self.accelerator.reduce(local, reduction="mean")
         self.sums, self.counts = {}, {}

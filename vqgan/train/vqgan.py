@@ -237,6 +237,10 @@ def next_batch(batches, sampler: StepBatchSampler, micro: int, masks: ObjectMask
     batch, objects = next(batches), None
     if masks is not None:
         batch, objects = batch
+    # to the device first, from the loader's pinned memory without a wait; crops cut on the host would be
+    # pageable, and a copy from pageable memory waits for the GPU
+    batch = batch.to(device, non_blocking=True)
+    objects = objects.to(device, non_blocking=True) if objects is not None else None
     if tc.crop:
         boxes = [masks.boxes_of(i) for i in sampler.indices(micro)] if masks is not None else \
             [()] * batch.shape[0]
