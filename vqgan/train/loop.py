@@ -117,13 +117,24 @@ class StepBatchSampler:
                 "(per-device batch x processes); use more data or a smaller train.batch_size"
             )
         self.per_epoch = n // self.global_micro
+        self._perms: dict[int, np.ndarray] = {}
 
     def epoch_of(self, micro_step: int) -> int:
         return micro_step // self.per_epoch
 
+    def permutation(self, epoch: int) -> np.ndarray:
+        """An epoch's data order, computed once: permuting a COCO-sized dataset at every micro-step costs as much as
+        a GPU step. The last two epochs are kept (a prefetching loader runs ahead of the step into the next)."""
+        perm = self._perms.get(epoch)
+        if perm is None:
+            perm = self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            for old in sorted(self._perms)[:-2]:
+                del self._perms[old]
+        return perm
+
     def indices(self, micro_step: int) -> list[int]:
         epoch, pos = divmod(micro_step, self.per_epoch)
-        perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        perm = self.permutation(epoch)
         lo = pos * self.global_micro + self.rank * self.per_device
         return perm[lo : lo + self.per_device].tolist()
 
