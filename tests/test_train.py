@@ -158,6 +158,15 @@ def test_batch_sampler_permutes_the_data_once_per_epoch(monkeypatch):
     assert len(made) == 3
 
 
+def test_training_layout_is_nchw_on_every_device_until_a_gpu_run_decides():
+    """channels_last measured slower on CPU and was never measured on a GPU: bench/gpu_smoke.py decides."""
+    from vqgan.train.vqgan import _memory_format
+
+    for device in ("cpu", "cuda", "cuda:1"):
+        assert _memory_format(device) == torch.contiguous_format
+    assert torch.backends.cudnn.benchmark is False
+
+
 def test_global_batch_must_divide_world_and_accumulation():
     assert per_device_batch(16, 2, 2) == 4
     with pytest.raises(ValueError, match="multiple of world size 3"):

@@ -116,10 +116,14 @@ def to_mask_input(masks: torch.Tensor, flip: np.ndarray | None, device) -> torch
     return m
 
 
+# The activations' layout per device type: NCHW everywhere until a GPU run decides. On CPU channels_last measured
+# slower (bench/vqgan_step.py; CPU GroupNorm is the slow part); on CUDA it may feed cuDNN's tensor cores better or
+# not: bench/gpu_smoke.py times one step each way (and cudnn.benchmark, left at PyTorch's default, off).
+MEMORY_FORMAT = {"cpu": torch.contiguous_format, "cuda": torch.contiguous_format}
+
+
 def _memory_format(device) -> torch.memory_format:
-    # channels_last feeds cuDNN's tensor-core convolutions; on CPU it measured slower (bench/vqgan_step.py:
-    # bf16 step 1.88 s plain vs 2.27 s channels_last, CPU GroupNorm being the slow part)
-    return torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
+    return MEMORY_FORMAT.get(torch.device(device).type, torch.contiguous_format)
 
 
 def _scalars(logs: dict[str, Any], prefix: str = "") -> dict[str, torch.Tensor | float]:
