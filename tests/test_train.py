@@ -167,6 +167,42 @@ def test_training_layout_is_nchw_on_every_device_until_a_gpu_run_decides():
     assert torch.backends.cudnn.benchmark is False
 
 
+def test_loader_workers_default_to_some_on_cuda_and_none_on_the_cpu(monkeypatch):
+    """`num_workers: auto` (the default): memory-map reads off the training thread when a GPU waits for them, none on
+    the CPU, where they would take the step's cores; resuming ignores the setting."""
+    from vqgan.train.loop import loader_workers
+    from vqgan.train.vqgan import TrainConfig, split_config, state_key
+
+    assert TrainConfig.from_dict({}).num_workers == "auto"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    for local_world, expected in (("1", 4), ("8", 2), ("16", 1), ("32", 1)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
+        assert loader_workers("auto", torch.device("cuda", 0)) == expected, local_world
+    assert loader_workers("auto", "cpu") == 0
+    assert loader_workers(3, "cpu") == 3 and loader_workers(0, "cuda") == 0
+    for bad in ("many", -1, 300, True, 1.5):
+        with pytest.raises(ValueError, match="num_workers"):
+            TrainConfig.from_dict({"num_workers": bad})
+    base = split_config(json.loads(config_with()))
+    assert config_hash(state_key(split_config(json.loads(config_with(num_workers=2))))) == config_hash(state_key(base))
+
+
+def test_loader_workers_get_the_memory_map_by_name_not_a_copy_of_the_frames(train_split):
+    """A worker started by spawn or forkserver unpickles the dataset: it must reopen the file, not receive it."""
+    import pickle
+
+    from vqgan.data.dataset import read_split
+    from vqgan.train.vqgan import ImageBatches
+
+    images = read_split(train_split).images
+    data = pickle.dumps(ImageBatches(images))
+    assert len(data) < images.nbytes // 8, len(data)
+    again = pickle.loads(data)
+    assert isinstance(again.images, np.memmap) and torch.equal(again.__getitems__([3, 1]), torch.from_numpy(images[[3, 1]]))
+    in_memory = np.array(images)  # not a file: pickled as it is
+    assert np.array_equal(pickle.loads(pickle.dumps(ImageBatches(in_memory))).images, in_memory)
+
+
 def test_global_batch_must_divide_world_and_accumulation():
     assert per_device_batch(16, 2, 2) == 4
     with pytest.raises(ValueError, match="multiple of world size 3"):

@@ -175,6 +175,19 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def loader_workers(setting: int | str, device) -> int:
+    """Data-loader processes for `num_workers`: the number given, or for "auto" min(4, this process's share of the
+    CPUs) on CUDA -- memory-map reads and batch assembly off the training thread, so the GPU never waits for data --
+    and 0 on the CPU, where workers would take the cores the step itself runs on."""
+    if setting != "auto":
+        return int(setting)
+    if torch.device(device).type != "cuda":
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # set by the launcher per node
+    return max(1, min(4, per_process))
+
+
 def to_device(x: np.ndarray | torch.Tensor | list, device: torch.device) -> torch.Tensor:
     """Host data (indices, masks, noise) to `device` without a host sync: a plain copy from pageable memory to a
     GPU waits for every kernel queued before it; from pinned memory it is queued behind them instead."""

@@ -39,6 +39,7 @@ from vqgan.train.loop import (
     NonFiniteLossError,
     Run,
     StepBatchSampler,
+    loader_workers,
     lr_at,
     seed_everything,
     seed_rank,
@@ -80,6 +81,20 @@ class ImageBatches(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def __getstate__(self):
+        # a loader worker started by spawn/forkserver (Python 3.14's default) gets the memory map's file name, not
+        # a pickled copy of every frame (tens of GB for COCO)
+        state = dict(self.__dict__)
+        name = getattr(self.images, "filename", None)
+        if name and str(name).endswith(".npy") and np.load(name, mmap_mode="r").shape == self.images.shape:
+            state["images"] = str(name)
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state["images"], str):
+            state["images"] = np.load(state["images"], mmap_mode="r")
+        self.__dict__.update(state)
 
     def __getitems__(self, indices: list[int]):
         idx = np.asarray(indices)
@@ -227,10 +242,12 @@ def prepare_gan(run: Run, sections, tc: TrainConfig, resolution: int, weights_di
 
 
 def image_loader(split, masks: ObjectMasks | None, sampler: StepBatchSampler, tc: TrainConfig, device):
-    """Batches in the sampler's order straight from the memory map, in `num_workers` processes."""
+    """Batches in the sampler's order straight from the memory map, in `num_workers` processes (`auto`: some on
+    CUDA, none on the CPU); pinned on CUDA, for copies that do not wait."""
+    workers = loader_workers(tc.num_workers, device)
     return torch.utils.data.DataLoader(ImageBatches(split.images, masks), batch_sampler=sampler, collate_fn=_keep,
-                                       num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,
-                                       pin_memory=device.type == "cuda")  # async host-to-GPU copies
+                                       num_workers=workers, persistent_workers=workers > 0,
+                                       pin_memory=torch.device(device).type == "cuda")
 
 
 def next_batch(batches, sampler: StepBatchSampler, micro: int, masks: ObjectMasks | None, tc: TrainConfig,
