@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from vqgan.io.checkpoint import load_gpt
 from vqgan.train import transformer as tt
+from vqgan.train.loop import CheckpointManager
 
 MODEL = {"n_layer": 1, "n_head": 2, "n_embd": 32}
 
@@ -210,14 +211,18 @@ def test_each_rank_draws_its_own_noise_but_the_same_data():
     assert s[0].indices(3) + s[1].indices(3) == StepBatchSampler(40, 8, 0, 1, seed=7).indices(3)
 
 
-def test_training_steps_read_nothing_back_from_the_device_between_log_steps(tmp_path):
+def test_training_steps_read_nothing_back_from_the_device_between_log_steps(tmp_path, monkeypatch):
     """On a GPU every read of a tensor's value waits for all queued work: the loop may do it at log, eval and
     checkpoint steps only. Twice the steps between them must mean no more reads."""
     codes = write_codes(tmp_path / "codes")
-    counts = {}
+    counts, listings = {}, {}
     for steps in (4, 8):
         cfg = config(steps=steps, log_every=steps, eval_every=steps, checkpoint_every=steps, pkeep=0.9, p_uncond=0.2)
+        listed = []
+        monkeypatch.setattr(CheckpointManager, "checkpoints", lambda self, _f=CheckpointManager.checkpoints, _l=listed:
+                            _l.append(1) or _f(self))  # a directory listing: slow on a shared file system
         with HostSyncs() as calls:  # reads, data-dependent shapes, host-made tensors: what stalls a GPU
             assert tt.main(args(codes, tmp_path / f"s{steps}", cfg)) == 0
-        counts[steps] = calls.events
+        counts[steps], listings[steps] = calls.events, len(listed)
     assert len(counts[8]) == len(counts[4]), f"reads grew with the steps: {more(counts[8], counts[4])}"
+    assert listings[8] == listings[4], listings

@@ -531,7 +531,7 @@ class Run:
         return self.sampler
 
     def steps(self, desc: str) -> Iterator[int]:
-        """The optimizer steps left to do, under a progress bar; `last_good` is the newest checkpoint at each."""
+        """The optimizer steps left to do, under a progress bar."""
         # No host sync inside a step: losses and stats stay on the device until a log step (IntervalMeans), the
         # NaN/inf check reads its flag at log and checkpoint steps only (FiniteGuard).
         accelerator = self.accelerator
@@ -540,7 +540,6 @@ class Run:
         self.bar = progress_bar(total=self.tc.steps, initial=self.start, desc=desc,
                                 disable=not accelerator.is_local_main_process, dynamic_ncols=True, file=sys.stderr)
         for step in range(self.start, self.tc.steps):
-            self.last_good = self.ckpts.latest()
             yield step
         self.bar.close()
 
@@ -556,8 +555,13 @@ class Run:
     def interval_means(self) -> tuple[dict[str, float], float]:
         """At a log step: stop if any rank saw a non-finite loss, else -> (the interval's means over all ranks,
         i.e. over the global batch; its throughput per second)."""
-        self.guard.check(self.last_good)
+        self.guard.check(self.last_good())
         return self.interval.means(), self.meter.rate()
+
+    def last_good(self) -> Path | None:
+        """The newest checkpoint, what a non-finite loss is reported against: looked up when a check needs it, not
+        at every step (a directory listing per step on a cluster's shared file system)."""
+        return self.ckpts.latest()
 
     def wall_time(self) -> float:
         """Seconds trained so far, summed over this invocation and the ones it resumed."""
@@ -567,7 +571,7 @@ class Run:
         """At checkpoint steps and the last: save the state (every rank), with `extra`, the epoch and the wall time."""
         if not self.due(done, self.tc.checkpoint_every):
             return
-        self.guard.check(self.last_good)  # never save a state after a non-finite step
+        self.guard.check(self.last_good())  # never save a state after a non-finite step
         self.ckpts.save(self.accelerator, done, {**extra, "epoch": self.sampler.epoch_of(done * self.tc.grad_accum),
                                                  "wall_time_s": self.wall_time()})
 
