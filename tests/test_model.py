@@ -174,6 +174,21 @@ def test_subpixel_upsample_equals_nearest_upsample_then_conv():
         assert torch.allclose(a, b, atol=1e-4)
 
 
+def test_upsample_taps_move_with_the_model_and_stay_out_of_checkpoints(tmp_path):
+    """The sub-pixel taps are a buffer (on the model's device, no host-to-device copy per forward) that checkpoints
+    leave out: the saved keys are the seed's, so existing weights and the state hash are unchanged."""
+    from safetensors import safe_open
+
+    model = VQGAN(vqgan_config(**TINY)).to(torch.float64)
+    taps = [m.phase_taps for m in model.modules() if type(m).__name__ == "Upsample"]
+    assert taps and all(t.dtype == torch.float64 for t in taps)  # moved (and cast) by .to like the weights
+    save_model(model, tmp_path / "ckpt")
+    with safe_open(str(tmp_path / "ckpt" / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert keys == set(model.state_dict()) and not any("phase_taps" in k for k in keys)
+    assert {k for k in keys if "upsample" in k} == {"decoder.up.0.upsample.conv.weight", "decoder.up.0.upsample.conv.bias"}
+
+
 def test_corrupt_weights_are_reported_with_their_path(tmp_path):
     save_model(VQGAN(vqgan_config(**TINY)), tmp_path / "ckpt")
     (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"\x00" * 7)  # what a disk-full or a bad copy leaves

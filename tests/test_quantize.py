@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vqgan.models.quantize import L2Quantizer, VectorQuantizer, build_quantizer, codebook_stats
+from vqgan.models.quantize import L2Quantizer, VectorQuantizer, build_quantizer, code_counts, codebook_stats
 
 torch.set_num_threads(1)
 
@@ -58,6 +58,15 @@ def test_perplexity_and_usage_of_known_histograms():
     assert uniform["usage"].item() == pytest.approx(0.5)
     single = codebook_stats(torch.zeros(10, dtype=torch.long), 16)
     assert single["perplexity"].item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_code_counts_equal_bincount_exactly():
+    """The counts behind usage, perplexity, EMA and dead-code restart: bincount's, without its host sync on CUDA."""
+    g = torch.Generator().manual_seed(0)
+    for shape, n in (((4, 8, 8), 16), ((1000,), 3), ((2, 3), 50)):
+        idx = torch.randint(0, n, shape, generator=g)
+        counts = code_counts(idx, n)
+        assert counts.dtype == torch.long and torch.equal(counts, torch.bincount(idx.reshape(-1), minlength=n))
 
 
 def test_straight_through_gradient_is_identity():

@@ -117,6 +117,93 @@ def test_batch_order_is_independent_of_world_size_and_resumable():
     assert (one.coin(4) == np.concatenate([two[0].coin(4), two[1].coin(4)])).all()
 
 
+def test_batch_order_is_the_per_micro_step_formula_bit_for_bit():
+    """Caching an epoch's permutation changes no index: the order of every run so far, on any world size."""
+    def formula(n, per_device, rank, world, seed, m):  # the sampler's indices before the cache, verbatim
+        per_epoch = n // (per_device * world)
+        epoch, pos = divmod(m, per_epoch)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        lo = pos * per_device * world + rank * per_device
+        return perm[lo : lo + per_device].tolist()
+
+    for n, per_device, world, seed in ((40, 4, 2, 3), (37, 3, 3, 11), (10, 5, 1, 0)):
+        for rank in range(world):
+            sampler = StepBatchSampler(n, per_device, rank, world, seed)
+            stream = iter(StepBatchSampler(n, per_device, rank, world, seed, start=2))
+            for m in [*range(40), 3, 0, 39, 17]:  # over several epochs, then back to earlier ones
+                assert sampler.indices(m) == formula(n, per_device, rank, world, seed, m), (n, rank, m)
+            assert [next(stream) for _ in range(20)] == [formula(n, per_device, rank, world, seed, m)
+                                                         for m in range(2, 22)]
+
+
+def test_batch_sampler_permutes_the_data_once_per_epoch(monkeypatch):
+    """Re-permuting the whole dataset at every micro-step cost milliseconds at COCO size, about a GPU step."""
+    made = []
+    real = np.random.default_rng
+
+    class Counting:
+        def __init__(self, seed):
+            self.rng = real(seed)
+
+        def permutation(self, n):
+            made.append(n)
+            return self.rng.permutation(n)
+
+        def __getattr__(self, name):
+            return getattr(self.rng, name)
+
+    monkeypatch.setattr(np.random, "default_rng", Counting)
+    sampler = iter(StepBatchSampler(1000, per_device=10, rank=0, world_size=2, seed=0))  # 50 micro-steps an epoch
+    for _ in range(150):
+        next(sampler)
+    assert len(made) == 3
+
+
+def test_training_layout_is_nchw_on_every_device_until_a_gpu_run_decides():
+    """channels_last measured slower on CPU and was never measured on a GPU: bench/gpu_smoke.py decides."""
+    from vqgan.train.vqgan import _memory_format
+
+    for device in ("cpu", "cuda", "cuda:1"):
+        assert _memory_format(device) == torch.contiguous_format
+    assert torch.backends.cudnn.benchmark is False
+
+
+def test_loader_workers_default_to_some_on_cuda_and_none_on_the_cpu(monkeypatch):
+    """`num_workers: auto` (the default): memory-map reads off the training thread when a GPU waits for them, none on
+    the CPU, where they would take the step's cores; resuming ignores the setting."""
+    from vqgan.train.loop import loader_workers
+    from vqgan.train.vqgan import TrainConfig, split_config, state_key
+
+    assert TrainConfig.from_dict({}).num_workers == "auto"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    for local_world, expected in (("1", 4), ("8", 2), ("16", 1), ("32", 1)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
+        assert loader_workers("auto", torch.device("cuda", 0)) == expected, local_world
+    assert loader_workers("auto", "cpu") == 0
+    assert loader_workers(3, "cpu") == 3 and loader_workers(0, "cuda") == 0
+    for bad in ("many", -1, 300, True, 1.5):
+        with pytest.raises(ValueError, match="num_workers"):
+            TrainConfig.from_dict({"num_workers": bad})
+    base = split_config(json.loads(config_with()))
+    assert config_hash(state_key(split_config(json.loads(config_with(num_workers=2))))) == config_hash(state_key(base))
+
+
+def test_loader_workers_get_the_memory_map_by_name_not_a_copy_of_the_frames(train_split):
+    """A worker started by spawn or forkserver unpickles the dataset: it must reopen the file, not receive it."""
+    import pickle
+
+    from vqgan.data.dataset import read_split
+    from vqgan.train.vqgan import ImageBatches
+
+    images = read_split(train_split).images
+    data = pickle.dumps(ImageBatches(images))
+    assert len(data) < images.nbytes // 8, len(data)
+    again = pickle.loads(data)
+    assert isinstance(again.images, np.memmap) and torch.equal(again.__getitems__([3, 1]), torch.from_numpy(images[[3, 1]]))
+    in_memory = np.array(images)  # not a file: pickled as it is
+    assert np.array_equal(pickle.loads(pickle.dumps(ImageBatches(in_memory))).images, in_memory)
+
+
 def test_global_batch_must_divide_world_and_accumulation():
     assert per_device_batch(16, 2, 2) == 4
     with pytest.raises(ValueError, match="multiple of world size 3"):
@@ -384,10 +471,10 @@ def test_fp16_is_refused_with_the_reason_and_what_to_use(train_split, tmp_path):
     assert proc.returncode != 0 and "fp16" in proc.stderr and not (tmp_path / "s").exists()
 
 
-def test_vqgan_steps_read_nothing_back_from_the_device_between_log_steps(train_split, tmp_path, monkeypatch):
+def test_vqgan_steps_read_nothing_back_from_the_device_between_log_steps(train_split, tmp_path):
     """Losses, codebook statistics, the NaN guard and dead-code restarts stay on the device between log steps
     (on a GPU every read waits for all queued work). Twice the steps must mean no more reads."""
-    from test_train_transformer import count_host_syncs
+    from host_syncs import HostSyncs, more
 
     from vqgan.train.vqgan import main
 
@@ -395,12 +482,11 @@ def test_vqgan_steps_read_nothing_back_from_the_device_between_log_steps(train_s
     for steps in (4, 8):
         cfg = json.loads(config_with(steps=steps, log_every=steps, checkpoint_every=steps, augment="hflip"))
         cfg["quantizer"].update(ema=True, restart_dead_after=1, kmeans_init=True)
-        calls = count_host_syncs(monkeypatch)
-        assert main(["--config", json.dumps(cfg), "--data", str(train_split), "--out", str(tmp_path / f"o{steps}"),
-                     "--state-dir", str(tmp_path / f"s{steps}")]) == 0
-        counts[steps] = list(calls)
-        monkeypatch.undo()
-    assert len(counts[8]) == len(counts[4]), f"reads grew with the steps: {counts[8]}"
+        with HostSyncs() as calls:  # reads, data-dependent shapes, host-made tensors: what stalls a GPU
+            assert main(["--config", json.dumps(cfg), "--data", str(train_split), "--out", str(tmp_path / f"o{steps}"),
+                         "--state-dir", str(tmp_path / f"s{steps}")]) == 0
+        counts[steps] = calls.events
+    assert len(counts[8]) == len(counts[4]), f"reads grew with the steps: {more(counts[8], counts[4])}"
 
 
 def test_auto_precision_follows_the_machine_and_a_resume_elsewhere_records_both(train_split, tmp_path):

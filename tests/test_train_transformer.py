@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import hook_env
+from host_syncs import HostSyncs, more
 from safetensors.torch import load_file
 
 from vqgan.io.checkpoint import load_gpt
 from vqgan.train import transformer as tt
+from vqgan.train.loop import CheckpointManager
 
 MODEL = {"n_layer": 1, "n_head": 2, "n_embd": 32}
 
@@ -209,37 +211,21 @@ def test_each_rank_draws_its_own_noise_but_the_same_data():
     assert s[0].indices(3) + s[1].indices(3) == StepBatchSampler(40, 8, 0, 1, seed=7).indices(3)
 
 
-def count_host_syncs(monkeypatch) -> list[str]:
-    """Record every tensor-to-host read (.item(), .tolist(), float(), int(), bool()) made by the project's own code."""
-    calls: list[str] = []
-    package = str(Path(tt.__file__).resolve().parents[1])
-    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
-        original = getattr(torch.Tensor, name)
-
-        def wrapper(self, *a, _original=original, _name=name, **k):
-            frame = sys._getframe(1)
-            caller = frame.f_code.co_filename
-            # GPT.cond_tokens checks labels on the host only when they are on the CPU (on CUDA asynchronously)
-            if caller.startswith(package) and frame.f_code.co_name != "cond_tokens":
-                calls.append(f"{_name} in {Path(caller).name}:{frame.f_lineno}")
-            return _original(self, *a, **k)
-
-        monkeypatch.setattr(torch.Tensor, name, wrapper)
-    return calls
-
-
 def test_training_steps_read_nothing_back_from_the_device_between_log_steps(tmp_path, monkeypatch):
     """On a GPU every read of a tensor's value waits for all queued work: the loop may do it at log, eval and
     checkpoint steps only. Twice the steps between them must mean no more reads."""
     codes = write_codes(tmp_path / "codes")
-    counts = {}
+    counts, listings = {}, {}
     for steps in (4, 8):
-        calls = count_host_syncs(monkeypatch)
         cfg = config(steps=steps, log_every=steps, eval_every=steps, checkpoint_every=steps, pkeep=0.9, p_uncond=0.2)
-        assert tt.main(args(codes, tmp_path / f"s{steps}", cfg)) == 0
-        counts[steps] = list(calls)
-        monkeypatch.undo()
-    assert len(counts[8]) == len(counts[4]), f"reads grew with the steps: {counts[8]}"
+        listed = []
+        monkeypatch.setattr(CheckpointManager, "checkpoints", lambda self, _f=CheckpointManager.checkpoints, _l=listed:
+                            _l.append(1) or _f(self))  # a directory listing: slow on a shared file system
+        with HostSyncs() as calls:  # reads, data-dependent shapes, host-made tensors: what stalls a GPU
+            assert tt.main(args(codes, tmp_path / f"s{steps}", cfg)) == 0
+        counts[steps], listings[steps] = calls.events, len(listed)
+    assert len(counts[8]) == len(counts[4]), f"reads grew with the steps: {more(counts[8], counts[4])}"
+    assert listings[8] == listings[4], listings
 
 
 @pytest.mark.parametrize("cpu_bf16,want", [("no", "fp32"), ("yes", "bf16")])

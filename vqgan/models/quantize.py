@@ -39,9 +39,16 @@ def _broadcast_from_rank0(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def code_counts(indices: torch.Tensor, n_codes: int) -> torch.Tensor:
+    """How often each code occurs, (n_codes,) int64: torch.bincount's counts, without its host sync (on CUDA,
+    bincount reads the indices' min and max back to the host first, so every step would wait for the GPU)."""
+    flat = indices.reshape(-1)
+    return torch.zeros(n_codes, dtype=torch.long, device=flat.device).index_add_(0, flat, torch.ones_like(flat))
+
+
 def codebook_stats(indices: torch.Tensor, n_codes: int) -> dict[str, torch.Tensor]:
     """Perplexity (exp of the entropy of the code histogram) and usage (fraction of codes hit) of a batch."""
-    counts = torch.bincount(indices.reshape(-1), minlength=n_codes).float()
+    counts = code_counts(indices, n_codes).float()
     p = counts / counts.sum().clamp_min(1)
     perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-10))).sum())
     usage = (counts > 0).float().mean()
@@ -67,10 +74,10 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 10, spherical: bool = False) ->
         else:
             assign = torch.cdist(x, centroids).argmin(1)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)
-        counts = torch.bincount(assign, minlength=k).to(x)
-        filled = counts > 0
-        # an empty cluster keeps its previous centroid rather than collapsing to zero
-        centroids[filled] = sums[filled] / counts[filled, None]
+        counts = code_counts(assign, k).to(x)
+        # an empty cluster keeps its previous centroid rather than collapsing to zero (a `where`, not a boolean
+        # index: that would ask the host how many are filled)
+        centroids = torch.where((counts > 0)[:, None], sums / counts.clamp_min(1)[:, None], centroids)
     return F.normalize(centroids, dim=1) if spherical else centroids
 
 
@@ -215,12 +222,12 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _count_usage(self, indices: torch.Tensor) -> None:
-        counts = _all_reduce_sum(torch.bincount(indices, minlength=self.n_codes).float())
+        counts = _all_reduce_sum(code_counts(indices, self.n_codes).float())
         self.unused_steps.add_(1).masked_fill_(counts > 0, 0)
 
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
-        counts = torch.bincount(indices, minlength=self.n_codes).to(flat)
+        counts = code_counts(indices, self.n_codes).to(flat)
         sums = torch.zeros(self.n_codes, self.dim, device=flat.device).index_add_(0, indices, flat)
         stats = _all_reduce_sum(torch.cat([counts[:, None], sums], 1))  # one collective for both
         counts, sums = stats[:, 0], stats[:, 1:]
@@ -251,4 +258,4 @@ def build_quantizer(kind: str, **kwargs) -> VectorQuantizer:
     return QUANTIZERS[kind](**kwargs)
 
 
-__all__ = ["VectorQuantizer", "L2Quantizer", "build_quantizer", "codebook_stats", "kmeans", "QUANTIZERS"]
+__all__ = ["VectorQuantizer", "L2Quantizer", "build_quantizer", "code_counts", "codebook_stats", "kmeans", "QUANTIZERS"]

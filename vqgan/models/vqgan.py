@@ -197,11 +197,14 @@ class Upsample(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
         self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+        # a buffer, so it lives on the model's device (a module constant would be copied from the host at every
+        # forward, a blocking copy on GPUs); not persistent: checkpoints keep the seed's keys
+        self.register_buffer("phase_taps", _PHASE_TAPS.clone(), persistent=False)
 
     def forward(self, x):
         B, C, H, W = x.shape
         w = self.conv.weight  # (out, in, 3, 3)
-        taps = _PHASE_TAPS.to(w)
+        taps = self.phase_taps.to(w)
         # (a, b, out, in, 2, 2) -> one conv with 4*out channels, phases stacked along the output channels
         k = torch.einsum("apr,oirs,bqs->aboipq", taps, w, taps).reshape(4 * w.shape[0], C, 2, 2)
         y = F.conv2d(F.pad(x, (1, 1, 1, 1)), k, self.conv.bias.repeat(4))  # (B, 4*out, H+1, W+1)

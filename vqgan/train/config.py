@@ -88,7 +88,7 @@ class VQGANTrainConfig(LoopConfig):
     SECTION = "vqgan.train"
 
     disc_lr: float | None  # None: same as lr
-    num_workers: int  # the data is a memory map; workers only help with heavy augmentation
+    num_workers: int | str  # data-loader processes, or "auto" (`vqgan.train.loop.loader_workers`)
     augment: str  # "none" | "hflip" (fine for COCO; mirrors Atari score digits)
     # Square crops of the frames (0: whole frames); the model is convolutional, so it is used on whole frames.
     crop: int
@@ -97,6 +97,9 @@ class VQGANTrainConfig(LoopConfig):
 
     def problems(self) -> list[str]:
         out = super().problems()
+        if self.num_workers != "auto" and (not isinstance(self.num_workers, int) or isinstance(self.num_workers, bool)
+                                           or not 0 <= self.num_workers <= 256):
+            out.append((("num_workers",), f"num_workers={self.num_workers!r} (an integer from 0 to 256, or 'auto')"))
         if self.augment not in ("none", "hflip"):
             out.append((("augment",), f"augment={self.augment!r} (use 'none' or 'hflip')"))
         if not isinstance(self.crop, int) or isinstance(self.crop, bool) or self.crop < 0:

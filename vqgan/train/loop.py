@@ -126,13 +126,24 @@ class StepBatchSampler:
                 "(per-device batch x processes); use more data or a smaller train.batch_size"
             )
         self.per_epoch = n // self.global_micro
+        self._perms: dict[int, np.ndarray] = {}
 
     def epoch_of(self, micro_step: int) -> int:
         return micro_step // self.per_epoch
 
+    def permutation(self, epoch: int) -> np.ndarray:
+        """An epoch's data order, computed once: permuting a COCO-sized dataset at every micro-step costs as much as
+        a GPU step. The last two epochs are kept (a prefetching loader runs ahead of the step into the next)."""
+        perm = self._perms.get(epoch)
+        if perm is None:
+            perm = self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            for old in sorted(self._perms)[:-2]:
+                del self._perms[old]
+        return perm
+
     def indices(self, micro_step: int) -> list[int]:
         epoch, pos = divmod(micro_step, self.per_epoch)
-        perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        perm = self.permutation(epoch)
         lo = pos * self.global_micro + self.rank * self.per_device
         return perm[lo : lo + self.per_device].tolist()
 
@@ -171,6 +182,19 @@ def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, schedu
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def loader_workers(setting: int | str, device) -> int:
+    """Data-loader processes for `num_workers`: the number given, or for "auto" min(4, this process's share of the
+    CPUs) on CUDA -- memory-map reads and batch assembly off the training thread, so the GPU never waits for data --
+    and 0 on the CPU, where workers would take the cores the step itself runs on."""
+    if setting != "auto":
+        return int(setting)
+    if torch.device(device).type != "cuda":
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # set by the launcher per node
+    return max(1, min(4, per_process))
 
 
 def to_device(x: np.ndarray | torch.Tensor | list, device: torch.device) -> torch.Tensor:
@@ -372,13 +396,15 @@ class IntervalMeans:
 
     def __init__(self, accelerator):
         self.accelerator = accelerator
-        self.sums: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, torch.Tensor | float] = {}
         self.counts: dict[str, int] = {}
 
     def add(self, values: dict[str, torch.Tensor | float]) -> None:
         for k, v in values.items():
-            v = v.detach().float().reshape(()) if isinstance(v, torch.Tensor) else torch.tensor(float(v))
-            self.sums[k] = self.sums[k] + v.to(self.sums[k].device) if k in self.sums else v
+            # numbers stay Python floats: a tensor made of one would be copied to the device (or a device sum
+            # back to the host) at every step; float + device tensor stays on the device
+            v = v.detach().float().reshape(()) if isinstance(v, torch.Tensor) else float(v)
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
             self.counts[k] = self.counts.get(k, 0) + 1
 
     def means(self) -> dict[str, float]:
@@ -386,7 +412,8 @@ class IntervalMeans:
         if not keys:
             return {}
         device = self.accelerator.device
-        local = torch.stack([self.sums[k].to(device) / self.counts[k] for k in keys])
+        local = torch.stack([torch.as_tensor(self.sums[k], dtype=torch.float32, device=device) / self.counts[k]
+                             for k in keys])
         if self.accelerator.num_processes > 1:
             local = self.accelerator.reduce(local, reduction="mean")
         self.sums, self.counts = {}, {}
@@ -519,7 +546,7 @@ class Run:
         return self.sampler
 
     def steps(self, desc: str) -> Iterator[int]:
-        """The optimizer steps left to do, under a progress bar; `last_good` is the newest checkpoint at each."""
+        """The optimizer steps left to do, under a progress bar."""
         # No host sync inside a step: losses and stats stay on the device until a log step (IntervalMeans), the
         # NaN/inf check reads its flag at log and checkpoint steps only (FiniteGuard).
         accelerator = self.accelerator
@@ -527,11 +554,12 @@ class Run:
         self.interval, self.guard = IntervalMeans(accelerator), FiniteGuard(accelerator)
         self.bar = progress_bar(total=self.tc.steps, initial=self.start, desc=desc,
                                 disable=not accelerator.is_local_main_process, dynamic_ncols=True, file=sys.stderr)
+        self.step = self.start
         main_thread = threading.current_thread() is threading.main_thread()  # only it may set a handler
         before = signal.signal(signal.SIGTERM, self._terminated) if main_thread else None
         try:
             for step in range(self.start, self.tc.steps):
-                self.step, self.last_good = step, self.ckpts.latest()
+                self.step = step
                 yield step
         finally:
             if main_thread:
@@ -559,8 +587,13 @@ class Run:
     def interval_means(self) -> tuple[dict[str, float], float]:
         """At a log step: stop if any rank saw a non-finite loss, else -> (the interval's means over all ranks,
         i.e. over the global batch; its throughput per second)."""
-        self.guard.check(self.last_good)
+        self.guard.check(self.last_good())
         return self.interval.means(), self.meter.rate()
+
+    def last_good(self) -> Path | None:
+        """The newest checkpoint, what a non-finite loss is reported against: looked up when a check needs it, not
+        at every step (a directory listing per step on a cluster's shared file system)."""
+        return self.ckpts.latest()
 
     def wall_time(self) -> float:
         """Seconds trained so far, summed over this invocation and the ones it resumed."""
@@ -570,7 +603,7 @@ class Run:
         """At checkpoint steps and the last: save the state (every rank), with `extra`, the epoch and the wall time."""
         if not self.due(done, self.tc.checkpoint_every):
             return
-        self.guard.check(self.last_good)  # never save a state after a non-finite step
+        self.guard.check(self.last_good())  # never save a state after a non-finite step
         self.ckpts.save(self.accelerator, done, {**extra, "epoch": self.sampler.epoch_of(done * self.tc.grad_accum),
                                                  "wall_time_s": self.wall_time(),
                                                  "precision_by_step": self.precision_by_step})

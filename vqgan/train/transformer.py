@@ -210,6 +210,23 @@ def micro_batch(codes, labels, sampler: StepBatchSampler, micro: int, tc: TrainC
     return corrupt(x, tc.pkeep, vocab_size, rng, rows, n_global), y, x
 
 
+def gpt_step(run: Run, model, opt, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], step: int,
+             tc: TrainConfig) -> torch.Tensor:
+    """One micro-step on (corrupted inputs, labels, clean targets), the optimizer stepping once the accumulation
+    is complete: -> the loss (left on the device)."""
+    accelerator, (inputs, y, x) = run.accelerator, batch
+    with accelerator.accumulate(model):
+        with accelerator.autocast():
+            _, loss = model(inputs[:, :-1], y, targets=x)
+        run.guard.watch(step, loss=loss)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and tc.grad_clip:
+            accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return loss
+
+
 def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_data, val_data) -> int:
     # A changed config or changed codes get a fresh state folder; the same ones resume (how often it logs, evaluates
     # and checkpoints is left out: state_key). The codes themselves are hashed: a VQGAN retrained with another
@@ -240,15 +257,7 @@ def train(args, model_section, tc: TrainConfig, gcfg: GPTConfig, meta, train_dat
             micro = step * tc.grad_accum + k
             inputs, y, x = micro_batch(codes, labels, sampler, micro, tc, gcfg.vocab_size, rows,
                                        run.per_device * run.world)
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    _, loss = model(inputs[:, :-1], y, targets=x)
-                run.guard.watch(step, loss=loss)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and tc.grad_clip:
-                    accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            loss = gpt_step(run, model, opt, (inputs, y, x), step, tc)
             run.add({"loss": loss}, x.numel() * run.world)
 
         done = step + 1

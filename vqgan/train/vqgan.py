@@ -40,6 +40,7 @@ from vqgan.train.loop import (
     NonFiniteLossError,
     Run,
     StepBatchSampler,
+    loader_workers,
     lr_at,
     seed_everything,
     seed_rank,
@@ -82,6 +83,20 @@ class ImageBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def __getstate__(self):
+        # a loader worker started by spawn/forkserver (Python 3.14's default) gets the memory map's file name, not
+        # a pickled copy of every frame (tens of GB for COCO)
+        state = dict(self.__dict__)
+        name = getattr(self.images, "filename", None)
+        if name and str(name).endswith(".npy") and np.load(name, mmap_mode="r").shape == self.images.shape:
+            state["images"] = str(name)
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state["images"], str):
+            state["images"] = np.load(state["images"], mmap_mode="r")
+        self.__dict__.update(state)
+
     def __getitems__(self, indices: list[int]):
         idx = np.asarray(indices)
         images = torch.from_numpy(np.ascontiguousarray(self.images[idx]))
@@ -117,10 +132,14 @@ def to_mask_input(masks: torch.Tensor, flip: np.ndarray | None, device) -> torch
     return m
 
 
+# The activations' layout per device type: NCHW everywhere until a GPU run decides. On CPU channels_last measured
+# slower (bench/vqgan_step.py; CPU GroupNorm is the slow part); on CUDA it may feed cuDNN's tensor cores better or
+# not: bench/gpu_smoke.py times one step each way (and cudnn.benchmark, left at PyTorch's default, off).
+MEMORY_FORMAT = {"cpu": torch.contiguous_format, "cuda": torch.contiguous_format}
+
+
 def _memory_format(device) -> torch.memory_format:
-    # channels_last feeds cuDNN's tensor-core convolutions; on CPU it measured slower (bench/vqgan_step.py:
-    # bf16 step 1.88 s plain vs 2.27 s channels_last, CPU GroupNorm being the slow part)
-    return torch.channels_last if torch.device(device).type == "cuda" else torch.contiguous_format
+    return MEMORY_FORMAT.get(torch.device(device).type, torch.contiguous_format)
 
 
 def _scalars(logs: dict[str, Any], prefix: str = "") -> dict[str, torch.Tensor | float]:
@@ -227,10 +246,12 @@ def prepare_gan(run: Run, sections, tc: TrainConfig, resolution: int, weights_di
 
 
 def image_loader(split, masks: ObjectMasks | None, sampler: StepBatchSampler, tc: TrainConfig, device):
-    """Batches in the sampler's order straight from the memory map, in `num_workers` processes."""
+    """Batches in the sampler's order straight from the memory map, in `num_workers` processes (`auto`: some on
+    CUDA, none on the CPU); pinned on CUDA, for copies that do not wait."""
+    workers = loader_workers(tc.num_workers, device)
     return torch.utils.data.DataLoader(ImageBatches(split.images, masks), batch_sampler=sampler, collate_fn=_keep,
-                                       num_workers=tc.num_workers, persistent_workers=tc.num_workers > 0,
-                                       pin_memory=device.type == "cuda")  # async host-to-GPU copies
+                                       num_workers=workers, persistent_workers=workers > 0,
+                                       pin_memory=torch.device(device).type == "cuda")
 
 
 def next_batch(batches, sampler: StepBatchSampler, micro: int, masks: ObjectMasks | None, tc: TrainConfig,
@@ -241,6 +262,10 @@ def next_batch(batches, sampler: StepBatchSampler, micro: int, masks: ObjectMask
     batch, objects = next(batches), None
     if masks is not None:
         batch, objects = batch
+    # to the device first, from the loader's pinned memory without a wait; crops cut on the host would be
+    # pageable, and a copy from pageable memory waits for the GPU
+    batch = batch.to(device, non_blocking=True)
+    objects = objects.to(device, non_blocking=True) if objects is not None else None
     if tc.crop:
         boxes = [masks.boxes_of(i) for i in sampler.indices(micro)] if masks is not None else \
             [()] * batch.shape[0]
