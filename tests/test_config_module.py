@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
-from conftest import TEST_CONFIG, TINY_COCO
+from conftest import REPO, TEST_CONFIG, TINY_COCO
 
 from atari_collect.config import DATASET_RULES
 from vqgan.config import schema
@@ -338,3 +341,15 @@ def test_the_shipped_configs_pass(files):
 def test_object_crops_need_object_boxes_before_any_job():
     message = rejected(cfg(vqgan__train__crop=24, vqgan__train__object_crops=0.5))
     assert message.startswith("config key datasets.coco_tiny.vqgan.train.object_crops: 0.5 needs object boxes"), message
+
+
+def test_the_check_before_any_job_imports_no_torch():
+    # the workflow runs it on every invocation (a dry run, `--dag`, a rerun of one stage): torch costs seconds there
+    code = ("import sys, yaml; from atari_collect.config import DATASET_RULES; "
+            "from vqgan.config.experiment import check_experiment; "
+            f"cfg = yaml.safe_load(open({str(TEST_CONFIG)!r})); cfg['coco']['root'] = {str(TINY_COCO)!r}; "
+            "check_experiment(cfg, {'atari': DATASET_RULES}); "
+            "print(sorted(m for m in ('torch', 'cv2', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

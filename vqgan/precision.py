@@ -16,8 +16,6 @@ import contextlib
 import os
 import sys
 
-import torch
-
 from vqgan import hardware
 
 PRECISIONS = ("auto", "fp32", "bf16")  # what a config may write; transformer training also takes fp16
@@ -41,6 +39,8 @@ def _bf16_override() -> hardware.Hardware:
 
 def native_bf16(device) -> bool:
     """Whether `device` (a torch.device or its name) computes bf16 natively."""
+    import torch  # here, not at the top: the config check reads this module's vocabulary without torch
+
     device = torch.device(device)
     hw = _bf16_override()
     if device.type == "cuda":
@@ -50,8 +50,10 @@ def native_bf16(device) -> bool:
     return hw.cpu_bf16
 
 
-def _can_emulate(device: torch.device) -> bool:
+def _can_emulate(device) -> bool:
     """Whether torch runs bf16 at all on `device` (a pre-Ampere GPU emulates it where it can make bf16 tensors)."""
+    import torch
+
     return device.type != "cuda" or torch.cuda.is_bf16_supported(including_emulation=True)
 
 
@@ -60,6 +62,8 @@ def resolve(precision: str, device, key: str = "precision", allowed: tuple[str, 
     """The precision a job runs in on `device`: `auto` -> bf16 where it is native, fp32 elsewhere; fp32/bf16/fp16
     as given. bf16 asked for on a device without it: one warning line (emulated, slower), or a ValueError naming
     `key` where torch cannot run it."""
+    import torch
+
     check_precision(precision, key, allowed)
     device = torch.device(device)
     if precision == "auto":
@@ -86,4 +90,6 @@ def autocast(device, precision: str):
         precision = resolve(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
+    import torch
+
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)

@@ -22,14 +22,13 @@ import json
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from vqgan.config.schema import defaults
+from vqgan.config.sections import SampleConfig
 from vqgan.data.codes import CODES_JSON
 from vqgan.device import job_device
 from vqgan.io.checkpoint import CheckpointError, load_gpt, load_vqgan, model_files
@@ -37,69 +36,12 @@ from vqgan.io.cli import UsageError, command, device_name, load_config_arg
 from vqgan.io.files import atomic_dir, prepare_output, refuse_overlap, write_json_atomic
 from vqgan.io.images import grid, save_png, to_uint8
 from vqgan.io.progress import progress_bar
-from vqgan.models import invalid
 from vqgan.models.gpt import GPT
-from vqgan.precision import PRECISIONS, autocast, resolve
+from vqgan.precision import autocast, resolve
 
 GRID_PER_CLASS = 8
 
 
-@dataclass
-class SampleConfig:
-    """The `sample` section for one seed (the config lists `seeds`, one job each); defaults from the schema."""
-
-    n_per_class: int | None  # samples of every class ...
-    n_samples: int | None  # ... or this many in total, round-robin over classes (set at most one)
-    batch_size: int
-    temperature: float  # 0 = greedy
-    top_k: int | None  # null = off
-    top_p: float | None  # nucleus sampling; null = off
-    seed: int
-    precision: str  # transformer weights in "fp32" or "bf16"; "auto": vqgan.precision.resolve
-    decode_precision: str  # the VQGAN decoder: "fp32" or "bf16" autocast; or "auto"
-
-    def __post_init__(self):
-        problems = []
-        if self.n_per_class is not None and self.n_samples is not None:
-            problems.append((("n_per_class", "n_samples"), "set one of n_per_class and n_samples, not both"))
-        for k in ("n_per_class", "n_samples"):
-            v = getattr(self, k)
-            if v is not None and int(v) < 1:
-                problems.append(((k,), f"{k}={v} (must be >= 1)"))
-        if self.batch_size < 1:
-            problems.append((("batch_size",), f"batch_size={self.batch_size} (must be >= 1)"))
-        if self.temperature < 0:
-            problems.append((("temperature",), f"temperature={self.temperature} (must be >= 0; 0 = greedy)"))
-        if self.top_k is not None and self.top_k < 1:
-            problems.append((("top_k",), f"top_k={self.top_k} (must be >= 1, or null for off)"))
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            problems.append((("top_p",), f"top_p={self.top_p} (must be in (0, 1], or null for off)"))
-        for k in ("precision", "decode_precision"):
-            if getattr(self, k) not in PRECISIONS:
-                problems.append(((k,), f"{k}={getattr(self, k)!r} (use one of {list(PRECISIONS)})"))
-        if problems:
-            raise invalid("sample config", problems)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "SampleConfig":
-        """The section as given (possibly partial, `seed` in place of `seeds`), over the schema's defaults."""
-        base = defaults("sample")
-        seed = base.pop("seeds")[0]
-        d = {**base, "seed": seed, **(d or {})}
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown sample keys {unknown}; known: {sorted(f.name for f in fields(cls))}")
-        try:
-            return cls(**d)
-        except TypeError as e:  # a value of the wrong type, e.g. "temperature": "hot"
-            raise ValueError(f"invalid sample config {d}: {e}") from None
-
-    def counts(self, n_classes: int) -> list[int]:
-        """Samples per class."""
-        if self.n_samples is not None:
-            base, extra = divmod(int(self.n_samples), n_classes)
-            return [base + (c < extra) for c in range(n_classes)]
-        return [int(self.n_per_class or 16)] * n_classes
 
 
 def safe_name(name: str) -> str:

@@ -14,10 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from vqgan.config.schema import deep_merge, defaults
-from vqgan.models.gpt import GPTConfig
-from vqgan.models.losses import LossConfig, NLayerDiscriminator
-from vqgan.models.vqgan import VQGANConfig
-from vqgan.train.config import VQGANTrainConfig
+from vqgan.config.sections import VQGANTrainConfig
+from vqgan.models.config import GPTConfig, LossConfig, VQGANConfig, disc_min_input
 
 
 def vqgan_config(resolution: int, section: dict[str, Any] | None = None, **fields: Any) -> VQGANConfig:
@@ -92,7 +90,7 @@ def _crop_problems(model: VQGANConfig, loss: LossConfig, train: VQGANTrainConfig
         return [((("train", "crop"),), f"vqgan.train.crop={crop}: must be at most the data's resolution ({res} px) "
                  f"and a multiple of the model's downsampling factor f = {f} (whole tokens); e.g. "
                  f"{max(f, res // 2 // f * f)}, or 0 for whole frames")]
-    smallest = NLayerDiscriminator.min_input(loss.disc_layers)
+    smallest = disc_min_input(loss.disc_layers)
     gan = loss.disc_start < train.steps and loss.disc_weight > 0
     if gan and crop and crop < smallest:
         return [((("train", "crop"), ("loss", "disc_layers")),

@@ -217,11 +217,9 @@ def _named(run: _Run, *section: str):
 def _check_stage_configs(entry: dict[str, Any], run: _Run, sections: dict[str, Any]) -> None:
     """Each stage's own config objects built from the merged sections, as its job builds them: their rules (one
     copy each, in the models, the loops, the sampler and evaluation) run for every dataset and variant before any
-    job. This imports torch (the models' modules), a few seconds once per check."""
+    job. No torch: the config classes live in torch-free modules (vqgan/models/config.py, vqgan/config/sections.py)."""
     from vqgan.config import build
-    from vqgan.eval.recon import EvalConfig
-    from vqgan.sample import SampleConfig
-    from vqgan.train.config import TransformerTrainConfig
+    from vqgan.config.sections import EvalConfig, SampleConfig, TransformerTrainConfig
 
     vq, tr, sample = sections["vqgan"], sections["transformer"], sections["sample"]
     with _named(run, "vqgan"):
@@ -352,7 +350,7 @@ def _check_top_level(cfg: dict[str, Any]) -> None:
     if "{" in wd or "}" in wd:
         raise ConfigError(f"config key weights_dir: {wd!r} has braces, which Snakemake would read as wildcards in "
                           "fetch_weights' outputs; use a plain folder path")
-    from vqgan.eval.fid import FIDConfig
+    from vqgan.config.sections import FIDConfig
 
     try:  # the fid job's own rules
         FIDConfig.from_dict(cfg["fid"])

@@ -38,7 +38,7 @@ import scipy.linalg
 import torch
 from PIL import Image
 
-from vqgan.config.schema import defaults
+from vqgan.config.sections import FIDConfig, FIDError
 from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
 from vqgan.device import job_device
 from vqgan.io.cli import at_least, command, device_name, load_config_arg
@@ -55,42 +55,11 @@ FID_HELPER_INCEPTION = "default_1.pt"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class FIDError(ValueError):
-    """Input that cannot give a meaningful FID; the message names the file or folder and what to do."""
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class FIDConfig:
-    """The `fid` section of the experiment config (tracked by Snakemake: a change reruns fid and the table)."""
-
-    n: int                 # images per side; fewer are used (and recorded) when fewer exist
-    min_images: int        # fewer than this on any side is an error (a covariance needs 2; set = n to be strict)
-    batch_size: int        # Inception batch; memory only, the result does not depend on it
-    kid_subsets: int
-    kid_subset_size: int   # at most this, and at most half the smaller set: proper subsets, a real spread
-    seed: int              # KID subset draws
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "FIDConfig":
-        """The section as given (possibly partial), over the schema's defaults."""
-        d = {**defaults("fid"), **(d or {})}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise FIDError(f"fid config: unknown key(s) {unknown}; known keys are {sorted(known)}")
-        cfg = cls(**d)  # types are checked below
-        for name in ("n", "min_images", "batch_size", "kid_subsets", "kid_subset_size"):
-            value = getattr(cfg, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise FIDError(f"fid config: {name} must be a positive integer, got {value!r}")
-        if cfg.min_images < 2:
-            raise FIDError(f"fid config: min_images must be >= 2 (a covariance needs two images), got {cfg.min_images}")
-        return cfg
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from vqgan.config.schema import defaults
+from vqgan.config.sections import EvalConfig
 from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
 from vqgan.data.object_masks import outward_boxes
 from vqgan.device import job_device
@@ -46,41 +46,7 @@ from vqgan.io.images import PngFolderWriter, abs_diff, grid, labelled, save_png,
 from vqgan.io.progress import progress_bar
 from vqgan.io.weights import lpips_state_dict
 from vqgan.models.lpips import LPIPS
-from vqgan.precision import autocast, check_precision, resolve
-
-
-@dataclass
-class EvalConfig:
-    """`vqgan.eval` keys; defaults from the schema."""
-
-    max_images: int | None      # evenly spaced val subset; None: every val image
-    grid_images: int            # columns of recon.png
-    batch_size: int
-    object_min_error: float     # 0-255 box MAE of the median image below which an object is not scored
-    object_keep_ratio: float    # kept: the reconstruction's box MAE < this x the median image's
-    lpips: bool                 # score LPIPS (the workflow then requires its weights; off: null, "off by config")
-    precision: str              # the VQGAN's encode + decode: "auto", "fp32" or "bf16" autocast (LPIPS stays fp32)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "EvalConfig":
-        """The section as given (possibly partial), over the schema's defaults."""
-        d = {**defaults("vqgan.eval"), **(d or {})}
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown vqgan.eval keys {unknown}; known: {sorted(f.name for f in fields(cls))}")
-        cfg = cls(**d)
-        try:
-            bad = (cfg.batch_size < 1 or cfg.grid_images < 0 or not 0 < cfg.object_min_error < 255
-                   or not 0 < cfg.object_keep_ratio <= 1 or not isinstance(cfg.lpips, bool))
-        except TypeError:  # a value of the wrong type, e.g. batch_size: "64"
-            bad = True
-        if bad:
-            raise ValueError(f"invalid vqgan.eval config {asdict(cfg)}")
-        check_precision(cfg.precision, "vqgan.eval.precision")
-        if cfg.max_images is not None and (not isinstance(cfg.max_images, int) or cfg.max_images < 1):
-            raise ValueError(f"vqgan.eval.max_images must be >= 1 or null, got {cfg.max_images}")
-        return cfg
-
+from vqgan.precision import autocast, resolve
 
 # ----------------------------------------------------------------------------------------------------------------
 # Metrics (numpy, uint8 in, floats out)

@@ -23,45 +23,12 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from vqgan.models import invalid
-
-
-@dataclass
-class GPTConfig:
-    vocab_size: int  # = the VQGAN's n_codes; the head predicts only these
-    n_classes: int  # conditioning classes (Atari games); one more "unconditional" token is always added
-    block_size: int  # codes per image (h*w); positions = conditioning token + block_size - 1 codes
-    n_layer: int
-    n_head: int
-    n_embd: int
-    dropout: float
-    bias: bool  # biases in Linear and LayerNorm (taming has them; nanoGPT shows they are not needed)
-
-    def __post_init__(self):
-        if self.n_embd % self.n_head:
-            raise invalid("GPT config", [(("n_head", "n_embd"), f"n_head={self.n_head} does not divide "
-                                          f"n_embd={self.n_embd} (each head gets n_embd / n_head channels)")])
-
-    @property
-    def uncond_token(self) -> int:
-        return self.vocab_size + self.n_classes
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GPTConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"GPTConfig: unknown keys {sorted(unknown)}; known keys are {sorted(known)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from vqgan.models.config import GPTConfig
 
 
 class LayerNorm(nn.Module):

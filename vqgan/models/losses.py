@@ -40,53 +40,11 @@ Usage with Accelerate (the discriminator must run through its DDP wrapper so its
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass
-class LossConfig:
-    rec: str  # "l1" or "l2" pixel reconstruction
-    rec_weight: float
-    perceptual_weight: float  # LPIPS(vgg); 0 disables it (and the need for VGG weights)
-    codebook_weight: float
-    disc_weight: float  # multiplies the adaptive lambda
-    disc_start: int  # step from which D is trained and its loss used
-    disc_layers: int  # PatchGAN depth: 3 -> 70x70 receptive field (pix2pix default)
-    disc_ch: int
-    adaptive_weight_max: float  # clamp of lambda (the seed's value)
-    foreground_weight: float  # extra rec weight on pixels far from the background (see module doc)
-    foreground_threshold: float  # colour distance (in [-1, 1] units) that counts as foreground
-    object_weight: float  # extra rec weight inside the exact object boxes (needs objects.csv)
-    object_ignore: tuple[str, ...]  # object classes not weighted (Breakout's wall: 1/3 of the frame)
-    object_balance: bool  # weight each box by median area / its area: instances weigh the same
-    # and by n_game / (K classes x n_class): a game's classes weigh alike. Off when absent: the schema gives it no
-    # default, so that adding the switch changed no existing job's params (no rerun)
-    object_class_balance: bool = False
-
-    def __post_init__(self):
-        if self.rec not in ("l1", "l2"):
-            raise ValueError(f"LossConfig.rec={self.rec!r}: choose 'l1' or 'l2'")
-        for name in ("rec_weight", "perceptual_weight", "codebook_weight", "disc_weight", "foreground_weight",
-                     "object_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"LossConfig.{name}={getattr(self, name)} must be >= 0")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LossConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown loss config keys {unknown}; known keys: {sorted(known)}")
-        if "object_ignore" in d:
-            d = {**d, "object_ignore": tuple(d["object_ignore"])}
-        return cls(**d)
+from vqgan.models.config import LossConfig, disc_min_input
 
 
 class NLayerDiscriminator(nn.Module):
@@ -105,11 +63,7 @@ class NLayerDiscriminator(nn.Module):
         self.main = nn.Sequential(*layers)
         self.apply(self._init)
 
-    @staticmethod
-    def min_input(n_layers: int = 3) -> int:
-        """The smallest side that leaves one logit: each 4x4 stride-2 conv (padding 1) halves (floor), the two
-        stride-1 ones take one pixel each, so floor(n / 2^n_layers) - 2 >= 1."""
-        return 3 * 2**n_layers
+    min_input = staticmethod(disc_min_input)
 
     @staticmethod
     def _init(m):

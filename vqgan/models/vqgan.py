@@ -18,88 +18,13 @@ Differences from the seed, all for speed or clarity, none changing the function 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vqgan.models import invalid
+from vqgan.models.config import VQGANConfig
 from vqgan.models.quantize import build_quantizer
-
-
-@dataclass
-class VQGANConfig:
-    resolution: int
-    ch: int  # base channel count
-    ch_mult: tuple[int, ...]  # f = 2**(len(ch_mult)-1): 64 px -> 8x8 codes
-    num_res_blocks: int
-    attn_resolutions: tuple[int, ...]  # feature-map sizes (px) that get self-attention
-    z_channels: int  # encoder output / decoder input channels
-    dropout: float
-    # quantizer
-    quantizer: str  # "l2" (cosine lookup, keeps codes alive) or "taming" (paper)
-    n_codes: int
-    code_dim: int  # low-dim l2 lookup keeps the codebook alive
-    beta: float  # commitment weight
-    legacy_beta: bool  # True: the seed's beta placement (beta on the codebook term)
-    ema: bool  # codes follow an EMA of their assigned encoder outputs
-    ema_decay: float
-    restart_dead_after: int  # >0: restart codes unused for this many training forwards
-    kmeans_init: bool  # initialise codes by k-means on the first training batch
-
-    def __post_init__(self):
-        self.ch_mult = tuple(int(m) for m in self.ch_mult)
-        self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
-        problems = self.problems()
-        if problems:
-            raise invalid("VQGAN config", problems)
-
-    def problems(self) -> list[tuple[tuple[str, ...], str]]:
-        """What is wrong: (the fields involved, the first to name; what to do)."""
-        out = []
-        if self.quantizer not in ("l2", "taming"):
-            out.append((("quantizer",), f"quantizer={self.quantizer!r} (choose 'l2' or 'taming')"))
-        if not self.ch_mult:
-            out.append((("ch_mult",), "ch_mult is empty"))
-        elif self.resolution % self.downsample:
-            out.append((("resolution", "ch_mult"),
-                        f"resolution={self.resolution} is not divisible by f={self.downsample}, the downsampling "
-                        f"factor 2**(len(ch_mult)-1): make it a multiple of f, or shorten ch_mult"))
-        if self.n_codes < 2 or self.code_dim < 1:
-            out.append((("n_codes", "code_dim"), f"n_codes={self.n_codes}, code_dim={self.code_dim}"))
-        if not 0.0 < self.ema_decay < 1.0:
-            out.append((("ema_decay",), f"ema_decay={self.ema_decay} (must be in (0, 1))"))
-        return out
-
-    @property
-    def levels(self) -> tuple[int, ...]:
-        """The feature-map side of each level, the input's first: where `attn_resolutions` can add attention."""
-        return tuple(self.resolution // 2**i for i in range(len(self.ch_mult)))
-
-    @property
-    def downsample(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-    @property
-    def grid(self) -> int:
-        return self.resolution // self.downsample
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["ch_mult"], d["attn_resolutions"] = list(self.ch_mult), list(self.attn_resolutions)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VQGANConfig":
-        """Every field by name, as written by to_dict (vqgan.config.build makes one from config sections).
-        Unknown keys are errors."""
-        d = dict(d)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown VQGAN config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
