@@ -1,4 +1,5 @@
-"""The `train` sections of both loops, and the checks a run can make from its data before torch is imported.
+"""The checks a training run can make from its data before torch is imported (the `train` sections themselves,
+LoopConfig and its two loops' classes, live in vqgan/config/sections.py).
 
 No torch here on purpose: `vqgan.train.launch` runs `check_data` first thing in a job, so a batch larger than the
 data fails in a fraction of a second, instead of after torch's import (5-9 s on a busy machine) -- and before any
