@@ -113,6 +113,21 @@ def test_eval_refuses_to_write_its_report_over_the_models_own_files(w, capsys, f
     assert snapshot(w.vqgan) == before
 
 
+@pytest.mark.parametrize("module, make_argv", [
+    ("vqgan.sample", lambda w, out: sample_argv(w, out)),
+    ("vqgan.eval.recon", lambda w, out: recon_argv(w, recon_dir=out)),
+])
+def test_a_folder_output_that_is_a_file_fails_before_any_work(w, capsys, monkeypatch, module, make_argv):
+    """A file where the samples' (or reconstructions') folder goes used to fail only after all the work."""
+    out = w.root / "taken"
+    out.write_text("a file of the user's\n")
+    mod = importlib.import_module(module)
+    monkeypatch.setattr(mod, "load_vqgan", lambda *a, **k: pytest.fail("the model was loaded before the check"))
+    rc, lines = run_main(module, make_argv(w, out), capsys)
+    assert rc == 2 and len(lines) == 1 and f"cannot write {out}: a file is there" in lines[0], lines
+    assert out.read_text() == "a file of the user's\n"
+
+
 # --- every command: an output that is, contains or lies inside an input is refused before anything is read ------
 
 def _weights_case(w):

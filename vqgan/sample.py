@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                                                            Path(args.transformer) / CODES_JSON]})
     cfg = SampleConfig.from_dict(load_config_arg(args.config))
     out = Path(args.out)
-    prepare_output(out)  # fails now if `out` is not writable
+    prepare_output(out, folder=True)  # fails now if `out` is not writable, or a file
     device = torch.device(job_device(args.device))
     gpt = load_gpt(args.transformer, map_location=device).eval()
     vqgan = load_vqgan(args.vqgan, map_location=device).eval()

@@ -113,7 +113,7 @@ def prepare_splits(out: str | os.PathLike, splits: tuple[str, ...] = SPLITS) -> 
     """Call before collecting or preparing data into `{out}/{split}`: fails now if `out` cannot be written, and
     removes the hidden temporary folders a killed writer left there (one can hold the whole dataset). Returns
     what was removed."""
-    return [p for split in splits for p in prepare_output(Path(out) / split)]
+    return [p for split in splits for p in prepare_output(Path(out) / split, folder=True)]
 
 
 def check_images(where: str | os.PathLike, images: np.ndarray) -> None:

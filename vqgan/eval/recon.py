@@ -603,9 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     section = load_config_arg(args.config) if args.config else {}
     cfg = EvalConfig.from_dict(section.get("eval", {}) if "eval" in section or "train" in section
                                or "model" in section else section)
-    for out in (args.out_json, args.out_png, args.recon_dir):
+    for out, folder in ((args.out_json, False), (args.out_png, False), (args.recon_dir, True)):
         if out:
-            prepare_output(out)  # an unwritable output fails now, not after the evaluation
+            prepare_output(out, folder)  # an unwritable output fails now, not after the evaluation
     device = torch.device(job_device(args.device))
     asked, cfg = cfg, dataclasses.replace(cfg, precision=resolve(cfg.precision, device, "vqgan.eval.precision"))
     model = load_vqgan(args.model, map_location=device).eval()

@@ -142,11 +142,16 @@ def refuse_overlap(outputs: Paths, inputs: Paths) -> None:
                                   "input: choose an output path outside the inputs")
 
 
-def prepare_output(path: str | os.PathLike) -> list[Path]:
-    """Call at the start of a job for each output it will write: creates the output's folder, proves it is
-    writable (so an unwritable `--out` fails now, not after an hour of work), and removes the temporaries that a
-    killed earlier writer of `path` left beside it. Returns what was removed."""
+def prepare_output(path: str | os.PathLike, folder: bool = False) -> list[Path]:
+    """Call at the start of a job for each output it will write (`folder`: a folder, else a file): creates the
+    output's parent, proves it is writable and that nothing of the other kind stands there (so a bad `--out` fails
+    now, not after an hour of work), and removes the temporaries that a killed earlier writer of `path` left beside
+    it. Returns what was removed."""
     path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        there, wanted = ("a folder", "a file") if path.is_dir() else ("a file", "a folder")
+        raise OutputError(f"cannot write {path}: {there} is there and the output is {wanted}; choose another path or "
+                          f"remove {path}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         removed = clean_stale(path)
