@@ -132,7 +132,7 @@ class Planner:
         return "; ".join(out)
 
     def line(self, rule, ds, variant, peak_gib, gpu_hours, batch, accum, job, train=True) -> str:
-        s = (f"{rule} {ds}/{variant}: peak {peak_gib:.1f} GiB per GPU, {gpu_hours:.1f} GPU-hours at "
+        s = (f"{rule} {ds}/{variant}: peak {peak_gib:.1f} GiB per GPU, {gpu_hours:.2g} GPU-hours at "
              f"{self.a.mfu * 100:.0f}% MFU, per-GPU batch {batch}, grad_accum {accum}")
         return s + (f" | gpu={job['gpu']} nodes={job['nodes']}: " + self.covers(job, peak_gib, gpu_hours, train)
                     if self.res else "")
