@@ -103,7 +103,8 @@ def _dry(*args: str, check: bool = True):
 
 
 def test_a_training_that_cannot_fit_its_gpus_is_refused_naming_the_key():
-    proc = _dry("--set-resources", "train_vqgan:gpu=1", "train_vqgan:gpu_mem_gib=80", check=False)
+    # profiles/slurm gives train_vqgan one GPU of 80 GB: the paper's 64 images do not fit it
+    proc = _dry("--workflow-profile", "profiles/slurm", check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Job stats" not in proc.stdout
     assert re.search(r"config key vqgan\.train\.grad_accum \(dataset coco256, variant default\): train_vqgan needs "
@@ -112,12 +113,22 @@ def test_a_training_that_cannot_fit_its_gpus_is_refused_naming_the_key():
     _dry("--set-resources", "train_vqgan:gpu=1", "train_vqgan:gpu_mem_gib=141")
 
 
-def test_the_slurm_profile_asks_for_what_the_plan_says():
-    proc = _dry("--workflow-profile", "profiles/slurm")
+def test_the_paper_profile_is_the_slurm_profile_but_for_train_vqgan():
+    def load(name):
+        return yaml.safe_load((REPO / "profiles" / name / "config.yaml").read_text())
+
+    base, paper = load("slurm"), load("slurm-paper")
+    for prof in (base, paper):
+        del prof["set-resources"]["train_vqgan"], prof["set-threads"]["train_vqgan"]
+    assert paper == base
+
+
+def test_the_paper_profile_asks_for_what_the_plan_says():
+    proc = _dry("--workflow-profile", "profiles/slurm-paper")
     res = dict(re.findall(r"^rule (\w+):.*?^\s+resources: (.*?)$", proc.stdout, re.S | re.M))
     vq = dict(kv.split("=", 1) for kv in res["train_vqgan"].split(", "))
     assert (vq["gpu"], vq["nodes"], vq["gpu_mem_gib"]) == ("8", "1", "80")
-    prof = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]
+    prof = yaml.safe_load((REPO / "profiles" / "slurm-paper" / "config.yaml").read_text())["set-resources"]
     assert int(vq["mem_mb"]) >= 8 * 4 * 1024  # HOST_GIB per process (bench/plan.py) x 8 on the node
     sec = section({**PAPER["vqgan"], "loss": {**PAPER["vqgan"]["loss"]}})
     peak = M.vqgan_peak(sec, 256, int(vq["gpu"]))
