@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -220,6 +221,37 @@ def test_real_features_are_cached_and_the_result_records_weights(scores):
     assert first["inception_sha256"] == F.sha256_file(first["inception_weights"])
     assert (first["resolution"], first["dataset"], first["kind"]) == (RES, "cocotest", "coco")
     assert second["rfid"] is None and second["n_recon"] is None
+
+
+def test_real_feature_cache_is_not_reused_for_another_device_tf32_or_torch(coco_sets, tmp_path, monkeypatch):
+    # a CPU job's cached features must not be served to a GPU job (or one with TF32, or another torch)
+    cfg = F.FIDConfig.from_dict(dict(n=N, batch_size=N))
+    calls = []
+
+    class Extractor:
+        weights = F.InceptionWeights(Path("w.pt"), "test", "ab" * 32)
+        device = torch.device("cpu")
+        extra = {}
+
+        def key(self):
+            return {"weights_sha256": self.weights.sha256, "device": self.device.type, "tf32": False, **self.extra}
+
+    def features(files, extractor, batch_size, description, workers=0):
+        calls.append(extractor.key())
+        return np.zeros((len(files), 2048), np.float32)
+
+    monkeypatch.setattr(F, "files_features", features)
+    ex = Extractor()
+    first = F.real_features(coco_sets["split"], "cocotest", cfg, ex, tmp_path)
+    again = F.real_features(coco_sets["split"], "cocotest", cfg, ex, tmp_path)
+    assert (first.cached, again.cached, len(calls)) == (False, True, 1)
+    for change in ({"device": "cuda"}, {"tf32": True}, {"torch": "9.9"}):
+        ex.extra = change
+        other = F.real_features(coco_sets["split"], "cocotest", cfg, ex, tmp_path)
+        assert not other.cached and other.cache_file != first.cache_file, change
+    assert len(calls) == 4
+    real = F.InceptionFeatures.key(SimpleNamespace(weights=ex.weights, device=torch.device("cpu")))
+    assert real["device"] == "cpu" and real["tf32"] is False and real["torch"] in torch.__version__
 
 
 def test_fid_cli_writes_json_and_uses_fewer_images_when_fewer_exist(coco_sets, tmp_path):

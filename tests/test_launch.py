@@ -155,13 +155,13 @@ def test_profile_multi_node_example_submits_one_task_per_node(repo):
         __getattr__ = dict.__getitem__
 
     resources = Resources({k: v for k, v in res.items() if not isinstance(v, str) or k == "mpi"}, mem_mb=64000,
-                          runtime=480)
+                          runtime=480, slurm_extra=eval(res["slurm_extra"]))
     job = SimpleNamespace(resources=resources, threads=8)
     params = {"run_uuid": "u", "slurm_logfile": "l", "comment_str": "c", "account": "", "partition": "",
               "workdir": "/w"}
     call = plugin.get_submit_command(job, params) + set_gres_string(job)
     flags = call.split()
-    assert {"--nodes=2", "--ntasks=2", "--cpus-per-gpu=8", "--gpus=16"} <= set(flags), call
+    assert {"--nodes=2", "--ntasks=2", "--cpus-per-gpu=8", "--gpus=16", "--gpus-per-node=8"} <= set(flags), call
     assert not any(f.startswith("--ntasks-per-gpu") for f in flags), call
 
 

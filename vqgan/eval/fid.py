@@ -17,12 +17,14 @@ Three things differ from calling `cleanfid.fid.compute_fid` directly, each for a
   bicubic float resize 3.7965341559 on the same folders: agreement to float noise.
 * The trace term tr √(Σ₁Σ₂) is computed from eigenvalues of a symmetric matrix instead of `scipy.linalg.sqrtm` of a
   non-symmetric 2048×2048 product, which was ~2/3 of a whole FID call's time (`bench/fid.py` measures the ratio).
-* The real set's features are cached per dataset, resolution, N, data hash and weights hash, so the real val split
-  is pushed through Inception once, not once per FID call.
+* The real set's features are cached per dataset, resolution, N, data hash, weights hash, device type, TF32 and
+  torch version (`InceptionFeatures.key`), so the real val split is pushed through Inception once, not once per FID
+  call, and features computed on a CPU never mix with a GPU's.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import math
@@ -263,6 +265,13 @@ class InceptionFeatures:
         # NVIDIA's file wraps resizing around `.layers`; fid-helper's export is `.layers` already.
         self.net = module.layers if hasattr(module, "layers") else module
 
+    def key(self) -> dict[str, Any]:
+        """Everything besides the images that changes the features' bits: the weights, where they ran (CPU and GPU
+        kernels differ in the last digits; TF32 convolutions and matmuls on Ampere+ differ in the third), torch."""
+        tf32 = self.device.type == "cuda" and (torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
+        return {"weights_sha256": self.weights.sha256, "device": self.device.type, "tf32": bool(tf32),
+                "torch": torch.__version__.split("+")[0]}
+
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1:] != (3, 299, 299):
@@ -365,7 +374,7 @@ def real_features(
     cache_dir: str | os.PathLike,
     workers: int = 0,
 ) -> RealFeatures:
-    """Features of the real val split, computed once per (dataset, resolution, N, data, weights).
+    """Features of the real val split, computed once per (dataset, resolution, N, data, weights, device, TF32, torch).
 
     The split's uint8 array is written once as PNG files (the protocol reads PNG on both sides, and a PNG round
     trip is lossless, so this is the same pixels the generator side is compared against).
@@ -389,7 +398,10 @@ def real_features(
         with atomic_dir(png_dir, keep_existing=True) as tmp:
             write_pngs(tmp)
     indices = evenly_spaced(count, cfg.n)
-    cache_file = root / f"feats-{resolution}px-n{len(indices)}-{data_sha[:12]}-{extractor.weights.sha256[:12]}.npy"
+    # keyed by everything that changes the features: a CPU job's cache is never reused by a GPU job, nor by TF32
+    key = {**extractor.key(), "resolution": resolution, "n": len(indices), "data_sha256": data_sha}
+    key_sha = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    cache_file = root / f"feats-{resolution}px-n{len(indices)}-{data_sha[:12]}-{key_sha[:12]}.npy"
     if cache_file.is_file():
         feats = np.load(cache_file)
         if feats.shape == (len(indices), 2048):
@@ -592,6 +604,7 @@ def compute_scores(
         "inception_sha256": weights.sha256,
         "config": asdict(cfg),
         "device": str(extractor.device),
+        "features_key": extractor.key(),
         "timing_s": {"weights": t_weights - t_start, "real_features": t_real - t_weights},
     }
     gens = score_seeds(result, gen_dirs, real, cfg, extractor, name, workers)

@@ -51,9 +51,12 @@ class LaunchError(RuntimeError):
 
 
 def free_port() -> int:
-    """A TCP port that was free a moment ago, so parallel jobs on one host don't collide on accelerate's default."""
+    """A TCP port that was free a moment ago, so parallel jobs on one host don't collide on accelerate's default.
+
+    Bound on every interface, not loopback only: with several nodes the other machines connect to this host's
+    network address, where a port free on 127.0.0.1 may be taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return int(s.getsockname()[1])
 
 

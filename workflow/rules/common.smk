@@ -6,7 +6,7 @@ import json
 import sys
 
 from atari_collect.config import DATASET_RULES, parse_config
-from vqgan import hardware
+from vqgan import hardware, memory
 from vqgan.config.experiment import DEFAULT_COCO_ROOT, check_experiment
 from vqgan.config.failures import failed_jobs, what_next
 from vqgan.config.files import ConfigError, check_config_files, check_not_overlays_alone
@@ -211,6 +211,7 @@ def plan_jobs():
     gpu, threads = hardware.job_defaults(hw)
     cap = cap_gpu_jobs(hw)
     check_gpu_requests(cap)
+    check_gpu_memory(hw, gpu)
     # not again in the jobs Snakemake starts itself (a SLURM job runs Snakemake again)
     if workflow.is_main_process:
         cap = f" (at most {cap} GPU jobs at once)" if cap else ""
@@ -246,3 +247,24 @@ def check_gpu_requests(cap):
                 f"--set-resources {rule}:gpu={n}: at most {cap} GPU(s) here (the GPUs found, or --resources "
                 f"gpu=...); give {rule} gpu={cap} or less (0: the CPU)"
             )
+
+
+def _resource(rule, name, default):
+    # a --set-resources/profile value when it is a plain number (an expression over `attempt` is left unchecked)
+    res = workflow.resource_settings.overwrite_resources.get(rule, {})
+    value = res[name].value if name in res else default
+    return value if isinstance(value, (int, float)) else default
+
+
+def check_gpu_memory(hw, gpu):
+    """Every training job fits the GPU memory its rule declares (the gpu_mem_gib resource, e.g. profiles/slurm;
+    locally the smallest GPU found): vqgan.memory's formula, one line naming the key otherwise. A resource, so
+    changing it never reruns a job."""
+    local = min((g.memory_mib for g in hw.gpus), default=0) / 1024
+    rules = ("train_vqgan", "train_transformer")
+    gpus = {r: _resource(r, "gpu", gpu) for r in rules}
+    mem = {r: _resource(r, "gpu_mem_gib", local) for r in rules}
+    try:
+        memory.check_fits(EXPERIMENT, gpus, mem)
+    except ValueError as e:
+        raise WorkflowError(str(e)) from None

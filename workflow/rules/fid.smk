@@ -22,11 +22,14 @@ rule fid:
     params:
         cfg=json.dumps(config["fid"], sort_keys=True),
         weights=config["weights_dir"],
+        # PNG decoding and the resize to 299 px in its threads' processes on a GPU, where they are the bottleneck;
+        # on the CPU the Inception math uses the same cores, so they stay in the main process
+        workers=lambda w, threads, resources: threads if resources.gpu else 0,
     shell:
         on_own_gpus(
             "python -m vqgan.eval.fid --config {params.cfg:q} --real {input.real:q} --gen {input.gen:q}"
             " --recon {input.recon:q} --train {input.train:q} --name {wildcards.ds:q} --cache-dir results/fid/cache"
-            " --weights-dir {params.weights:q} --out {output:q} > {log:q} 2>&1"
+            " --weights-dir {params.weights:q} --workers {params.workers} --out {output:q} > {log:q} 2>&1"
         )
 
 
