@@ -114,7 +114,7 @@ def vqgan_stepper(work: Path, per_gpu: int, res: int, lpips: bool):
     from vqgan.train.loop import FiniteGuard, Run
     from vqgan.train.vqgan import OUTPUTS, TrainConfig, gan_step, prepare_gan, split_config, to_model_input
 
-    sections = split_config({**paper_sections(lpips), "train": {"batch_size": per_gpu, "mixed_precision": "bf16",
+    sections = split_config({**paper_sections(lpips), "train": {"batch_size": per_gpu, "precision": "bf16",
                                                                  "steps": 10**6}})
     tc = TrainConfig.from_dict(sections["train"])
     run = Run(work / "state", tc, work / "out", OUTPUTS)
@@ -138,7 +138,7 @@ def gpt_stepper(work: Path, per_gpu: int):
     model = paper["transformer"]["model"] if DEVICE == "cuda" else {"n_layer": 2, "n_head": 2, "n_embd": 32}
     side, n = (16, 4096) if DEVICE == "cuda" else (4, 64)
     gcfg = gpt_config(model, {"n_codes": 1024, "n_classes": 2, "grid": [side, side]})
-    tc = TrainConfig.from_dict({"batch_size": per_gpu, "mixed_precision": "bf16", "steps": 10**6, "pkeep": 0.9,
+    tc = TrainConfig.from_dict({"batch_size": per_gpu, "precision": "bf16", "steps": 10**6, "pkeep": 0.9,
                                 "p_uncond": 0.1})
     run = Run(work / "state", tc, work / "out", OUTPUTS)
     model, opt, _ = prepare_gpt(run, gcfg, tc)

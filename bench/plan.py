@@ -63,7 +63,7 @@ def vqgan_cost(section: dict, resolution: int):
     from vqgan.models.vqgan import VQGAN
 
     res = section["train"].get("crop") or resolution
-    prec = section["train"]["mixed_precision"]
+    prec = section["train"]["precision"]
     lpips = LPIPS() if section["loss"]["perceptual_weight"] > 0 else None  # real: it builds on the meta device
     with fake_mode():
         model, loss = VQGAN(vqgan_config(res, section)), VQLoss(loss_config(section["loss"]), lpips)
@@ -77,7 +77,7 @@ def gpt_cost(section: dict, vocab: int, block: int):
 
     with fake_mode():
         model = GPT(gpt_config(vocab, 1, block, section["model"]))
-        return affine(gpt_step(model, block, section["train"]["mixed_precision"]))
+        return affine(gpt_step(model, block, section["train"]["precision"]))
 
 
 def vqgan_forward_flops(section: dict, resolution: int) -> tuple[float, float]:

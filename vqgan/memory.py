@@ -27,7 +27,7 @@ LPIPS_PARAMS = 14_716_160  # VGG16 trunk up to relu5_3 + the five linear heads
 RES_BYTES, SHORTCUT_BYTES, ATTN_BYTES, ATTN_MATRIX_BYTES = 10, 2, 24, 4
 LPIPS_BYTES, DISC_BYTES, GRID_BYTES = 2439, 116, 11  # per pixel of the image (LPIPS, PatchGAN), per code x z_channels
 GPT_LAYER_BYTES, GPT_VOCAB_BYTES, GPT_EMBD_BYTES = 36.4, 4.0, 6.5  # per token: x n_layer*n_embd, x vocab, x n_embd
-FP32_VQGAN, FP32_GPT = 1.2, 1.8  # saved bytes in fp32 (mixed_precision: 'no') over bf16's, measured the same way
+FP32_VQGAN, FP32_GPT = 1.2, 1.8  # saved bytes in fp32 (precision: fp32) over bf16's, measured the same way
 
 
 def _conv(cin: int, cout: int, k: int, bias: bool = True) -> int:
@@ -130,6 +130,7 @@ class Peak:
 
 
 def half(precision: str) -> bool:
+    """Whether a training step runs in 16 bits: `auto` is bf16 on every GPU the plan is for (compute capability 8+)."""
     return precision not in ("no", "fp32")
 
 
@@ -150,8 +151,8 @@ def vqgan_peak(section: dict[str, Any], resolution: int, gpus: int) -> Peak:
     trained = vqgan_params(res, section) + disc_params(loss)
     frozen = LPIPS_PARAMS * (loss["perceptual_weight"] > 0)
     b = micro_batch(train, gpus)
-    per = vqgan_saved(res, section, disc) * (1.0 if half(train["mixed_precision"]) else FP32_VQGAN)
-    return Peak(_static(trained, frozen, gpus, train["mixed_precision"]), b * per, b)
+    per = vqgan_saved(res, section, disc) * (1.0 if half(train["precision"]) else FP32_VQGAN)
+    return Peak(_static(trained, frozen, gpus, train["precision"]), b * per, b)
 
 
 def gpt_peak(section: dict[str, Any], vocab: int, block: int, gpus: int, n_classes: int = 0) -> Peak:
@@ -159,8 +160,8 @@ def gpt_peak(section: dict[str, Any], vocab: int, block: int, gpus: int, n_class
     m, train = section["model"], section["train"]
     trained = gpt_params(m["n_layer"], m["n_embd"], vocab, block, n_classes, m.get("bias", True))
     b = micro_batch(train, gpus)
-    per = gpt_saved(m["n_layer"], m["n_embd"], vocab, block) * (1.0 if half(train["mixed_precision"]) else FP32_GPT)
-    return Peak(_static(trained, 0, gpus, train["mixed_precision"]), b * per, b)
+    per = gpt_saved(m["n_layer"], m["n_embd"], vocab, block) * (1.0 if half(train["precision"]) else FP32_GPT)
+    return Peak(_static(trained, 0, gpus, train["precision"]), b * per, b)
 
 
 def fits(peak: Peak, gpu_mem_gib: float) -> bool:
