@@ -82,3 +82,36 @@ def repo_copy(dest: Path) -> Path:
             shutil.copy2(src, dest / name)
     (dest / ".test").symlink_to(REPO / ".test")
     return dest
+
+
+def write_tiny_stage(root: Path) -> None:
+    """A 16 px two-class dataset (`data/{train,val}`), a tiny VQGAN (`vqgan/`), random codes of it (`codes/`) and a
+    tiny GPT over them (`gpt/`, with its codes.json): every stage's input, in seconds, for the commands' tests."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from vqgan.config.build import gpt_config, vqgan_config
+    from vqgan.data.dataset import write_split
+    from vqgan.io.checkpoint import save_model
+    from vqgan.models.gpt import GPT
+    from vqgan.models.vqgan import VQGAN
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 4)):
+        write_split(root / "data" / split, rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8),
+                    pd.DataFrame({"source_id": np.arange(n), "label": np.arange(n) % 2}),
+                    {"source": "test", "classes": ["a", "b"]})
+    save_model(VQGAN(vqgan_config(resolution=16, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
+                                  z_channels=8, n_codes=32, code_dim=4)), root / "vqgan")
+    codes = root / "codes"
+    codes.mkdir()
+    for split, n in (("train", 8), ("val", 4)):
+        np.save(codes / f"{split}.npy", rng.integers(0, 32, (n, 4, 4)).astype(np.int16))
+        np.save(codes / f"{split}_labels.npy", np.arange(n) % 2)
+    meta = {"n_codes": 32, "grid": [4, 4], "n_classes": 2, "class_names": ["a", "b"], "counts": {}}
+    (codes / "codes.json").write_text(json.dumps(meta))
+    save_model(GPT(gpt_config(vocab_size=32, n_classes=2, block_size=16, n_layer=1, n_head=2, n_embd=16)),
+               root / "gpt")
+    (root / "gpt" / "codes.json").write_text(json.dumps(meta))

@@ -16,12 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import write_tiny_stage
 
-from vqgan.config.build import gpt_config, vqgan_config
 from vqgan.data.dataset import write_split
-from vqgan.io.checkpoint import save_model
-from vqgan.models.gpt import GPT
-from vqgan.models.vqgan import VQGAN
 
 torch.set_num_threads(1)
 
@@ -45,23 +42,8 @@ def snapshot(path: Path) -> dict[str, tuple[bytes, int]]:
 @pytest.fixture
 def w(tmp_path) -> SimpleNamespace:
     """A 16 px two-class dataset, a tiny VQGAN and GPT on its codes, and small files the report stages read."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("val", 4)):
-        write_split(tmp_path / "data" / split, rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8),
-                    pd.DataFrame({"source_id": np.arange(n), "label": np.arange(n) % 2}),
-                    {"source": "test", "classes": ["a", "b"]})
-    save_model(VQGAN(vqgan_config(resolution=16, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
-                                  z_channels=8, n_codes=32, code_dim=4)), tmp_path / "vqgan")
+    write_tiny_stage(tmp_path)
     codes = tmp_path / "codes"
-    codes.mkdir()
-    for split, n in (("train", 8), ("val", 4)):
-        np.save(codes / f"{split}.npy", rng.integers(0, 32, (n, 4, 4)).astype(np.int16))
-        np.save(codes / f"{split}_labels.npy", np.arange(n) % 2)
-    meta = {"n_codes": 32, "grid": [4, 4], "n_classes": 2, "class_names": ["a", "b"], "counts": {}}
-    (codes / "codes.json").write_text(json.dumps(meta))
-    save_model(GPT(gpt_config(vocab_size=32, n_classes=2, block_size=16, n_layer=1, n_head=2, n_embd=16)),
-               tmp_path / "gpt")
-    (tmp_path / "gpt" / "codes.json").write_text(json.dumps(meta))
     (tmp_path / "metrics.csv").write_text("step,loss\n1,0.5\n2,0.4\n")
     (tmp_path / "fid.json").write_text(json.dumps({"dataset": "x", "fid": 1.0}))
     (tmp_path / "cfg").mkdir()

@@ -23,15 +23,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import BIN, REPO, TINY_COCO, readme_commands, repo_copy, snakemake_env
+from conftest import BIN, REPO, TINY_COCO, readme_commands, repo_copy, snakemake_env, write_tiny_stage
 
-from vqgan.config.build import gpt_config, vqgan_config
 from vqgan.data.dataset import DatasetError, data_identity, prepare_splits, write_split
-from vqgan.io.checkpoint import CheckpointError, save_model
+from vqgan.io.checkpoint import CheckpointError
 from vqgan.io.files import atomic_dir, write_json_atomic
 from vqgan.io.hashing import config_hash
-from vqgan.models.gpt import GPT
-from vqgan.models.vqgan import VQGAN
 
 torch.set_num_threads(1)
 
@@ -47,23 +44,8 @@ def _main(module: str):
 def w(tmp_path_factory) -> SimpleNamespace:
     """Good and broken inputs for every command: a 16 px two-class dataset, a tiny VQGAN and GPT, codes."""
     root = tmp_path_factory.mktemp("faults")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("val", 4)):
-        labels = np.arange(n) % 2
-        write_split(root / "data" / split, rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8),
-                    pd.DataFrame({"source_id": np.arange(n), "label": labels}), {"source": "test", "classes": ["a", "b"]})
-    vq = VQGAN(vqgan_config(resolution=16, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
-                           z_channels=8, n_codes=32, code_dim=4))
-    save_model(vq, root / "vqgan")
+    write_tiny_stage(root)
     codes = root / "codes"
-    codes.mkdir()
-    for split, n in (("train", 8), ("val", 4)):
-        np.save(codes / f"{split}.npy", rng.integers(0, 32, (n, 4, 4)).astype(np.int16))
-        np.save(codes / f"{split}_labels.npy", np.arange(n) % 2)
-    meta = {"n_codes": 32, "grid": [4, 4], "n_classes": 2, "class_names": ["a", "b"], "counts": {}}
-    (codes / "codes.json").write_text(json.dumps(meta))
-    save_model(GPT(gpt_config(vocab_size=32, n_classes=2, block_size=16, n_layer=1, n_head=2, n_embd=16)), root / "gpt")
-    (root / "gpt" / "codes.json").write_text(json.dumps(meta))
 
     # broken copies
     shutil.copytree(root / "vqgan", root / "vqgan_corrupt")

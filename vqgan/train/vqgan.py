@@ -275,6 +275,15 @@ def next_batch(batches, sampler: StepBatchSampler, micro: int, masks: ObjectMask
     return to_model_input(batch, flip, device), objects
 
 
+def _update(accelerator, loss_value: torch.Tensor, module: torch.nn.Module, opt, clip: float | None) -> None:
+    """Backward, clip the module's gradient norm at the accumulation boundary, step and clear its optimizer."""
+    accelerator.backward(loss_value)
+    if accelerator.sync_gradients and clip:
+        accelerator.clip_grad_norm_(module.parameters(), clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def gan_step(run: Run, gan: GAN, x: torch.Tensor, objects: torch.Tensor | None, step: int, tc: TrainConfig,
              ) -> dict[str, torch.Tensor | float]:
     """One micro-step of G, then of D once it has started: -> the values to log (left on the device)."""
@@ -290,11 +299,7 @@ def gan_step(run: Run, gan: GAN, x: torch.Tensor, objects: torch.Tensor | None, 
                                                   objects=objects)
         disc.requires_grad_(True)
         run.guard.watch(step, g_loss=g_loss)
-        accelerator.backward(g_loss)
-        if accelerator.sync_gradients and tc.grad_clip:
-            accelerator.clip_grad_norm_(gan.model.parameters(), tc.grad_clip)
-        gan.opt_g.step()
-        gan.opt_g.zero_grad(set_to_none=True)
+        _update(accelerator, g_loss, gan.model, gan.opt_g, tc.grad_clip)
         row.update(_scalars(g_logs), usage=stats["usage"].detach(), perplexity=stats["perplexity"].detach())
 
         # --- discriminator on real vs. detached reconstructions, only once it has started
@@ -302,11 +307,7 @@ def gan_step(run: Run, gan: GAN, x: torch.Tensor, objects: torch.Tensor | None, 
             with accelerator.autocast():
                 d_loss, d_logs = loss.discriminator_loss(x, xrec.detach(), step)
             run.guard.watch(step, d_loss=d_loss)
-            accelerator.backward(d_loss)
-            if accelerator.sync_gradients and tc.grad_clip:
-                accelerator.clip_grad_norm_(loss.discriminator.parameters(), tc.grad_clip)
-            gan.opt_d.step()
-            gan.opt_d.zero_grad(set_to_none=True)
+            _update(accelerator, d_loss, loss.discriminator, gan.opt_d, tc.grad_clip)
             row.update(_scalars(d_logs))
     return row
 
