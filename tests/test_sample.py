@@ -13,7 +13,7 @@ from vqgan import encode, sample
 from vqgan.config.build import gpt_config, vqgan_config
 from vqgan.data.dataset import write_split
 from vqgan.io.checkpoint import load_vqgan, save_model
-from vqgan.io.images import load_png, to_tensor
+from vqgan.io.images import grid, load_png, to_tensor
 from vqgan.models.gpt import GPT
 
 torch.set_num_threads(1)
@@ -116,8 +116,17 @@ def test_sample_writes_per_class_pngs_at_the_vqgan_resolution(stage, transformer
         assert load_png(out / name).shape == (16, 16, 3)
     info = json.loads((out / "samples.json").read_text())
     assert info["count"] == 6 and info["per_class"] == {"Pong": 3, "MsPacman": 3} and info["seed"] == 1
-    # grid: 2 rows (classes) of 3 samples at 2x scale with 2 px padding
-    assert load_png(out / "grid.png").shape == (2 * (32 + 2) + 2, 3 * (32 + 2) + 2, 3)
+    # grid: 2 rows (classes) of 3 samples at 2x scale with 2 px padding, under a title, class names on the left
+    picture = load_png(out / "grid.png")
+    rows = [np.stack([load_png(out / f"{c}_{i:05d}.png") for i in range(3)]) for c in CLASSES]  # class order
+    plain = grid(rows, scale=2)
+    assert plain.shape == (2 * (32 + 2) + 2, 3 * (32 + 2) + 2, 3)
+    assert picture.shape[0] == plain.shape[0] + 16 and picture.shape[1] > plain.shape[1]
+    at = [x for x in range(picture.shape[1] - plain.shape[1] + 1)
+          if np.array_equal(picture[16:, x : x + plain.shape[1]], plain)]
+    assert len(at) == 1 and at[0] > 0, "the samples' grid is not in the picture, right of a label column"
+    assert (picture[16:, : at[0]] < 128).any(), "the rows carry no class names"
+    assert (picture[:16] < 128).any(), "no title"
 
 
 def test_n_samples_is_dealt_round_robin_over_classes(stage, transformer):

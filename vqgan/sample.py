@@ -34,7 +34,7 @@ from vqgan.device import job_device
 from vqgan.io.checkpoint import CheckpointError, load_gpt, load_vqgan, model_files
 from vqgan.io.cli import UsageError, command, device_name, load_config_arg
 from vqgan.io.files import atomic_dir, prepare_output, refuse_overlap, write_json_atomic
-from vqgan.io.images import grid, save_png, to_uint8
+from vqgan.io.images import grid, labelled, save_png, to_uint8
 from vqgan.io.progress import progress_bar
 from vqgan.models.gpt import GPT
 from vqgan.precision import autocast, resolve
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     images = decode(vqgan, codes, (h, w), cfg.batch_size, device, used["decode_precision"])
 
     with atomic_dir(out) as tmp:
-        rows, names, k = [], [], 0
+        rows, row_names, names, k = [], [], [], 0
         for c, n in enumerate(counts):
             for i in range(n):
                 name = f"{safe_name(class_names[c])}_{i:05d}.png"
@@ -133,9 +133,12 @@ def main(argv: list[str] | None = None) -> int:
                 names.append(name)
             if n:
                 rows.append(images[k : k + min(n, GRID_PER_CLASS)])
+                row_names.append(str(class_names[c]))
             k += n
         res = images.shape[1]
-        save_png(tmp / "grid.png", grid(rows, scale=2 if res <= 32 else 1))
+        # rows named by class, the title says which draw this is (the report's caption names dataset and variant)
+        title = f"seed {cfg.seed}, T {cfg.temperature}, top-k {cfg.top_k or 'off'}, top-p {cfg.top_p or 'off'}"
+        save_png(tmp / "grid.png", labelled(grid(rows, scale=2 if res <= 32 else 1), row_names, title))
         write_json_atomic(tmp / "samples.json", {
             "count": len(labels),
             "per_class": {class_names[c]: n for c, n in enumerate(counts)},

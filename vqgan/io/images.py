@@ -61,7 +61,8 @@ def labelled(image: np.ndarray, row_labels: Sequence[str] = (), title: str | Non
     font = ImageFont.load_default()
     width = max([8 + int(font.getlength(s)) for s in row_labels] or [0])
     top = 16 if title else 0
-    canvas = Image.new("RGB", (image.shape[1] + width, image.shape[0] + top), "white")
+    wide = 8 + int(font.getlength(title)) if title else 0  # a title longer than the grid widens the canvas
+    canvas = Image.new("RGB", (max(image.shape[1] + width, wide), image.shape[0] + top), "white")
     canvas.paste(Image.fromarray(np.ascontiguousarray(image)), (width, top))
     draw = ImageDraw.Draw(canvas)
     if title:
