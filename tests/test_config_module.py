@@ -81,10 +81,12 @@ def test_defaults_come_from_the_schema_nested_sections_filled():
     assert "object_class_balance" not in schema.defaults("vqgan.loss")  # no default: absent means off
 
 
-def test_with_defaults_keeps_what_is_given_and_names_a_bad_key():
-    assert schema.with_defaults("sample", {"top_k": 5})["top_k"] == 5
+def test_a_section_validated_alone_keeps_what_is_given_and_names_a_bad_key():
+    given = {"top_k": 5}
+    schema.validate(given, schema.section_schema("sample"), "sample")
+    assert given["top_k"] == 5 and given["temperature"] == schema.defaults("sample")["temperature"]
     with pytest.raises(ConfigError, match=r"config key transformer.train: .*'stepz'.*did you mean 'steps'"):
-        schema.with_defaults("transformer.train", {"stepz": 3})
+        schema.validate({"stepz": 3}, schema.section_schema("transformer.train"), "transformer.train")
 
 
 @pytest.mark.parametrize("change,pattern", [

@@ -57,13 +57,13 @@ class Experiment:
         """The dataset entry as its collection command takes it: no per-stage overrides, no eval sets."""
         return collection_entry(self.datasets[ds])
 
-    def section_json(self, ds: str, variant: str, name: str, keys=None, **replace) -> str:
+    def section_json(self, ds: str, variant: str, name: str, keys=None) -> str:
         """A merged section as JSON (a job's tracked param: a change reruns it); `keys` limits it to the
-        sub-sections a rule reads, so that e.g. an evaluation setting never retrains; `replace` sets keys."""
+        sub-sections a rule reads, so that e.g. an evaluation setting never retrains."""
         data = self.section(ds, variant, name)
         if keys is not None:
             data = {k: data[k] for k in keys}
-        return json.dumps({**data, **replace}, sort_keys=True)
+        return json.dumps(data, sort_keys=True)
 
 
 def variants(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:

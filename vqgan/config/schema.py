@@ -28,11 +28,6 @@ def _load(name: str) -> dict[str, Any]:
     return yaml.safe_load((SCHEMA_DIR / f"{name}.schema.yaml").read_text())
 
 
-def schema(name: str = "config") -> dict[str, Any]:
-    """A deep copy of schema `name` (callers may change it)."""
-    return copy.deepcopy(_load(name))
-
-
 def node(path: str = "", name: str = "config") -> dict[str, Any]:
     """The schema of a dotted section path, e.g. node("vqgan.train")."""
     out = _load(name)
@@ -131,14 +126,4 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
-    return out
-
-
-def with_defaults(path: str, given: dict[str, Any] | None, name: str = "config") -> dict[str, Any]:
-    """`given` (a command's --config section, possibly partial) validated against section `path`, defaults
-    filled; a ConfigError naming the key otherwise."""
-    out = copy.deepcopy(given or {})
-    if not isinstance(out, dict):
-        raise ConfigError(f"config key {path}: must be a mapping, got {type(given).__name__}")
-    validate(out, section_schema(path, name), path)
     return out
