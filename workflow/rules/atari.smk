@@ -11,13 +11,13 @@ rule collect_atari:
         "benchmarks/collect_atari/{ds}.tsv"
     wildcard_constraints:
         ds=_names(ATARI_DATASETS),
-    conda:
-        ENV
-    threads: 4  # capped at --cores by Snakemake
     # The collection heads the DAG's longest chain (collect -> VQGAN -> encode -> transformer -> sample -> fid),
     # and takes every core of a small machine: started after the COCO VQGANs, it would wait for two free cores
     # while one-core jobs keep filling them.
     priority: 50
+    conda:
+        ENV
+    threads: 4  # capped at --cores by Snakemake
     resources:
         downloads_first=2,  # profiles/default: not beside a download, so offline a run stops in seconds
     params:
