@@ -148,8 +148,9 @@ def test_object_boxes_are_rounded_outward_and_drawn_on_the_originals():
     assert (boxed[top][changed[top]] == (255, 255, 255)).all(), "outlines in the first class's colour"
 
 
-def _eval_tiny_model(tmp_path, eval_cfg: dict, res: int = 16, n_val: int = 10) -> int:
-    """A random 16-px VQGAN, 24 train and `n_val` val frames, and `vqgan.eval.recon`'s CLI run on them."""
+def _eval_tiny_model(tmp_path, eval_cfg: dict, res: int = 16, n_val: int = 10, extra: tuple = ()) -> int:
+    """A random 16-px VQGAN, 24 train and `n_val` val frames, and `vqgan.eval.recon`'s CLI run on them (`extra`:
+    more arguments)."""
     from vqgan.config.build import vqgan_config
     from vqgan.models.vqgan import VQGAN
 
@@ -164,7 +165,31 @@ def _eval_tiny_model(tmp_path, eval_cfg: dict, res: int = 16, n_val: int = 10) -
                  str(tmp_path / "train"), "--out-json", str(tmp_path / "recon.json"), "--out-png",
                  str(tmp_path / "recon.png"), "--recon-dir", str(tmp_path / "recon"),
                  "--config", json.dumps({"eval": eval_cfg}), "--weights-dir", str(tmp_path / "no-weights"),
-                 "--device", "cpu"])
+                 "--device", "cpu", *extra])
+
+
+def test_eval_writes_the_reconstructions_of_the_fid_stages_train_images(tmp_path):
+    from vqgan.data.dataset import evenly_spaced, read_split
+    from vqgan.io.checkpoint import load_vqgan
+    from vqgan.io.images import to_tensor, to_uint8
+
+    n = 5  # fid.n: the fid stage's floor and copy rate use these 5 of the 24 train images
+    rc = _eval_tiny_model(tmp_path, {"batch_size": n, "lpips": False, "precision": "fp32"},
+                          extra=("--recon-train-dir", str(tmp_path / "recon_train"), "--recon-train-n", str(n)))
+    m = json.loads((tmp_path / "recon.json").read_text())
+    assert rc == 0 and m["n_recon_train"] == n and m["recon_train_dir"] == str(tmp_path / "recon_train")
+    written = np.stack([load_png(p) for p in sorted((tmp_path / "recon_train").glob("*.png"))])
+    picked = np.asarray(read_split(tmp_path / "train").images)[evenly_spaced(24, n)]
+    model = load_vqgan(tmp_path / "model").eval()
+    with torch.no_grad():
+        want = to_uint8(model.decode_indices(model.encode_to_indices(to_tensor(picked, "cpu"))))
+    assert written.shape == (n, 16, 16, 3) and np.abs(written.astype(int) - want).max() <= 1, "not those train images"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], "a temporary folder was left behind"
+    # without the flag nothing is written, and recon.json says so
+    (tmp_path / "plain").mkdir()
+    assert _eval_tiny_model(tmp_path / "plain", {"lpips": False}) == 0
+    plain = json.loads((tmp_path / "plain" / "recon.json").read_text())
+    assert plain["n_recon_train"] is None and plain["recon_train_dir"] is None
 
 
 def test_recon_json_schema_grid_and_recon_pngs(tmp_path):

@@ -88,6 +88,31 @@ def test_kid_with_subsets_is_seeded_and_reports_spread():
     assert first[0] > 0 and first[1] > 0
 
 
+def test_copy_rate_against_reconstructions_flags_copied_code_grids_that_the_plain_rate_misses():
+    # Decoding moves every image alike (a blur: an offset in feature space) plus a little of its own. A sampler that
+    # returns training code grids gives the train images' reconstructions: far from the photos, on the reconstructions.
+    rng = np.random.default_rng(0)
+    n, d = 200, 64
+    train, val, fresh = (rng.standard_normal((n, d)) for _ in range(3))
+
+    def decode(x):
+        return x + 3.0 + 0.05 * rng.standard_normal(x.shape)
+
+    train_rec, val_rec = decode(train), decode(val)
+    result = {"per_seed": [{}, {}]}
+    gens = [{"feats": train_rec}, {"feats": decode(fresh)}]  # seed 0 copies code grids, seed 1 makes new images
+    F.add_copy_rates(result, gens, train, val)
+    F.add_copy_rates(result, gens, train_rec, val_rec, suffix="_recon")
+    assert [s["copy_rate"] for s in result["per_seed"]] == [0.0, 0.0], "against the photos the copies pass unseen"
+    copier, new = (s["copy_rate_recon"] for s in result["per_seed"])
+    assert copier == 1.0 and new <= 0.15, (copier, new)
+    assert result["copy_rate_recon"] == pytest.approx((copier + new) / 2) and result["copy_rate"] == 0.0
+    assert result["copy_n_train_recon"] == n and result["copy_quantile_recon"] == F.COPY_QUANTILE
+    assert 0 < result["copy_threshold_recon"] and result["copy_threshold"] > 0  # both tests keep their own numbers
+    # the trivial reference: val reconstructions score the quantile by construction
+    assert F.copy_rate(val_rec, train_rec, val_rec)["copy_rate"] == pytest.approx(F.COPY_QUANTILE, abs=1 / n)
+
+
 # ---- weights resolution ---------------------------------------------------------------------------------------
 
 
@@ -145,6 +170,7 @@ def coco_sets(tmp_path_factory, tiny_coco):
                         pd.DataFrame({"file": [f.name for f in train_files]}), {"source": "coco"})
     return {
         "train": train,
+        "train_images": train_images,
         "copies": _save_pngs(root / "copies", train_images),
         "root": root,
         "split": split,
@@ -271,6 +297,28 @@ def test_fid_cli_writes_json_and_uses_fewer_images_when_fewer_exist(coco_sets, t
     assert np.isfinite(result["fid"]) and result["fid"] > 0
 
 
+def test_fid_cli_copy_rate_against_reconstructions_catches_copies_that_went_through_the_decoder(coco_sets, scores,
+                                                                                                 tmp_path):
+    # the decoder here is the blur that made coco_sets["blurred"] (the val reconstructions); the sampler returns
+    # training code grids, so its samples are the train images' reconstructions
+    blur = [np.asarray(Image.fromarray(i).filter(ImageFilter.GaussianBlur(4))) for i in coco_sets["train_images"]]
+    recon_train = _save_pngs(tmp_path / "recon_train", np.stack(blur))
+    out = tmp_path / "fid" / "cocotest.json"
+    F.main([
+        "--config", json.dumps({"n": N, "batch_size": N}), "--real", str(coco_sets["split"]),
+        "--gen", str(recon_train), "--recon", str(coco_sets["blurred"]), "--train", str(coco_sets["train"]),
+        "--recon-train", str(recon_train), "--cache-dir", str(coco_sets["root"] / "cache"),
+        "--weights-dir", str(tmp_path / "none"), "--out", str(out), "--no-download",
+    ])
+    result = json.loads(out.read_text())
+    assert result["copy_rate_recon"] == result["per_seed"][0]["copy_rate_recon"] == 1.0
+    assert result["copy_rate"] <= 0.25, "the plain copy rate was expected to miss decoded copies"
+    assert result["n_recon_train"] == result["copy_n_train_recon"] == N and result["copy_threshold_recon"] > 0
+    assert result["recon_train"] == str(recon_train)
+    # without train reconstructions the field is there, and null
+    assert scores[0]["copy_rate_recon"] is None and scores[0]["n_recon_train"] is None
+
+
 # ---- bad input -----------------------------------------------------------------------------------------------
 
 
@@ -291,6 +339,13 @@ def test_bad_folders_give_clear_errors(coco_sets, tmp_path):
         F.select_files(wrong, cfg, RES, "gen")
     with pytest.raises(F.FIDError, match="nothing to score"):
         F.compute_scores(coco_sets["split"], cfg, tmp_path / "cache")
+    # train reconstructions: the val ones set the threshold; one per train image the floor uses (before Inception)
+    five = _save_pngs(tmp_path / "five", np.zeros((5, RES, RES, 3), np.uint8))
+    with pytest.raises(F.FIDError, match="needs the val reconstructions too"):
+        F.compute_scores(coco_sets["split"], cfg, tmp_path / "cache", gen_dir=coco_sets["same"], recon_train_dir=five)
+    with pytest.raises(F.FIDError, match=f"holds 5 reconstructions but the floor and copy rate use {N} train images"):
+        F.compute_scores(coco_sets["split"], cfg, tmp_path / "cache", gen_dir=coco_sets["same"],
+                         recon_dir=coco_sets["noised"], train_dir=coco_sets["train"], recon_train_dir=five)
 
 
 def test_bad_config_keys_are_named():

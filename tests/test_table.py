@@ -13,7 +13,7 @@ from vqgan.eval import table as T
 
 REQUIRED = [
     "dataset", "variant", "subset", "comparable_group", "n_seeds", "fid_seed_std", "kid_seed_std", "fid_floor",
-    "copy_rate", "kind", "resolution", "n_real", "n_gen", "fid", "kid_mean", "kid_std", "rfid", "psnr",
+    "copy_rate", "copy_rate_recon", "kind", "resolution", "n_real", "n_gen", "fid", "kid_mean", "kid_std", "rfid", "psnr",
     "psnr_mean_baseline", "psnr_median_baseline", "psnr_gain_over_mean_db", "object_recall",
     "object_recall_mean_baseline", "n_objects_scored", "box_psnr", "box_psnr_mean_baseline", "lpips",
     "lpips_mean_baseline",
@@ -43,7 +43,8 @@ def results(tmp_path):
     fid = {"dataset": "coco64", "kind": "coco", "resolution": 64, "n_real": 500, "n_gen": 480, "n_seeds": 3,
            "fid": 81.25, "fid_seed_std": 1.5, "kid_mean": 0.0512, "kid_seed_std": 0.0004, "kid_std": 0.0021,
            "n_recon": 500, "rfid": 33.5, "rkid_mean": 0.011, "rkid_std": 0.001, "inception_sha256": sha,
-           "real_data_sha256": "cd" * 32, "fid_floor": 20.0, "copy_rate": 0.04}
+           "real_data_sha256": "cd" * 32, "fid_floor": 20.0, "copy_rate": 0.04,
+           "copy_rate_recon": 0.925}
     files = {
         "fid": [_write(r / "fid" / "coco64" / "ours.json", fid),
                 _write(r / "fid" / "coco64" / "paper.json", {**fid, "fid": 95.0, "n_gen": 240})],
@@ -99,7 +100,7 @@ def test_spread_n_and_comparable_groups(results, tmp_path):
     table = T.build_table(**results).set_index(["dataset", "variant", "subset"])
     ours, paper = table.loc[("coco64", "ours", "all")], table.loc[("coco64", "paper", "all")]
     assert (ours["n_seeds"], ours["fid_seed_std"], ours["kid_seed_std"]) == (3, 1.5, 0.0004)
-    assert (ours["fid_floor"], ours["copy_rate"]) == (20.0, 0.04)
+    assert (ours["fid_floor"], ours["copy_rate"], ours["copy_rate_recon"]) == (20.0, 0.04, 0.925)
     # paper scored 240 samples per seed, ours 480: not comparable; the same N and real set would be
     assert isinstance(ours["comparable_group"], str) and ours["comparable_group"] != paper["comparable_group"]
     same = _write(tmp_path / "again" / "fid" / "coco64" / "other.json",
@@ -215,6 +216,8 @@ def test_cli_writes_csv_and_markdown(results, tmp_path, capsys):
     # mean ± std over the seeds in one cell, N beside it
     assert f"| coco64 | paper | all | coco | 64 | {group} | 500 | 240 | 3 | 95.00 ± 1.50 | 0.0512 ± 0.0004 |" in table
     assert "| atari64 | ours | Pong |  | 64 |" in table
+    # the copy rate against the tokenizer's reconstructions beside the plain one
+    assert "| copy_rate | copy_rate_recon |" in lines[0] and "| 0.04 | 0.93 |" in lines[-1]
     # every note again under the table, where the end of a run prints it
     assert "- atari64/ours/Pong: below its mean image (-0.60 dB)" in notes
     assert "- coco64/paper/all: val split has 480 images" in notes and "FID biased at N=240" in notes
@@ -306,12 +309,12 @@ def test_benchmark_throughput_counts_each_jobs_images_from_its_own_outputs(tmp_p
         put(f"data/atari64/{split}/manifest.json", {"count": n})
     put("vqgan/atari64/ours/train.json", {"steps": 900, "resumed_from_step": 300, "global_batch": 16})
     put("codes/atari64/ours/codes.json", {"counts": {"train": 90, "val": 10}})
-    put("vqgan/atari64/ours/recon.json", {"n_images": 5, "codebook_images": 10})
+    put("vqgan/atari64/ours/recon.json", {"n_images": 5, "codebook_images": 10, "n_recon_train": 4})
     put("samples/atari64/ours/seed1/samples.json", {"count": 30})
     put("fid/atari64/ours.json", {"n_real": 8, "real_features_cached": True, "per_seed": [{"n": 8}, {"n": 8}],
-                                  "n_recon": 8, "n_train": 8})
+                                  "n_recon": 8, "n_train": 8, "n_recon_train": 8})
     expect = {"collect_atari/atari64": 100, "train_vqgan/atari64/ours": 600 * 16, "encode/atari64/ours": 100,
-              "eval_vqgan/atari64/ours": 15, "sample/atari64/ours/seed1": 30, "fid/atari64/ours": 32}
+              "eval_vqgan/atari64/ours": 19, "sample/atari64/ours/seed1": 30, "fid/atari64/ours": 40}
     for label, n in expect.items():
         assert plots.stage_images(label, r) == n, label
     # a job whose outputs are missing, and a rule with no count, get no throughput instead of failing the figure

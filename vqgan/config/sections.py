@@ -234,7 +234,8 @@ class FIDError(ValueError):
 
 @dataclass
 class FIDConfig:
-    """The `fid` section of the experiment config (tracked by Snakemake: a change reruns fid and the table)."""
+    """The `fid` section of the experiment config (tracked by Snakemake: a change reruns fid and the table; `n` also
+    eval_vqgan, which reconstructs that many train images for the copy rate against reconstructions)."""
 
     n: int                 # images per side; fewer are used (and recorded) when fewer exist
     min_images: int        # fewer than this on any side is an error (a covariance needs 2; set = n to be strict)

@@ -449,6 +449,17 @@ def copy_rate(gen: np.ndarray, train: np.ndarray, val: np.ndarray, quantile: flo
             "copy_quantile": quantile, "copy_n_train": int(len(train))}
 
 
+def add_copy_rates(result: dict[str, Any], gens: list[dict[str, Any]], train: np.ndarray, val: np.ndarray,
+                   suffix: str = "") -> None:
+    """Into `result`: each seed's copy_rate(samples, `train`, `val`) in its `per_seed` entry, their mean, and the
+    test's threshold, quantile and N; `suffix` names a second test's keys (`copy_rate_recon`, ...)."""
+    copies = [{f"{k}{suffix}": v for k, v in copy_rate(g["feats"], train, val).items()} for g in gens]
+    key = f"copy_rate{suffix}"
+    for entry, c in zip(result["per_seed"], copies):
+        entry[key] = c[key]
+    result.update(copies[0], **{key: float(np.mean([c[key] for c in copies]))})
+
+
 def score_folder(
     folder: str | os.PathLike, real: RealFeatures, cfg: FIDConfig, extractor: InceptionFeatures, what: str,
     workers: int = 0,
@@ -485,6 +496,23 @@ def check_inputs(real_dir: str | os.PathLike, train_dir: str | os.PathLike | Non
     for folder in folders:
         if folder is not None:
             list_images(folder)
+
+
+def check_recon_train(recon_train_dir: str | os.PathLike, recon_dir: str | os.PathLike | None,
+                      train_dir: str | os.PathLike | None, cfg: FIDConfig) -> None:
+    """FIDError unless the train reconstructions can be scored: the val reconstructions that set the threshold are
+    given, and (with `train_dir`) the folder holds one reconstruction per train image the floor and copy rate use,
+    as eval_vqgan writes them (`--recon-train-n` = fid.n): the two copy rates then look at the same train images."""
+    if recon_dir is None:
+        raise FIDError("the copy rate against train reconstructions needs the val reconstructions too (--recon): "
+                       "they set its threshold")
+    if train_dir is None:
+        return
+    available, used = len(list_images(recon_train_dir)), len(evenly_spaced(len(read_split(train_dir)), cfg.n))
+    if available != used:
+        raise FIDError(f"recon_train: {recon_train_dir} holds {available} reconstructions but the floor and copy rate "
+                       f"use {used} train images; write fid.n = {cfg.n} of them (vqgan.eval.recon --recon-train-n "
+                       f"{cfg.n})")
 
 
 def samples_precision(gen_dirs: Sequence[str | os.PathLike]) -> str | None:
@@ -537,11 +565,33 @@ def score_floor_and_copies(result: dict[str, Any], train_dir: str | os.PathLike,
     result.update(n_train=len(train.feats), fid_floor=fid_from_features(real.feats, train.feats),
                   kid_floor_mean=kid_floor[0], kid_floor_std=kid_floor[1])
     if gens:
-        copies = [copy_rate(g["feats"], train.feats, real.feats) for g in gens]
-        for entry, c in zip(result["per_seed"], copies):
-            entry["copy_rate"] = c["copy_rate"]
-        result.update(copies[0], copy_rate=float(np.mean([c["copy_rate"] for c in copies])))
+        add_copy_rates(result, gens, train.feats, real.feats)
     result["timing_s"]["floor_and_copy"] = time.perf_counter() - t0
+
+
+def score_recon_and_copies(result: dict[str, Any], recon_dir: str | os.PathLike,
+                           recon_train_dir: str | os.PathLike | None, real: RealFeatures, gens: list[dict[str, Any]],
+                           cfg: FIDConfig, extractor: InceptionFeatures, name: str, workers: int) -> None:
+    """Into `result`: rFID/rKID of the val reconstructions and, with `recon_train_dir` and samples, each seed's copy
+    rate against the tokenizer's reconstructions of the train images (`copy_rate_recon`).
+
+    Why a second copy test: samples come through the VQGAN's decoder, so even a sampler that returns a training
+    image's code grid yields that image's reconstruction, never the photo, and the plain copy rate (against the
+    original train images) misses it (COCO scored 0.04 on near-copies: docs/results.md). Here both sides went
+    through the decoder: the threshold is the 5% quantile of the val reconstructions' nearest distances to the train
+    reconstructions, so val reconstructions score 0.05 by construction and a sampler returning training code grids
+    about 1."""
+    s = score_folder(recon_dir, real, cfg, extractor, f"recon {name}", workers)
+    result.update(n_recon=s["n"], rfid=s["fid"], rkid_mean=s["kid_mean"], rkid_std=s["kid_std"])
+    result["timing_s"].update({f"recon_{k}": v for k, v in s["timing_s"].items()})
+    if recon_train_dir is None or not gens:
+        return
+    t0 = time.perf_counter()
+    files = select_files(recon_train_dir, cfg, real.resolution, f"recon_train {name}")
+    train = files_features(files, extractor, cfg.batch_size, f"recon_train {name}", workers)
+    result["n_recon_train"] = len(files)
+    add_copy_rates(result, gens, train, s["feats"], suffix="_recon")
+    result["timing_s"]["recon_copy"] = time.perf_counter() - t0
 
 
 def compute_scores(
@@ -556,6 +606,7 @@ def compute_scores(
     device: str | torch.device = "cpu",
     download: bool = False,
     workers: int = 0,
+    recon_train_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Everything `results/fid/{ds}/{variant}.json` holds; `fid`/`kid_*` need `gen_dir`, `rfid`/`rkid_*` need
     `recon_dir`.
@@ -566,11 +617,14 @@ def compute_scores(
 
     With `train_dir` also the references every score needs beside it: the floor (N train images scored as if they
     were samples, against the same val features: what a perfect generator of this data would get at this N) and
-    the samples' copy rate against those train images."""
+    the samples' copy rate against those train images. With `recon_train_dir` (the tokenizer's reconstructions of
+    those train images) and `recon_dir` also `copy_rate_recon` (score_recon_and_copies)."""
     if gen_dir is None and recon_dir is None:
         raise FIDError("nothing to score: give a generated-samples folder, a reconstructions folder, or both")
     gen_dirs = [] if gen_dir is None else [gen_dir] if isinstance(gen_dir, (str, os.PathLike)) else list(gen_dir)
-    check_inputs(real_dir, train_dir, [*gen_dirs, recon_dir])
+    check_inputs(real_dir, train_dir, [*gen_dirs, recon_dir, recon_train_dir])
+    if recon_train_dir is not None:
+        check_recon_train(recon_train_dir, recon_dir, train_dir, cfg)
     t_start = time.perf_counter()
     name = name or Path(real_dir).resolve().parent.name  # results/data/{ds}/val -> ds
     weights = resolve_inception_weights(weights_dir, download=download)
@@ -592,10 +646,13 @@ def compute_scores(
         "n_recon": None, "rfid": None, "rkid_mean": None, "rkid_std": None,
         "n_train": None, "fid_floor": None, "kid_floor_mean": None, "kid_floor_std": None,
         "copy_rate": None, "copy_threshold": None, "copy_quantile": None, "copy_n_train": None,
+        "n_recon_train": None, "copy_rate_recon": None, "copy_threshold_recon": None, "copy_quantile_recon": None,
+        "copy_n_train_recon": None,
         "kid_subsets": cfg.kid_subsets,
         "kid_subset_size": None,
         "real": str(real_dir), "gen": [str(g) for g in gen_dirs] or None,
         "recon": None if recon_dir is None else str(recon_dir),
+        "recon_train": None if recon_train_dir is None else str(recon_train_dir),
         "real_data_sha256": real.data_sha256,
         "real_features_cache": str(real.cache_file),
         "real_features_cached": real.cached,
@@ -611,9 +668,7 @@ def compute_scores(
     if train_dir is not None:
         score_floor_and_copies(result, train_dir, real, gens, cfg, extractor, cache_dir, name, workers)
     if recon_dir is not None:
-        s = score_folder(recon_dir, real, cfg, extractor, f"recon {name}", workers)
-        result.update(n_recon=s["n"], rfid=s["fid"], rkid_mean=s["kid_mean"], rkid_std=s["kid_std"])
-        result["timing_s"].update({f"recon_{k}": v for k, v in s["timing_s"].items()})
+        score_recon_and_copies(result, recon_dir, recon_train_dir, real, gens, cfg, extractor, name, workers)
     result["timing_s"]["total"] = time.perf_counter() - t_start
     return result
 
@@ -633,6 +688,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--recon", help="folder of val reconstruction PNGs (results/vqgan/{ds}/{variant}/recon) for rFID")
     p.add_argument("--train", help="train split folder (results/data/{ds}/train): the real-vs-real floor and the "
                    "samples' copy rate")
+    p.add_argument("--recon-train", help="folder of the tokenizer's reconstructions of the same fid.n train images "
+                   "(results/vqgan/{ds}/{variant}/recon_train): the samples' copy rate against reconstructions "
+                   "(needs --recon; absent: copy_rate_recon is null)")
     p.add_argument("--out", required=True, help="result JSON (results/fid/{ds}/{variant}.json)")
     p.add_argument("--cache-dir", default="results/fid/cache", help="real-set PNGs and features, reused across runs")
     p.add_argument("--weights-dir", default="resources/weights", help="looked in first for the Inception file")
@@ -644,7 +702,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     refuse_overlap({"--out": args.out, "--cache-dir": args.cache_dir},
                    {"--real": args.real, "--gen": args.gen, "--recon": args.recon, "--train": args.train,
-                    "--config": args.config, "--weights-dir": args.weights_dir})
+                    "--recon-train": args.recon_train, "--config": args.config, "--weights-dir": args.weights_dir})
 
     device = job_device(args.device)
     cfg = FIDConfig.from_dict(load_config_arg(args.config))
@@ -653,11 +711,12 @@ def main(argv: list[str] | None = None) -> None:
         args.real, cfg, args.cache_dir, gen_dir=args.gen, recon_dir=args.recon, train_dir=args.train,
         weights_dir=args.weights_dir,
         name=args.name, device=device, download=not args.no_download, workers=args.workers,
+        recon_train_dir=args.recon_train,
     )
     write_json_atomic(args.out, result)
     summary = {k: result[k] for k in ("dataset", "n_real", "n_gen", "n_seeds", "fid", "fid_seed_std", "kid_mean",
                                       "n_recon", "rfid",
-                                      "fid_floor", "copy_rate")}
+                                      "fid_floor", "copy_rate", "copy_rate_recon")}
     print(json.dumps(summary))
 
 

@@ -131,20 +131,22 @@ def _trained_images(train_json: Path) -> int:
 
 def _eval_images(recon_json: Path) -> int:
     d = _json(recon_json)
-    return d["n_images"] + d.get("codebook_images", 0)
+    return d["n_images"] + d.get("codebook_images", 0) + (d.get("n_recon_train") or 0)
 
 
 def _fid_images(fid_json: Path) -> int:
     d = _json(fid_json)
     real = 0 if d.get("real_features_cached") else d["n_real"]
-    return real + sum(s["n"] for s in d["per_seed"]) + d.get("n_recon", 0) + d.get("n_train", 0)
+    return (real + sum(s["n"] for s in d["per_seed"]) + d.get("n_recon", 0) + d.get("n_train", 0)
+            + (d.get("n_recon_train") or 0))
 
 
 # What one job of each rule counts as its images, read from its own outputs (benchmark label parts -> count):
 # the data rules the images they wrote (both splits), the training rules the images (for the transformer: code grids)
 # this run trained on, encode the images it encoded, eval those it encoded for codebook usage plus those it
-# reconstructed, sample its samples, fid every image it passed through Inception (real unless cached, samples of
-# every seed, reconstructions, the train images of the floor).
+# reconstructed (val, and the train images of recon_train/), sample its samples, fid every image it passed through
+# Inception (real unless cached, samples of every seed, reconstructions of val and train, the train images of the
+# floor).
 STAGE_IMAGES = {
     "prepare_coco": lambda r, ds: _split_count(r / "data" / ds),
     "collect_atari": lambda r, ds: _split_count(r / "data" / ds),

@@ -3,7 +3,7 @@
     python -m vqgan.eval.recon --model results/vqgan/{ds}/{variant} --data results/data/{ds}/val \
         --train-data results/data/{ds}/train --out-json results/vqgan/{ds}/{variant}/recon.json \
         --out-png results/vqgan/{ds}/{variant}/recon.png --recon-dir results/vqgan/{ds}/{variant}/recon \
-        [--config CONFIG]
+        [--recon-train-dir results/vqgan/{ds}/{variant}/recon_train --recon-train-n FID_N] [--config CONFIG]
 
 Why baselines: a VQGAN whose codebook collapsed reproduces the static background of an Atari game and scores a
 PSNR that looks fine on its own (27.5 dB) but is *below* a constant image. So next to PSNR we report:
@@ -16,6 +16,10 @@ PSNR that looks fine on its own (27.5 dB) but is *below* a constant image. So ne
 - LPIPS (VGG) when its weights are available, else null with the reason;
 - the same for each external evaluation set (`--eval-sets`: folders of raw ALE screens, vqgan/eval/eval_sets.py),
   with objects found from pixels where the game has pixel rules.
+
+Besides the val reconstructions (`--recon-dir`, rFID) it writes the reconstructions of the train images the fid
+stage compares samples with (`--recon-train-dir`: fid.n of them, picked as that stage picks them), for its copy rate
+against reconstructions (vqgan.eval.fid.score_recon_and_copies).
 
 All pixel metrics are on uint8 0-255 values: the reconstruction is rounded to uint8 first (what a PNG holds).
 PSNR is per image then averaged over images (capped at 100 dB so one perfect image cannot make the mean infinite).
@@ -33,14 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqgan.config.sections import EvalConfig
+from vqgan.config.sections import EvalConfig, FIDConfig
 from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
 from vqgan.data.object_masks import outward_boxes
 from vqgan.device import job_device
 from vqgan.eval.eval_sets import EvalSet, check_eval_sets, native_screens, pixel_objects, preprocess
 from vqgan.eval.object_scores import PSNR_CAP_DB, ObjectScores, definition, empty_summary
 from vqgan.io.checkpoint import load_vqgan, model_files
-from vqgan.io.cli import UsageError, command, device_name, load_config_arg
+from vqgan.io.cli import UsageError, at_least, command, device_name, load_config_arg
 from vqgan.io.files import prepare_output, refuse_overlap, write_json_atomic
 from vqgan.io.images import PngFolderWriter, abs_diff, grid, labelled, save_png, to_tensor, to_uint8
 from vqgan.io.progress import progress_bar
@@ -209,12 +213,14 @@ def boxed_originals(originals: np.ndarray, frames: list[int], index: ObjectIndex
 # evaluate(): one pass over the val split; each metric family keeps its own tally
 
 
-def reconstructions(model, val_images: np.ndarray, eval_idx: np.ndarray, cfg: EvalConfig, device, counts: np.ndarray):
+def reconstructions(model, val_images: np.ndarray, eval_idx: np.ndarray, cfg: EvalConfig, device, counts: np.ndarray,
+                    desc: str = "eval"):
     """Encode the whole val split batch by batch, adding each code's uses to `counts`, and decode the evaluated
-    images: yields (their val indices, sorted; the originals; the uint8 reconstructions) per batch that has any."""
+    images: yields (their val indices, sorted; the originals; the uint8 reconstructions) per batch that has any.
+    (reconstruct_train passes its picked train images as `val_images`, every one evaluated.)"""
     eval_set = set(eval_idx.tolist())
     n_codes = len(counts)
-    for b0 in progress_bar(range(0, len(val_images), cfg.batch_size), desc="eval", file=sys.stderr):
+    for b0 in progress_bar(range(0, len(val_images), cfg.batch_size), desc=desc, file=sys.stderr):
         batch = np.asarray(val_images[b0 : b0 + cfg.batch_size])
         x = to_tensor(batch, device)
         with autocast(device, cfg.precision):
@@ -226,6 +232,37 @@ def reconstructions(model, val_images: np.ndarray, eval_idx: np.ndarray, cfg: Ev
         with autocast(device, cfg.precision):
             rec = to_uint8(model.decode_indices(idx[torch.from_numpy(keep).to(idx.device)]))
         yield b0 + np.flatnonzero(keep), batch[keep], rec
+
+
+class Picked:
+    """`images[idx]`, read a slice at a time: a memory-mapped split's picked rows are never all in memory at once."""
+
+    def __init__(self, images: np.ndarray, idx: np.ndarray):
+        self.images, self.idx = images, idx
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return np.asarray(self.images[self.idx[rows]])
+
+
+def reconstruct_train(model, train_images: np.ndarray, n: int, cfg: EvalConfig, device, folder: str) -> int:
+    """Write the reconstructions of the `n` train images the fid stage's floor and copy test use (evenly spaced,
+    picked as vqgan.eval.fid.real_features picks them) as PNGs into `folder`, whole or not at all: the copy test
+    against reconstructions compares samples with these. -> how many were written."""
+    picked = Picked(train_images, evenly_spaced(len(train_images), n))
+    unused = np.zeros(int(model.cfg.n_codes), np.int64)  # codebook usage is the val split's alone
+    writer = PngFolderWriter(folder)
+    try:
+        with torch.inference_mode():
+            for _, _, rec in reconstructions(model, picked, np.arange(len(picked)), cfg, device, unused, "train"):
+                writer.add(rec)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    return len(picked)
 
 
 class PixelErrors:
@@ -553,6 +590,12 @@ def parse_args(argv):
     p.add_argument("--out-json", required=True, help="recon.json")
     p.add_argument("--out-png", required=True, help="recon.png: originals / reconstructions / |difference|")
     p.add_argument("--recon-dir", default=None, help="write every evaluated reconstruction as PNG here (rFID)")
+    p.add_argument("--recon-train-dir", default=None,
+                   help="write the reconstructions of --recon-train-n train images as PNG here (the fid stage's "
+                        "copy rate against reconstructions)")
+    p.add_argument("--recon-train-n", type=at_least(1), default=FIDConfig.from_dict({}).n,
+                   help="how many train images, evenly spaced as the fid stage picks its train images: fid.n "
+                        "(default: fid.n's default, %(default)s)")
     p.add_argument("--config", default=None, help="the vqgan section (its `eval` keys are used) or the eval keys")
     p.add_argument("--weights-dir", default="resources/weights", help="LPIPS/VGG16 weights (LPIPS skipped if absent)")
     p.add_argument("--device", type=device_name, default=None, help="cpu / cuda (default: cuda when available)")
@@ -596,14 +639,16 @@ def eval_set_folders(value: str | None) -> list[str]:
 @command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    refuse_overlap({"--out-json": args.out_json, "--out-png": args.out_png, "--recon-dir": args.recon_dir},
+    refuse_overlap({"--out-json": args.out_json, "--out-png": args.out_png, "--recon-dir": args.recon_dir,
+                    "--recon-train-dir": args.recon_train_dir},
                    {"--model": model_files(args.model), "--data": args.data, "--train-data": args.train_data,
                     "--config": args.config, "--weights-dir": args.weights_dir,
                     "--eval-sets": eval_set_folders(args.eval_sets)})
     section = load_config_arg(args.config) if args.config else {}
     cfg = EvalConfig.from_dict(section.get("eval", {}) if "eval" in section or "train" in section
                                or "model" in section else section)
-    for out, folder in ((args.out_json, False), (args.out_png, False), (args.recon_dir, True)):
+    for out, folder in ((args.out_json, False), (args.out_png, False), (args.recon_dir, True),
+                        (args.recon_train_dir, True)):
         if out:
             prepare_output(out, folder)  # an unwritable output fails now, not after the evaluation
     device = torch.device(job_device(args.device))
@@ -637,10 +682,15 @@ def main(argv: list[str] | None = None) -> int:
         raise
     if sets:
         metrics["eval_sets"] = evaluate_eval_sets(model, sets, train, baselines, cfg, device, lpips)
+    n_recon_train = reconstruct_train(model, train.images, args.recon_train_n, cfg, device,
+                                      args.recon_train_dir) if args.recon_train_dir else None
     # `precision`: what the VQGAN ran in (auto resolved on this device); eval_config: what the config said
     metrics.update(model=str(args.model), data=str(args.data), train_data=str(args.train_data),
                    precision=cfg.precision, eval_config=asdict(asked),
-                   recon_dir=str(args.recon_dir) if args.recon_dir else None, lpips_unavailable=why)
+                   recon_dir=str(args.recon_dir) if args.recon_dir else None,
+                   recon_train_dir=str(args.recon_train_dir) if args.recon_train_dir else None,
+                   n_recon_train=n_recon_train,
+                   lpips_unavailable=why)
     save_png(args.out_png, picture)
     write_json_atomic(args.out_json, metrics)
     print(format_report(metrics), flush=True)

@@ -61,6 +61,9 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "fid_floor": ("fid", "fid_floor"),                          # train images scored as samples: the best at this N
     "kid_floor": ("fid", "kid_floor_mean"),
     "copy_rate": ("fid", "copy_rate"),                          # samples nearer a train image than 95% of val is
+    # ... nearer a train image's reconstruction than 95% of the val reconstructions are: catches a sampler that
+    # returns training code grids, which copy_rate misses (its samples went through the decoder, the photos did not)
+    "copy_rate_recon": ("fid", "copy_rate_recon"),
     "n_recon": ("fid", "n_recon"),
     "rfid": ("fid", "rfid"),
     "rkid_mean": ("fid", "rkid_mean"),
@@ -108,6 +111,7 @@ FID_UNBIASED_N = 2048
 FORMATS = {
     "fid": "{:.2f}", "fid_seed_std": "{:.2f}", "kid_seed_std": "{:.4f}",
     "rfid": "{:.2f}", "fid_floor": "{:.2f}", "kid_floor": "{:.4f}", "copy_rate": "{:.2f}",
+    "copy_rate_recon": "{:.2f}",
     "kid_mean": "{:.4f}", "kid_std": "{:.4f}", "rkid_mean": "{:.4f}",
     "rkid_std": "{:.4f}", "psnr": "{:.2f}", "psnr_mean_baseline": "{:.2f}", "psnr_median_baseline": "{:.2f}",
     "psnr_gain_over_mean_db": "{:+.2f}", "object_recall": "{:.3f}", "object_recall_mean_baseline": "{:.3f}",

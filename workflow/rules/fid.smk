@@ -8,6 +8,7 @@ rule fid:
         train="results/data/{ds}/train",
         gen=sample_folders,
         recon=rules.eval_vqgan.output.recon,
+        recon_train=rules.eval_vqgan.output.recon_train,
     output:
         "results/fid/{ds}/{variant}.json",
     log:
@@ -28,7 +29,8 @@ rule fid:
     shell:
         on_own_gpus(
             "python -m vqgan.eval.fid --config {params.cfg:q} --real {input.real:q} --gen {input.gen:q}"
-            " --recon {input.recon:q} --train {input.train:q} --name {wildcards.ds:q} --cache-dir results/fid/cache"
+            " --recon {input.recon:q} --train {input.train:q} --recon-train {input.recon_train:q}"
+            " --name {wildcards.ds:q} --cache-dir results/fid/cache"
             " --weights-dir {params.weights:q} --workers {params.workers} --out {output:q} > {log:q} 2>&1"
         )
 

@@ -60,6 +60,8 @@ rule eval_vqgan:
             category="Reconstructions",
         ),
         recon=directory("results/vqgan/{ds}/{variant}/recon"),
+        # the reconstructions of the fid stage's train images: its copy rate against reconstructions
+        recon_train=directory("results/vqgan/{ds}/{variant}/recon_train"),
     log:
         "logs/eval_vqgan/{ds}/{variant}.log",
     benchmark:
@@ -71,11 +73,15 @@ rule eval_vqgan:
     params:
         cfg=lambda w: section_json(w.ds, w.variant, "vqgan", keys=("eval",)),
         eval_sets=lambda w: eval_sets_json(w.ds),
+        # fid.n alone, not the fid section: how many train images recon_train/ holds (the ones the fid stage picks),
+        # so fid.n reruns this job too, the fid section's other keys do not
+        fid_n=config["fid"]["n"],
         model=lambda w: f"results/vqgan/{w.ds}/{w.variant}",
         weights=config["weights_dir"],
     shell:
         on_own_gpus(
             "python -m vqgan.eval.recon --config {params.cfg:q} --model {params.model:q} --data {input.val:q}"
             " --train-data {input.train:q} --weights-dir {params.weights:q} --out-json {output.json:q}"
-            " --out-png {output.grid:q} --recon-dir {output.recon:q} --eval-sets {params.eval_sets:q} > {log:q} 2>&1"
+            " --out-png {output.grid:q} --recon-dir {output.recon:q} --recon-train-dir {output.recon_train:q}"
+            " --recon-train-n {params.fid_n} --eval-sets {params.eval_sets:q} > {log:q} 2>&1"
         )
