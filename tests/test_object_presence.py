@@ -135,3 +135,45 @@ def test_samples_of_the_background_alone_score_low(games, detectors, tmp_path):
         for g in dets:
             rate = so.object_rate(got[g]["classes"], real_shares[g]["classes"])
             assert low <= rate <= high, (folder, g, rate, got[g], real_shares[g])
+
+
+# ---------------------------------------------------------------------------------------------------- the fid stage
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    """A real collection (Pong and Breakout, 64 px, RAM object truth), as the collect_atari rule writes it."""
+    pytest.importorskip("ale_py")
+    from atari_collect.__main__ import main as collect
+
+    out = tmp_path_factory.mktemp("atari") / "atari64"
+    cfg = {"kind": "atari", "resolution": 64, "games": ["Pong", "Breakout"], "frames_per_game": 400,
+           "max_episode_steps": 200, "num_envs": 2, "val_fraction": 0.25}
+    assert collect(["--config", json.dumps(cfg), "--out", str(out), "--no-progress", "--workers", "1"]) == 0
+    return out
+
+
+def test_fid_stage_scores_objects_in_each_seeds_samples(collected, tmp_path):
+    """The fid stage's `objects`: real val frames given as samples score ~1, a seed of backgrounds alone lowers
+    the mean; the validation against RAM is in the JSON; a split without object truth gets None."""
+    from vqgan.data.dataset import read_split, write_split
+    from vqgan.eval import fid as F
+
+    val = read_split(collected / "val")
+    by_game = {g: np.asarray(val.images[val.labels == c][:60]) for c, g in enumerate(val.class_names)}
+    write_samples(tmp_path / "seed1", by_game)
+    write_samples(tmp_path / "seed2", {g: np.repeat(v[:1] * 0 + np.median(v, 0).astype(np.uint8)[None], 60, 0)
+                                       for g, v in by_game.items()})
+    result = {"timing_s": {}}
+    F.score_sample_objects(result, collected / "train", collected / "val", [tmp_path / "seed1"])
+    assert set(result["objects"]["per_game"]) == {"Pong", "Breakout"}
+    assert result["sample_object_rate"] >= 0.9
+    assert result["objects"]["validation"]["Pong"]["ball"]["recall"] >= 0.8
+    both = {"timing_s": {}}
+    F.score_sample_objects(both, collected / "train", collected / "val", [tmp_path / "seed1", tmp_path / "seed2"])
+    pong = both["objects"]["per_game"]["Pong"]
+    assert both["sample_object_rate"] < result["sample_object_rate"] - 0.2
+    assert pong["n_samples"] == 120 and len(pong["per_seed_rate"]) == 2 and pong["per_seed_rate"][0] >= 0.9
+    plain = write_split(tmp_path / "plain" / "train", np.zeros((4, 8, 8, 3), np.uint8),
+                        pd.DataFrame({"file": list("abcd")}), {"source": "coco", "count": 4})
+    none = {"timing_s": {}}
+    F.score_sample_objects(none, plain, plain, [])
+    assert none["objects"] is None and none["sample_object_rate"] is None

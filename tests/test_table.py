@@ -366,3 +366,20 @@ def test_curve_and_data_grid_titles_name_stage_dataset_variant_and_split(tmp_pat
     metrics = tmp_path / "results" / "transformer" / "atari64" / "ours" / "metrics.csv"
     assert plots.curves_title(metrics) == "transformer training: dataset atari64, variant ours"
     assert plots.curves_title(tmp_path / "x" / "metrics.csv") == "x"
+
+
+def test_sample_object_rate_on_the_dataset_row_and_shares_on_each_game_row(results, tmp_path):
+    """fid's `objects` entry (vqgan.eval.sample_objects): the rate on the dataset row, each game's rate and its
+    classes' sample/real shares on the game's row; a game without an entry keeps empty cells."""
+    fid = {"dataset": "atari64", "kind": "atari", "resolution": 64, "n_real": 300, "sample_object_rate": 0.6,
+           "objects": {"sample_object_rate": 0.6, "per_game": {"Pong": {
+               "real_share": {"player": 1.0, "enemy": 0.9, "ball": 0.6},
+               "sample_share": {"player": 1.0, "enemy": 0.45, "ball": 0.0}, "sample_object_rate": 0.5}}}}
+    results["fid"].append(_write(tmp_path / "results" / "fid" / "atari64" / "ours.json", fid))
+    table = T.build_table(**results).set_index(["dataset", "variant", "subset"])
+    assert table.loc[("atari64", "ours", "all"), "sample_object_rate"] == 0.6
+    pong = table.loc[("atari64", "ours", "Pong")]
+    assert pong["sample_object_rate"] == 0.5
+    assert pong["object_shares"] == "player 1.00/1.00, enemy 0.45/0.90, ball 0.00/0.60"
+    assert pd.isna(table.loc[("atari64", "ours", "MsPacman"), "sample_object_rate"])
+    assert "sample_object_rate" in T.to_markdown(table.reset_index())

@@ -64,6 +64,10 @@ COLUMNS: dict[str, tuple[str, str]] = {
     # ... nearer a train image's reconstruction than 95% of the val reconstructions are: catches a sampler that
     # returns training code grids, which copy_rate misses (its samples went through the decoder, the photos did not)
     "copy_rate_recon": ("fid", "copy_rate_recon"),
+    # Atari: mean over games (a game's row: over its classes) of min(1, share of samples showing an object class /
+    # share of real val frames showing it), by vqgan.data.object_presence's detector
+    "sample_object_rate": ("fid", "sample_object_rate"),
+    "object_shares": ("table", "object_shares"),                # a game's row: class sample/real share, each
     "n_recon": ("fid", "n_recon"),
     "rfid": ("fid", "rfid"),
     "rkid_mean": ("fid", "rkid_mean"),
@@ -111,7 +115,7 @@ FID_UNBIASED_N = 2048
 FORMATS = {
     "fid": "{:.2f}", "fid_seed_std": "{:.2f}", "kid_seed_std": "{:.4f}",
     "rfid": "{:.2f}", "fid_floor": "{:.2f}", "kid_floor": "{:.4f}", "copy_rate": "{:.2f}",
-    "copy_rate_recon": "{:.2f}",
+    "copy_rate_recon": "{:.2f}", "sample_object_rate": "{:.2f}",
     "kid_mean": "{:.4f}", "kid_std": "{:.4f}", "rkid_mean": "{:.4f}",
     "rkid_std": "{:.4f}", "psnr": "{:.2f}", "psnr_mean_baseline": "{:.2f}", "psnr_median_baseline": "{:.2f}",
     "psnr_gain_over_mean_db": "{:+.2f}", "object_recall": "{:.3f}", "object_recall_mean_baseline": "{:.3f}",
@@ -284,12 +288,14 @@ def build_table(
             subsets += [(game, rec), *((f"{game}/level{lv}", lrec) for lv, lrec in levels)]
         subsets += [(f"level{lv}", rec) for lv, rec in (recon_record.get("per_level") or {}).items()]  # one game
         subsets += [(f"eval_set:{s}", rec) for s, rec in (recon_record.get("eval_sets") or {}).items()]
+        objects = (fid_record.get("objects") or {}).get("per_game") or {}
         for subset, rec in subsets:
             sub = {"dataset": ds, "variant": variant, "subset": subset, "kind": row["kind"],
                    "resolution": row["resolution"]}
             for column, (source, key) in COLUMNS.items():
                 if source == "recon":
                     sub[column] = _cell(rec.get(key))
+            sub.update(game_objects(objects.get(subset)))
             rows.append(_with_notes(sub, rec))
     _precision_notes(rows, used)
     table = pd.DataFrame(rows, columns=["dataset", "variant", "subset", *COLUMNS])
@@ -298,6 +304,17 @@ def build_table(
     for column in integer_columns:
         table[column] = table[column].astype("Int64")  # integers stay integers next to empty cells
     return table
+
+
+def game_objects(entry: dict[str, Any] | None) -> dict[str, Any]:
+    """A game's row: its sample_object_rate and `object_shares`, "class sample/real" per class (shares of frames
+    that show the class: the samples of all seeds, the real val frames), from the fid JSON's objects.per_game."""
+    if not entry:
+        return {}
+    real, sample = entry.get("real_share") or {}, entry.get("sample_share") or {}
+    shares = ", ".join(f"{cls} {'-' if sample.get(cls) is None else f'{sample[cls]:.2f}'}/{r:.2f}"
+                       for cls, r in real.items())
+    return {"sample_object_rate": _cell(entry.get("sample_object_rate")), "object_shares": shares or math.nan}
 
 
 def _with_notes(row: dict[str, Any], recon: dict[str, Any], first: Sequence[str | None] = ()) -> dict[str, Any]:
