@@ -111,11 +111,17 @@ def pick_next_full_vocab(logits, temperature, top_k, top_p, generator):
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
 
 
+def sdpa_attention(q, k, v):
+    """The cached step's attention through SDPA alone (what `cached_attention` replaces for one query on CPU)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=q.size(2) > 1)
+
+
 def ablations():
     """Ours with one speed-up taken away at a time (patched in for the call, so the model code has no switches)."""
     return {
         "no oneDNN prepacking": lambda: mock.patch.object(gpt_module, "_can_prepack", lambda p: False),
         "full-vocab draw": lambda: mock.patch.object(gpt_module, "pick_next", pick_next_full_vocab),
+        "SDPA for one query": lambda: mock.patch.object(gpt_module, "cached_attention", sdpa_attention),
     }
 
 
