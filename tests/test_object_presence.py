@@ -177,3 +177,29 @@ def test_fid_stage_scores_objects_in_each_seeds_samples(collected, tmp_path):
     none = {"timing_s": {}}
     F.score_sample_objects(none, plain, plain, [])
     assert none["objects"] is None and none["sample_object_rate"] is None
+
+
+def test_a_class_misread_in_the_decoders_output_is_left_out(collected, tmp_path):
+    """With the variant's reconstructions: a perfect "decoder" (the val frames themselves) leaves every class in;
+    one that draws a ball-coloured speck in every frame makes the detector see balls where RAM has none, and the
+    ball is left out of that variant's rate rather than counted (its sample share would count the specks)."""
+    from vqgan.data.atari_pixels import PONG_RGB
+    from vqgan.data.dataset import read_split
+
+    val = read_split(collected / "val")
+    frames = np.asarray(val.images)
+    for name, images in (("perfect", frames), ("specks", frames.copy())):
+        if name == "specks":
+            images[:, 30, 30] = PONG_RGB["ball"]
+            images[:, 31, 30] = PONG_RGB["ball"]
+        folder = tmp_path / name
+        folder.mkdir()
+        for i, img in enumerate(images):
+            Image.fromarray(img).save(folder / f"{i:06d}.png")
+    perfect = so.score(collected / "train", collected / "val", [], tmp_path / "perfect")
+    specks = so.score(collected / "train", collected / "val", [], tmp_path / "specks")
+    assert perfect["validation_decoded"]["Pong"]["ball"]["precision"] >= 0.9
+    assert all(not g["left_out"] for g in perfect["per_game"].values())
+    assert specks["validation_decoded"]["Pong"]["ball"]["precision"] < so.MIN_DECODED_PRECISION
+    assert "ball" in specks["per_game"]["Pong"]["left_out"]
+    assert so.object_rate({"player": 1.0, "ball": 0.0}, {"player": 1.0, "ball": 0.5}, skip=["ball"]) == 1.0

@@ -46,10 +46,18 @@ from vqgan.data.atari_screen import NATIVE_W
 # The residual a counted pixel may have off the background-to-colour line: a fixed part (decoder noise, 0-255)
 # and a part proportional to the colour step it explains (INTER_AREA rounding on strong edges).
 RESIDUAL_ABS, RESIDUAL_REL = 24.0, 0.25
+# A pixel counts only where the colour covers at least this share of it: a decoder's faint tint of the background
+# (a few percent, everywhere) must not add up to an object over a window; a real object's main pixel, even a Pong
+# ball of 0.8 x 1.2 pixels at 64 px, is covered more than this.
+MIN_SHARE = 0.2
+# How much better (residual, 0-255, at full coverage) a class colour must explain a pixel than any rival (coverage)
+RIVAL_MARGIN = 10.0
 # A colour this close to the background cannot be told from it (e.g. Breakout's red ball over the red brick row).
 MIN_CONTRAST = 30.0
 THRESHOLDS = np.round(np.arange(0.15, 0.96, 0.05), 2)  # candidates for a class's threshold (share of box area)
 DEFAULT_THRESHOLD = 0.5  # a class the training split never shows keeps this
+# An object-sized window counts only when it holds this share of the coverage around it (window_max)
+ISOLATION = 0.6
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,8 @@ class ClassRule:
     # against the empty field's colour instead of the background image: for a class that is almost always there
     # (Breakout's bricks), which the median of the training frames therefore holds
     on_empty: bool = False
+    # a compact thing on its own (window_max's isolation test); not for a wall of adjacent instances (bricks)
+    isolated: bool = True
 
 
 PLAY_AREA = (0, 0, NATIVE_W, 172)  # Ms. Pac-Man's maze (the HUD below it draws lives in the player's colour)
@@ -73,14 +83,14 @@ PRESENCE_RULES: dict[str, dict[str, ClassRule]] = {
         "paddle": ClassRule((BREAKOUT_RED,), (8, 189, 152, 193)),
         # stops 3 rows above the paddle (same red): at 64 px the paddle tints the row above its own
         "ball": ClassRule((BREAKOUT_RED,), (8, 63, 152, 186)),
-        "brick": ClassRule(BREAKOUT_ROW_RGB, (8, 57, 152, 93), on_empty=True),
+        "brick": ClassRule(BREAKOUT_ROW_RGB, (8, 57, 152, 93), on_empty=True, isolated=False),
     },
 }
 
 
 # Games that draw items in the maze's own colour which come and go (Ms. Pac-Man's dots and power pills: eaten, they
-# are not in every frame, so not always in the median background). In a pixel that the maze colour explains as well
-# as an object's, it is the maze (a dot in the green maze is not a pear of the same green).
+# are not in every frame, so not always in the median background). The maze colour is then a rival of every class:
+# a dot in the green maze is not a pear of the same green.
 MAZE_ITEMS = {"ms_pacman"}
 
 
@@ -99,37 +109,61 @@ def field_slices(box: Sequence[int], crop: Sequence[int] | None, resolution: int
 
 
 def coverage(images: np.ndarray, background: np.ndarray, colours: Sequence[RGB],
-             rivals: Sequence[RGB] = (), first: Sequence[RGB] = ()) -> np.ndarray:
+             rivals: Sequence[RGB] = ()) -> np.ndarray:
     """(N, H, W, 3) frames, (.., H or 1, W or 1, 3) background -> (N, H, W) float32 share of each pixel covered
-    by `colours` (see the module docstring). Each pixel goes to the colour, of `colours` and `rivals` (the game's
-    other classes' colours), that explains it with the least residual: a pixel where an orange paddle tints the
-    court is the paddle's, though it is also a little brighter, as a white ball would make it. Rivals in `first`
-    win ties (MAZE_ITEMS)."""
+    by `colours` (see the module docstring). A pixel counts only where one of `colours` explains it better, by
+    RIVAL_MARGIN, than any of `rivals` (the game's other classes' colours, the maze's): a pixel where an orange
+    paddle tints the court is the paddle's, though it is also a little brighter, as a white ball would make it;
+    a decoded ghost whose orange drifted halfway to the strawberry's is neither's fruit."""
     o = images.astype(np.float32) - background
-    best_a = np.zeros(images.shape[:3], np.float32)
-    best_res = np.full(images.shape[:3], np.inf, np.float32)
-    mine = np.zeros(images.shape[:3], bool)
-    for k, rgb in enumerate([*first, *colours, *rivals]):
+
+    def fit(rgb):
         d = np.asarray(rgb, np.float32) - background              # (.., H, W, 3): background -> colour
         dd = (d * d).sum(-1)
         a = np.clip((o * d).sum(-1) / np.maximum(dd, 1.0), 0.0, 1.0)
         residual = np.sqrt(((o - a[..., None] * d) ** 2).sum(-1))
         ok = (residual <= RESIDUAL_ABS + RESIDUAL_REL * a * np.sqrt(dd)) & (dd >= MIN_CONTRAST**2) & (a > 0)
-        better = ok & (residual < best_res)
-        best_res = np.where(better, residual, best_res)
-        best_a = np.where(better, a, best_a)
-        mine = np.where(better, len(first) <= k < len(first) + len(colours), mine)
-    return np.where(mine, best_a, 0.0).astype(np.float32)
+        return a, np.where(ok, residual, np.inf)
+
+    best_a = np.zeros(images.shape[:3], np.float32)
+    best = np.full(images.shape[:3], np.inf, np.float32)
+    for rgb in colours:
+        a, residual = fit(rgb)
+        better = residual < best
+        best, best_a = np.where(better, residual, best), np.where(better, a, best_a)
+    rival = np.full(images.shape[:3], np.inf, np.float32)
+    for rgb in rivals:
+        rival = np.minimum(rival, fit(rgb)[1])
+    # the margin scales with the share: in a faint blend every colour's residual is small
+    mine = np.isfinite(best) & (best + RIVAL_MARGIN * best_a < rival)
+    return np.where(mine & (best_a >= MIN_SHARE), best_a, 0.0).astype(np.float32)
 
 
-def window_max(cov: np.ndarray, wh: tuple[int, int]) -> np.ndarray:
-    """(N, H, W) coverage -> (N,) the largest sum over any (h, w) window inside it (summed-area table)."""
+def window_max(cov: np.ndarray, wh: tuple[int, int], margin: int = 0, isolation: float = 0.0) -> np.ndarray:
+    """(N, H, W) coverage -> (N,) the largest sum over any (h, w) window inside it (summed-area tables).
+
+    With `isolation` > 0 only windows that hold at least that share of the coverage in the window grown by `margin`
+    pixels on every side count: an object is compact, while a decoder's smear of a colour (a red brick row bleeding
+    downwards, a maze tinted all along a corridor) spreads beyond any object-sized window."""
     n, H, W = cov.shape
     h, w = min(wh[1], H), min(wh[0], W)
-    sat = np.zeros((n, H + 1, W + 1), np.float64)
-    sat[:, 1:, 1:] = cov.cumsum(1).cumsum(2)
-    sums = sat[:, h:, w:] - sat[:, :-h, w:] - sat[:, h:, :-w] + sat[:, :-h, :-w]
-    return sums.reshape(n, -1).max(1)
+    m = margin
+    sat = np.zeros((n, H + 2 * m + 1, W + 2 * m + 1), np.float64)
+    sat[:, m + 1:m + H + 1, m + 1:m + W + 1] = cov.cumsum(1).cumsum(2)
+    sat[:, m + H + 1:, m + 1:m + W + 1] = sat[:, m + H:m + H + 1, m + 1:m + W + 1]  # the zero padding, summed
+    sat[:, :, m + W + 1:] = sat[:, :, m + W:m + W + 1]
+
+    def sums(y0: int, x0: int, hh: int, ww: int) -> np.ndarray:
+        """Sums of the (hh, ww) windows whose top-left corners run over the H - h + 1 x W - w + 1 positions,
+        offset by (y0, x0) in the padded table."""
+        ys, xs = slice(y0, y0 + H - h + 1), slice(x0, x0 + W - w + 1)
+        ye, xe = slice(y0 + hh, y0 + hh + H - h + 1), slice(x0 + ww, x0 + ww + W - w + 1)
+        return sat[:, ye, xe] - sat[:, ys, xe] - sat[:, ye, xs] + sat[:, ys, xs]
+
+    inner = sums(m, m, h, w)
+    if isolation > 0:
+        inner = np.where(inner >= isolation * sums(0, 0, h + 2 * m, w + 2 * m) - 1e-9, inner, 0.0)
+    return inner.reshape(n, -1).max(1)
 
 
 @dataclass
@@ -158,14 +192,16 @@ class GameDetector:
         out = {cls: np.zeros(len(images)) for cls in self.sizes}
         for lv in np.unique(level):  # a level at a time: the maze colour is one of the rivals
             at = np.flatnonzero(level == lv)
-            maze = [tuple(self.maze[lv])] if object_rom(self.game) in MAZE_ITEMS else []
+            maze = [tuple(self.maze[lv].tolist())] if object_rom(self.game) in MAZE_ITEMS else []
             for cls, (w, h) in self.sizes.items():
                 rows, cols = self.fields[cls]
                 bg = self.empty[lv] if rules[cls].on_empty else self.backgrounds[lv][rows, cols]
                 rivals = [c for other, rule in rules.items() if other != cls for c in rule.colours
                           if c not in rules[cls].colours]
-                cov = coverage(images[at][:, rows, cols], bg, rules[cls].colours, rivals, first=maze)
-                out[cls][at] = window_max(cov, (int(np.ceil(w)) + 1, int(np.ceil(h)) + 1)) / max(w * h, 1e-6)
+                cov = coverage(images[at][:, rows, cols], bg, rules[cls].colours, [*rivals, *maze])
+                margin = max(2, int(round(0.5 * max(w, h))))
+                out[cls][at] = window_max(cov, (int(np.ceil(w)) + 1, int(np.ceil(h)) + 1), margin,
+                                          ISOLATION if rules[cls].isolated else 0.0) / max(w * h, 1e-6)
         return out
 
     def detect(self, images: np.ndarray) -> dict[str, np.ndarray]:

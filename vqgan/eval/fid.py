@@ -596,15 +596,16 @@ def score_recon_and_copies(result: dict[str, Any], recon_dir: str | os.PathLike,
 
 
 def score_sample_objects(result: dict[str, Any], train_dir: str | os.PathLike | None, real_dir: str | os.PathLike,
-                         gen_dirs: list) -> None:
+                         gen_dirs: list, recon_dir: str | os.PathLike | None = None) -> None:
     """Into `result`: `objects` (vqgan.eval.sample_objects: per game and object class, the share of samples that
-    show it beside the share of real val frames, and the detector's validation against RAM) and
-    `sample_object_rate`, where the training split has RAM object truth (Atari); None otherwise."""
+    show it beside the share of real val frames, and the detector's validation against RAM on the val frames and on
+    this variant's reconstructions of them) and `sample_object_rate`, where the training split has RAM object truth
+    (Atari); None otherwise."""
     result.update(objects=None, sample_object_rate=None)
     if train_dir is None or not sample_objects.split_games(read_split(train_dir)):
         return
     t0 = time.perf_counter()
-    result["objects"] = sample_objects.score(train_dir, real_dir, gen_dirs)
+    result["objects"] = sample_objects.score(train_dir, real_dir, gen_dirs, recon_dir)
     result["sample_object_rate"] = result["objects"]["sample_object_rate"]
     result["timing_s"]["objects"] = time.perf_counter() - t0
 
@@ -684,7 +685,7 @@ def compute_scores(
         score_floor_and_copies(result, train_dir, real, gens, cfg, extractor, cache_dir, name, workers)
     if recon_dir is not None:
         score_recon_and_copies(result, recon_dir, recon_train_dir, real, gens, cfg, extractor, name, workers)
-    score_sample_objects(result, train_dir, real_dir, gen_dirs)
+    score_sample_objects(result, train_dir, real_dir, gen_dirs, recon_dir)
     result["timing_s"]["total"] = time.perf_counter() - t_start
     return result
 
