@@ -118,8 +118,9 @@ def write_samples(folder, images_by_class: dict[str, np.ndarray]) -> None:
         for i, img in enumerate(images):
             files.append(f"{name}_{i:05d}.png")
             Image.fromarray(img).save(folder / files[-1])
+    # sorted keys, as the stage's JSON writer writes them: per_class's order is not the files' order
     (folder / "samples.json").write_text(json.dumps(
-        {"files": files, "per_class": {k: len(v) for k, v in images_by_class.items()}}))
+        {"files": files, "per_class": {k: len(v) for k, v in images_by_class.items()}}, sort_keys=True))
 
 
 def test_samples_of_the_background_alone_score_low(games, detectors, tmp_path):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from dataclasses import asdict
@@ -33,7 +32,7 @@ from vqgan.data.codes import CODES_JSON
 from vqgan.device import job_device
 from vqgan.io.checkpoint import CheckpointError, load_gpt, load_vqgan, model_files
 from vqgan.io.cli import UsageError, command, device_name, load_config_arg
-from vqgan.io.files import atomic_dir, prepare_output, refuse_overlap, write_json_atomic
+from vqgan.io.files import atomic_dir, prepare_output, refuse_overlap, safe_name, write_json_atomic
 from vqgan.io.images import grid, labelled, save_png, to_uint8
 from vqgan.io.progress import progress_bar
 from vqgan.models.gpt import GPT
@@ -42,11 +41,6 @@ from vqgan.precision import autocast, resolve
 GRID_PER_CLASS = 8
 
 
-
-
-def safe_name(name: str) -> str:
-    """A class name usable in a file name (Atari game names already are)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)) or "class"
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ from PIL import Image
 from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
 from vqgan.data.object_presence import GameDetector, fit_game, has_presence_rules, ram_presence, reindex_objects
 from vqgan.io.cli import command
-from vqgan.io.files import prepare_output, refuse_overlap, write_json_atomic
+from vqgan.io.files import prepare_output, refuse_overlap, safe_name, write_json_atomic
 
 # A class whose detections in a variant's reconstructions are right less often than this (against RAM) is left out
 # of that variant's sample_object_rate: the decoder draws it in colours the detector takes for something else.
@@ -112,20 +112,22 @@ def object_rate(sample: dict[str, float], real: dict[str, float], skip: Sequence
 
 
 def sample_images(folder: str | Path, games: Sequence[str]) -> dict[str, np.ndarray]:
-    """A sample folder (vqgan.sample: samples.json lists the files class by class) -> game -> (n, R, R, 3)."""
+    """A sample folder (vqgan.sample: samples.json lists the files, named `<class>_<index>.png`) -> game ->
+    (n, R, R, 3), for the `games` it has samples of. The class comes from the file name, not from the order of
+    samples.json's keys (a JSON writer may sort them)."""
     folder = Path(folder)
     try:
-        info = json.loads((folder / "samples.json").read_text())
-        files, per_class = list(info["files"]), dict(info["per_class"])
+        files = list(json.loads((folder / "samples.json").read_text())["files"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DatasetError(f"{folder}/samples.json: not a samples.json written by the sample stage ({e}); "
                            "rerun that stage") from None
-    out, k = {}, 0
-    for name, n in per_class.items():
-        names, k = files[k:k + int(n)], k + int(n)
-        if name in games and names:
-            out[name] = np.stack([np.asarray(Image.open(folder / f).convert("RGB")) for f in names])
-    return out
+    names = {safe_name(g): g for g in games}
+    by_game: dict[str, list[str]] = {}
+    for f in files:
+        game = names.get(str(f).rsplit("_", 1)[0])
+        if game is not None:
+            by_game.setdefault(game, []).append(f)
+    return {g: np.stack([np.asarray(Image.open(folder / f).convert("RGB")) for f in fs]) for g, fs in by_game.items()}
 
 
 def score(train_dir, real_dir, sample_dirs: Sequence[str | Path] = (), recon_dir: str | Path | None = None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -180,3 +181,8 @@ def clean_stale(target: str | os.PathLike) -> list[Path]:
                 p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+def safe_name(name: str) -> str:
+    """A class name usable in a file name (Atari game names already are): sample files are `<safe_name>_<i>.png`."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)) or "class"
