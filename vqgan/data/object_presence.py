@@ -286,8 +286,10 @@ def fit_game(game: str, images: np.ndarray, objects: pd.DataFrame | None, levels
             continue  # a class the training split never shows cannot be sized: not detected
         sizes[cls] = (float((o["x1"] - o["x0"]).median()), float((o["y1"] - o["y0"]).median()))
     backgrounds, empty = object_free_backgrounds(images, objects, levels, seed=seed)
-    area = (slice(min(f[0].start for f in fields.values()), max(f[0].stop for f in fields.values())),
-            slice(min(f[1].start for f in fields.values()), max(f[1].stop for f in fields.values())))
+    area = (slice(min((f[0].start for f in fields.values()), default=0), max((f[0].stop for f in fields.values()),
+                                                                              default=resolution)),
+            slice(min((f[1].start for f in fields.values()), default=0), max((f[1].stop for f in fields.values()),
+                                                                              default=resolution)))
     det = GameDetector(game, backgrounds, empty, maze_colours(backgrounds, empty, *area), sizes, fields)
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(images), min(max_fit_frames, len(images)), replace=False))
