@@ -123,8 +123,15 @@ def test_tiny_dag_writes_the_fid_table_with_sane_values(run):
     assert atari.loc["eval_set:pacman", "n_eval"] == 12
     for subset in ("all", "Pong", "MsPacman", "eval_set:pacman"):
         assert atari.loc[subset, "object_recall"] >= 0 and atari.loc[subset, "n_objects_scored"] > 0, subset
+    # objects in samples: a rate for the dataset and each game, each class's sample/real share on the game's row
+    for subset in ("all", "Pong", "MsPacman"):
+        assert 0 <= atari.loc[subset, "sample_object_rate"] <= 1, subset
+    assert atari.loc["Pong", "object_shares"].startswith("player ") and "/" in atari.loc["Pong", "object_shares"]
+    # and the copy rate against the tokenizer's reconstructions beside the plain one
+    assert table["copy_rate_recon"].between(0, 1).all()
     coco = everything[everything["dataset"] == "coco_tiny"]
     assert list(coco["subset"]) == ["all"] and "object recall not available" in coco["notes"].iloc[0]
+    assert coco["sample_object_rate"].isna().all()
 
 
 def test_rule_logs_hold_plain_progress_lines_not_redrawn_bars(run):
