@@ -124,14 +124,18 @@ def write_samples(folder, images_by_class: dict[str, np.ndarray]) -> None:
 
 
 def test_samples_of_the_background_alone_score_low(games, detectors, tmp_path):
-    """Real frames as "samples" score ~1; the background alone (court, wall: no objects moving) scores far lower."""
+    """Real frames as "samples" score ~1; the background alone (court, wall: no objects moving) scores far lower,
+    and uniform noise nothing."""
     real = {g: games[g][0][300:] for g in detectors}
     write_samples(tmp_path / "real", {"Pong": real["pong"][:100], "Breakout": real["breakout"][:100]})
     bg = {g: np.repeat(detectors[g].backgrounds[:1].astype(np.uint8), 100, 0) for g in detectors}
+    noise = np.random.default_rng(0).integers(0, 256, (100, R, R, 3), dtype=np.uint8)
+    write_samples(tmp_path / "noise", {"Pong": noise, "Breakout": noise})
     write_samples(tmp_path / "bg", {"Pong": bg["pong"], "Breakout": bg["breakout"]})
     dets = {"Pong": detectors["pong"], "Breakout": detectors["breakout"]}
     real_shares = so.shares(dets, {"Pong": real["pong"], "Breakout": real["breakout"]})
-    for folder, low, high in (("real", 0.9, 1.0), ("bg", 0.0, 0.5)):
+    # noise has pixels of every class's colour everywhere, but nothing that stands on the game's background
+    for folder, low, high in (("real", 0.9, 1.0), ("bg", 0.0, 0.5), ("noise", 0.0, 0.05)):
         got = so.shares(dets, so.sample_images(tmp_path / folder, ["Pong", "Breakout"]))
         for g in dets:
             rate = so.object_rate(got[g]["classes"], real_shares[g]["classes"])

@@ -56,8 +56,12 @@ RIVAL_MARGIN = 10.0
 MIN_CONTRAST = 30.0
 THRESHOLDS = np.round(np.arange(0.15, 0.96, 0.05), 2)  # candidates for a class's threshold (share of box area)
 DEFAULT_THRESHOLD = 0.5  # a class the training split never shows keeps this
-# An object-sized window counts only when it holds this share of the coverage around it (window_max)
+# An object-sized window counts only when it holds this share of the coverage around it, when the ring around it
+# differs from the background by at most CONTEXT_MAX (mean absolute, 0-255), and for a wall when at least SOLID of
+# its pixels are half covered (window_max)
 ISOLATION = 0.6
+CONTEXT_MAX = 20.0
+SOLID = 0.8
 
 
 @dataclass(frozen=True)
@@ -139,31 +143,53 @@ def coverage(images: np.ndarray, background: np.ndarray, colours: Sequence[RGB],
     return np.where(mine & (best_a >= MIN_SHARE), best_a, 0.0).astype(np.float32)
 
 
-def window_max(cov: np.ndarray, wh: tuple[int, int], margin: int = 0, isolation: float = 0.0) -> np.ndarray:
-    """(N, H, W) coverage -> (N,) the largest sum over any (h, w) window inside it (summed-area tables).
-
-    With `isolation` > 0 only windows that hold at least that share of the coverage in the window grown by `margin`
-    pixels on every side count: an object is compact, while a decoder's smear of a colour (a red brick row bleeding
-    downwards, a maze tinted all along a corridor) spreads beyond any object-sized window."""
-    n, H, W = cov.shape
-    h, w = min(wh[1], H), min(wh[0], W)
-    m = margin
+def window_sums(x: np.ndarray, wh: tuple[int, int], margin: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W) -> the sums over every (h, w) window inside it, (N, H - h + 1, W - w + 1), and over the same
+    windows grown by `margin` pixels on every side (zeros beyond the edges), from one summed-area table."""
+    n, H, W = x.shape
+    h, w, m = min(wh[1], H), min(wh[0], W), margin
     sat = np.zeros((n, H + 2 * m + 1, W + 2 * m + 1), np.float64)
-    sat[:, m + 1:m + H + 1, m + 1:m + W + 1] = cov.cumsum(1).cumsum(2)
+    sat[:, m + 1:m + H + 1, m + 1:m + W + 1] = x.cumsum(1).cumsum(2)
     sat[:, m + H + 1:, m + 1:m + W + 1] = sat[:, m + H:m + H + 1, m + 1:m + W + 1]  # the zero padding, summed
     sat[:, :, m + W + 1:] = sat[:, :, m + W:m + W + 1]
 
     def sums(y0: int, x0: int, hh: int, ww: int) -> np.ndarray:
-        """Sums of the (hh, ww) windows whose top-left corners run over the H - h + 1 x W - w + 1 positions,
-        offset by (y0, x0) in the padded table."""
         ys, xs = slice(y0, y0 + H - h + 1), slice(x0, x0 + W - w + 1)
         ye, xe = slice(y0 + hh, y0 + hh + H - h + 1), slice(x0 + ww, x0 + ww + W - w + 1)
         return sat[:, ye, xe] - sat[:, ys, xe] - sat[:, ye, xs] + sat[:, ys, xs]
 
-    inner = sums(m, m, h, w)
-    if isolation > 0:
-        inner = np.where(inner >= isolation * sums(0, 0, h + 2 * m, w + 2 * m) - 1e-9, inner, 0.0)
-    return inner.reshape(n, -1).max(1)
+    return sums(m, m, h, w), sums(0, 0, h + 2 * m, w + 2 * m)
+
+
+def window_max(cov: np.ndarray, wh: tuple[int, int], margin: int = 0, deviation: np.ndarray | None = None,
+               isolated: bool = True) -> np.ndarray:
+    """(N, H, W) coverage -> (N,) the largest coverage sum of an object-sized (h, w) window that looks like one.
+
+    An object (`isolated`) is compact and stands on the background: its window must hold at least ISOLATION of the
+    coverage in the window grown by `margin` pixels (a decoder's smear of a colour spreads beyond any object-sized
+    window), and the ring around it must differ from the background by at most CONTEXT_MAX on average (`deviation`:
+    (N, H, W) mean |frame - background| over the channels; noise, or a frame that is not this game's, has colours
+    of every class everywhere); the ring is the part of the grown window inside the field. A wall of adjacent
+    instances (bricks) is not isolated: its window must be solid instead, at least SOLID of its pixels half
+    covered, and look like the background there (which holds the wall the training frames show)."""
+    h, w = min(wh[1], cov.shape[1]), min(wh[0], cov.shape[2])
+    inner, grown = window_sums(cov, wh, margin)
+    n_inner, n_grown = window_sums(np.ones_like(cov[:1]), wh, margin)  # pixels inside the field
+    d_inner, d_grown = window_sums(deviation, wh, margin) if deviation is not None else (None, None)
+    if isolated:
+        ok = inner >= ISOLATION * grown - 1e-9
+        if deviation is not None:
+            # the ring's pixels the class's own colour does not explain (a paddle wider than the typical box, a
+            # second ghost beside the first, are not a bad context)
+            free = (cov == 0).astype(np.float32)
+            f_inner, f_grown = window_sums(free, wh, margin)
+            r_inner, r_grown = window_sums(deviation * free, wh, margin)
+            ok &= (r_grown - r_inner) / np.maximum(f_grown - f_inner, 1) <= CONTEXT_MAX
+    else:
+        ok = window_sums((cov >= 0.5).astype(np.float32), wh)[0] >= SOLID * h * w - 1e-9
+        if deviation is not None:  # ... and where the training frames' wall is (the median keeps what is there)
+            ok &= d_inner / n_inner <= CONTEXT_MAX
+    return np.where(ok, inner, 0.0).reshape(len(cov), -1).max(1)
 
 
 @dataclass
@@ -198,10 +224,12 @@ class GameDetector:
                 bg = self.empty[lv] if rules[cls].on_empty else self.backgrounds[lv][rows, cols]
                 rivals = [c for other, rule in rules.items() if other != cls for c in rule.colours
                           if c not in rules[cls].colours]
-                cov = coverage(images[at][:, rows, cols], bg, rules[cls].colours, [*rivals, *maze])
+                frames = images[at][:, rows, cols]
+                cov = coverage(frames, bg, rules[cls].colours, [*rivals, *maze])
+                deviation = np.abs(frames.astype(np.float32) - self.backgrounds[lv][rows, cols]).mean(-1)
                 margin = max(2, int(round(0.5 * max(w, h))))
-                out[cls][at] = window_max(cov, (int(np.ceil(w)) + 1, int(np.ceil(h)) + 1), margin,
-                                          ISOLATION if rules[cls].isolated else 0.0) / max(w * h, 1e-6)
+                out[cls][at] = window_max(cov, (int(np.ceil(w)) + 1, int(np.ceil(h)) + 1), margin, deviation,
+                                          rules[cls].isolated) / max(w * h, 1e-6)
         return out
 
     def detect(self, images: np.ndarray) -> dict[str, np.ndarray]:
