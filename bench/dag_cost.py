@@ -112,7 +112,7 @@ def report(log: Path, root: Path, cores: int) -> str:
              f"sum of jobs' wall time {costs['wall_s'].sum():8.0f} s",
              f"sum of jobs' CPU time  {cpu:8.0f} CPU-s  ({cpu / max(wall * cores, 1e-9):.0%} of {cores} cores x wall)",
              "", "| rule | jobs | wall s (sum) | CPU s (sum) |", "|---|---|---|---|"]
-    lines += [f"| {rule} | {r.jobs} | {r.wall_s:.0f} | {r.cpu_s:.0f} |" for rule, r in by_rule.iterrows()]
+    lines += [f"| {rule} | {int(r.jobs)} | {r.wall_s:.0f} | {r.cpu_s:.0f} |" for rule, r in by_rule.iterrows()]
     return "\n".join(lines)
 
 
