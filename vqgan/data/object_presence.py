@@ -174,8 +174,6 @@ def window_max(cov: np.ndarray, wh: tuple[int, int], margin: int = 0, deviation:
     covered, and look like the background there (which holds the wall the training frames show)."""
     h, w = min(wh[1], cov.shape[1]), min(wh[0], cov.shape[2])
     inner, grown = window_sums(cov, wh, margin)
-    n_inner, n_grown = window_sums(np.ones_like(cov[:1]), wh, margin)  # pixels inside the field
-    d_inner, d_grown = window_sums(deviation, wh, margin) if deviation is not None else (None, None)
     if isolated:
         ok = inner >= ISOLATION * grown - 1e-9
         if deviation is not None:
@@ -188,7 +186,7 @@ def window_max(cov: np.ndarray, wh: tuple[int, int], margin: int = 0, deviation:
     else:
         ok = window_sums((cov >= 0.5).astype(np.float32), wh)[0] >= SOLID * h * w - 1e-9
         if deviation is not None:  # ... and where the training frames' wall is (the median keeps what is there)
-            ok &= d_inner / n_inner <= CONTEXT_MAX
+            ok &= window_sums(deviation, wh)[0] / (h * w) <= CONTEXT_MAX
     return np.where(ok, inner, 0.0).reshape(len(cov), -1).max(1)
 
 
@@ -214,18 +212,20 @@ class GameDetector:
         # each frame against its nearest level background (Ms. Pac-Man's four mazes; one for the other games)
         dist = np.stack([np.abs(images.astype(np.float32) - bg).mean((1, 2, 3)) for bg in self.backgrounds], 1)
         level = dist.argmin(1)
-        rules = PRESENCE_RULES[object_rom(self.game)]
+        rom = object_rom(self.game)
+        rules = PRESENCE_RULES[rom]
+        rivals = {cls: [c for other, rule in rules.items() if other != cls for c in rule.colours
+                        if c not in rules[cls].colours] for cls in self.sizes}
         out = {cls: np.zeros(len(images)) for cls in self.sizes}
         for lv in np.unique(level):  # a level at a time: the maze colour is one of the rivals
             at = np.flatnonzero(level == lv)
-            maze = [tuple(self.maze[lv].tolist())] if object_rom(self.game) in MAZE_ITEMS else []
+            level_images = images[at]
+            maze = [tuple(self.maze[lv].tolist())] if rom in MAZE_ITEMS else []
             for cls, (w, h) in self.sizes.items():
                 rows, cols = self.fields[cls]
                 bg = self.empty[lv] if rules[cls].on_empty else self.backgrounds[lv][rows, cols]
-                rivals = [c for other, rule in rules.items() if other != cls for c in rule.colours
-                          if c not in rules[cls].colours]
-                frames = images[at][:, rows, cols]
-                cov = coverage(frames, bg, rules[cls].colours, [*rivals, *maze])
+                frames = level_images[:, rows, cols]
+                cov = coverage(frames, bg, rules[cls].colours, [*rivals[cls], *maze])
                 deviation = np.abs(frames.astype(np.float32) - self.backgrounds[lv][rows, cols]).mean(-1)
                 margin = max(2, int(round(0.5 * max(w, h))))
                 out[cls][at] = window_max(cov, (int(np.ceil(w)) + 1, int(np.ceil(h)) + 1), margin, deviation,
@@ -314,10 +314,9 @@ def fit_game(game: str, images: np.ndarray, objects: pd.DataFrame | None, levels
             continue  # a class the training split never shows cannot be sized: not detected
         sizes[cls] = (float((o["x1"] - o["x0"]).median()), float((o["y1"] - o["y0"]).median()))
     backgrounds, empty = object_free_backgrounds(images, objects, levels, seed=seed)
-    area = (slice(min((f[0].start for f in fields.values()), default=0), max((f[0].stop for f in fields.values()),
-                                                                              default=resolution)),
-            slice(min((f[1].start for f in fields.values()), default=0), max((f[1].stop for f in fields.values()),
-                                                                              default=resolution)))
+    # the maze colour is looked for where the classes are (Ms. Pac-Man: the maze, not the HUD below it)
+    area = tuple(slice(min((f[k].start for f in fields.values()), default=0),
+                       max((f[k].stop for f in fields.values()), default=resolution)) for k in (0, 1))
     det = GameDetector(game, backgrounds, empty, maze_colours(backgrounds, empty, *area), sizes, fields)
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(images), min(max_fit_frames, len(images)), replace=False))

@@ -139,8 +139,10 @@ def score(train_dir, real_dir, sample_dirs: Sequence[str | Path] = (), recon_dir
     towards a fruit's) is left out of the rate, since its sample share would count those misreadings."""
     train, val = read_split(train_dir), read_split(real_dir)
     detectors = fit_detectors(train)
-    games = split_games(val)
-    real = shares(detectors, {g: np.asarray(val.images[idx]) for g, idx in games.items()})
+    checked = validation(detectors, val)
+    # the real shares are the validation's detected shares: one detection pass over the val frames
+    real = {g: {"n": next(iter(classes.values()))["n"], "classes": {c: v["detected_share"] for c, v in classes.items()}}
+            for g, classes in checked.items() if classes}
     seeds = [shares(detectors, sample_images(d, list(detectors))) for d in sample_dirs]
     recon = reconstructions(recon_dir, len(val)) if recon_dir is not None else None
     decoded = validation(detectors, val, recon) if recon is not None else {}
@@ -157,7 +159,7 @@ def score(train_dir, real_dir, sample_dirs: Sequence[str | Path] = (), recon_dir
                        "left_out": skip}
     rates = [v["sample_object_rate"] for v in per_game.values() if v["sample_object_rate"] is not None]
     return {"sample_object_rate": float(np.mean(rates)) if rates else None, "per_game": per_game,
-            "validation": validation(detectors, val), "validation_decoded": decoded or None,
+            "validation": checked, "validation_decoded": decoded or None,
             "definition": "per game, the mean over classes of min(1, share of samples showing the class / share of "
                           "real val frames showing it), by a pixel detector fitted on the training split "
                           "(vqgan.data.object_presence); validation: its precision/recall against RAM on val "
