@@ -48,8 +48,9 @@ def overfit():
         dict(temperature=0.7, top_k=8),
         dict(temperature=1.3, top_p=0.8),
         dict(temperature=1.0, top_k=20, top_p=0.9),
+        dict(temperature=1.0, top_k=20, guidance=2.5),
     ],
-    ids=["greedy", "sampled", "top_k", "top_p", "top_k+top_p"],
+    ids=["greedy", "sampled", "top_k", "top_p", "top_k+top_p", "guided"],
 )
 def test_cached_sampler_emits_exactly_the_no_cache_reference_tokens(settings):
     # float64 so that the two code paths' rounding differences (~1e-16) cannot tip a draw
@@ -249,3 +250,29 @@ def test_top_k_draw_follows_the_renormalised_top_k_distribution():
     assert freq[[2, 3, 4]].sum() == 0, f"drew outside the top 3: {freq}"
     sigma = (expect * (1 - expect) / len(draws)).sqrt()
     assert ((freq - expect).abs() <= 5 * sigma + 1e-12).all(), f"frequencies {freq} vs expected {expect}"
+
+
+def test_guidance_zero_is_the_unconditional_sampler_and_one_is_off():
+    # u + 0 * (c - u) = u: the guided sampler at 0 must draw exactly the unconditional model's tokens
+    model = tiny().double().eval()
+    labels = torch.tensor([0, 1, 2, 1])
+    def draw(y, **kw):
+        return model.generate(y, 4, temperature=1.0, generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(draw(labels, guidance=0.0), draw(None))
+    assert torch.equal(draw(labels, guidance=1.0), draw(labels))
+    assert not torch.equal(draw(labels, guidance=3.0), draw(labels))
+
+
+def test_guided_greedy_decoding_returns_each_class_memorised_sequence(overfit):
+    model, codes, labels, _ = overfit
+    out = model.generate(labels[:3], 3, temperature=0.0, guidance=2.0)
+    assert torch.equal(out, codes[:3])
+
+
+@pytest.mark.parametrize("kw, match", [(dict(guidance=-1.0), "guidance must be >= 0"),
+                                       (dict(guidance=2.0, labels=None), "needs class labels")])
+def test_bad_guidance_is_refused(kw, match):
+    model = tiny().eval()
+    labels = kw.pop("labels", torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=match):
+        model.generate(labels, 2, **kw)

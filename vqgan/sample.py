@@ -51,7 +51,7 @@ def sample_codes(gpt: GPT, labels: list[int], cfg: SampleConfig, device, desc: s
     for lo in progress_bar(range(0, len(labels), cfg.batch_size), desc=desc, file=sys.stderr, dynamic_ncols=True):
         y = torch.tensor(labels[lo : lo + cfg.batch_size], dtype=torch.long, device=device)
         out.append(gpt.generate(y, len(y), temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                                generator=g).cpu())
+                                guidance=cfg.guidance, generator=g).cpu())
     return torch.cat(out)
 
 
@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             k += n
         res = images.shape[1]
         # rows named by class, the title says which draw this is (the report's caption names dataset and variant)
-        title = f"seed {cfg.seed}, T {cfg.temperature}, top-k {cfg.top_k or 'off'}, top-p {cfg.top_p or 'off'}"
+        title = (f"seed {cfg.seed}, T {cfg.temperature}, top-k {cfg.top_k or 'off'}, top-p {cfg.top_p or 'off'}"
+                 + (f", guidance {cfg.guidance}" if cfg.guidance != 1 else ""))
         save_png(tmp / "grid.png", labelled(grid(rows, scale=2 if res <= 32 else 1), row_names, title))
         write_json_atomic(tmp / "samples.json", {
             "count": len(labels),

@@ -180,6 +180,7 @@ class SampleConfig:
     temperature: float  # 0 = greedy
     top_k: int | None  # null = off
     top_p: float | None  # nucleus sampling; null = off
+    guidance: float  # classifier-free guidance scale; 1 = off
     seed: int
     precision: str  # transformer weights in "fp32" or "bf16"; "auto": vqgan.precision.resolve
     decode_precision: str  # the VQGAN decoder: "fp32" or "bf16" autocast; or "auto"
@@ -200,6 +201,8 @@ class SampleConfig:
             problems.append((("top_k",), f"top_k={self.top_k} (must be >= 1, or null for off)"))
         if self.top_p is not None and not 0 < self.top_p <= 1:
             problems.append((("top_p",), f"top_p={self.top_p} (must be in (0, 1], or null for off)"))
+        if self.guidance < 0:
+            problems.append((("guidance",), f"guidance={self.guidance} (must be >= 0; 1 = off)"))
         for k in ("precision", "decode_precision"):
             if getattr(self, k) not in PRECISIONS:
                 problems.append(((k,), f"{k}={getattr(self, k)!r} (use one of {list(PRECISIONS)})"))

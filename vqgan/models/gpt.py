@@ -300,28 +300,46 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
+        guidance: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Sample `n` code sequences (B=n, n_tokens) with a preallocated KV cache.
 
         `temperature=0` is greedy. The model's parameter dtype is the matmuls' dtype (cast the model to bfloat16
         for speed); the logits head and the sampling are float32, and so is the KV cache on CPU.
+
+        `guidance` != 1 is classifier-free guidance (Ho & Salimans 2022): every sequence also runs under the
+        unconditional token (trained with `p_uncond`), and the logits drawn from are u + guidance * (c - u). The
+        batch doubles, so a step costs about twice as much.
         """
         n_tokens = self.config.block_size if n_tokens is None else n_tokens
-        _check_sampling_args(self.config, n_tokens, temperature, top_k, top_p)
+        _check_sampling_args(self.config, n_tokens, temperature, top_k, top_p, guidance, labels)
         assert not self.training, "call model.eval() before sampling (dropout would make samples irreproducible)"
         p = self.transformer.wte.weight
         # On CPU the cache stays float32 even for bf16 weights: PyTorch's bf16 attention kernels are 2-6x slower
         # than fp32 ones at these shapes, and bf16 batched matmuls copy the strided prefix views (measured)
         cache_dtype = torch.float32 if p.device.type == "cpu" else p.dtype
-        cache = KVCache(self.config, n, p.device, cache_dtype, model=self)
+        guided = guidance != 1.0
+        cache = KVCache(self.config, 2 * n if guided else n, p.device, cache_dtype, model=self)
         out = torch.empty(n, n_tokens, dtype=torch.long, device=p.device)
         tok = self.cond_tokens(labels, n, p.device)
+        if guided:  # rows [n, 2n): the same sequences under the unconditional token
+            tok = torch.cat([tok, self.cond_tokens(None, n, p.device)])
         for t in range(n_tokens):
-            logits = self.forward_step(tok, cache)
-            tok = pick_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
-            out[:, t : t + 1] = tok
+            logits = guide(self.forward_step(tok, cache), guidance)
+            nxt = pick_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
+            out[:, t : t + 1] = nxt
+            tok = torch.cat([nxt, nxt]) if guided else nxt
         return out
+
+
+def guide(logits: torch.Tensor, guidance: float) -> torch.Tensor:
+    """(2B, V) logits, conditional rows first then the same sequences' unconditional rows -> (B, V) guided
+    logits u + guidance * (c - u) (computed in float32); guidance 1 passes (B, V) logits through."""
+    if guidance == 1.0:
+        return logits
+    c, u = logits.float().chunk(2)
+    return u + guidance * (c - u)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -358,7 +376,11 @@ def pick_next(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
     return candidates.gather(-1, torch.multinomial(logits.softmax(dim=-1), 1, generator=generator))
 
 
-def _check_sampling_args(config: GPTConfig, n_tokens, temperature, top_k, top_p):
+def _check_sampling_args(config: GPTConfig, n_tokens, temperature, top_k, top_p, guidance=1.0, labels=None):
+    if guidance < 0:
+        raise ValueError(f"guidance must be >= 0 (1 = off, 0 = unconditional), got {guidance}")
+    if guidance != 1.0 and labels is None:
+        raise ValueError("guidance needs class labels: it pushes away from the unconditional logits")
     if not 1 <= n_tokens <= config.block_size:
         raise ValueError(f"n_tokens={n_tokens} must be in [1, block_size={config.block_size}]")
     if temperature < 0:
@@ -379,16 +401,19 @@ def generate_reference(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    guidance: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """The obviously-correct sampler: rerun the whole prefix through `forward` for every token. Slow
     (quadratic); it exists so the cached sampler has something to be checked against."""
     n_tokens = model.config.block_size if n_tokens is None else n_tokens
-    _check_sampling_args(model.config, n_tokens, temperature, top_k, top_p)
+    _check_sampling_args(model.config, n_tokens, temperature, top_k, top_p, guidance, labels)
     assert not model.training, "call model.eval() before sampling (dropout would make samples irreproducible)"
     device = model.transformer.wte.weight.device
     idx = torch.empty(n, 0, dtype=torch.long, device=device)
     for _ in range(n_tokens):
-        logits, _ = model(idx, labels)
-        idx = torch.cat([idx, pick_next(logits[:, -1], temperature, top_k, top_p, generator)], dim=1)
+        logits = model(idx, labels)[0][:, -1]
+        if guidance != 1.0:
+            logits = guide(torch.cat([logits, model(idx, None)[0][:, -1]]), guidance)
+        idx = torch.cat([idx, pick_next(logits, temperature, top_k, top_p, generator)], dim=1)
     return idx
