@@ -148,9 +148,10 @@ def test_object_boxes_are_rounded_outward_and_drawn_on_the_originals():
     assert (boxed[top][changed[top]] == (255, 255, 255)).all(), "outlines in the first class's colour"
 
 
-def _eval_tiny_model(tmp_path, eval_cfg: dict, res: int = 16, n_val: int = 10, extra: tuple = ()) -> int:
+def _eval_tiny_model(tmp_path, eval_cfg: dict, res: int = 16, n_val: int = 10, extra: tuple = (),
+                     palette: dict | None = None) -> int:
     """A random 16-px VQGAN, 24 train and `n_val` val frames, and `vqgan.eval.recon`'s CLI run on them (`extra`:
-    more arguments)."""
+    more arguments; `palette`: the vqgan.palette section)."""
     from vqgan.config.build import vqgan_config
     from vqgan.models.vqgan import VQGAN
 
@@ -164,7 +165,8 @@ def _eval_tiny_model(tmp_path, eval_cfg: dict, res: int = 16, n_val: int = 10, e
     return main(["--model", str(tmp_path / "model"), "--data", str(tmp_path / "val"), "--train-data",
                  str(tmp_path / "train"), "--out-json", str(tmp_path / "recon.json"), "--out-png",
                  str(tmp_path / "recon.png"), "--recon-dir", str(tmp_path / "recon"),
-                 "--config", json.dumps({"eval": eval_cfg}), "--weights-dir", str(tmp_path / "no-weights"),
+                 "--config", json.dumps({"eval": eval_cfg, **({"palette": palette} if palette else {})}),
+                 "--weights-dir", str(tmp_path / "no-weights"),
                  "--device", "cpu", *extra])
 
 
@@ -323,3 +325,23 @@ def test_levels_of_a_game_are_scored_against_the_games_and_their_own_mean_image(
                     class_names=["a", "b"])
     assert "per_level" not in m["per_class"]["a"]
 
+
+
+def test_reconstructions_are_snapped_onto_the_training_palette_when_asked(tmp_path):
+    # the train frames have two colours (background, sprite); at max_distance 255 every decoded pixel of an untrained
+    # model becomes one of them, in the val reconstructions and in the train ones the copy test compares with
+    from vqgan.data.palette import colour_keys
+
+    rc = _eval_tiny_model(tmp_path, {"lpips": False, "precision": "fp32"}, palette={"max_distance": 255},
+                          extra=("--recon-train-dir", str(tmp_path / "recon_train"), "--recon-train-n", "4"))
+    m = json.loads((tmp_path / "recon.json").read_text())
+    assert rc == 0 and m["palette"]["colours"] == 2 and m["palette"]["max_distance"] == 255
+    assert 0 < m["palette"]["changed_share"] <= 1
+    train_colours = set(colour_keys(sprite_video(24, 16).reshape(-1, 3)).tolist())
+    for folder in ("recon", "recon_train"):
+        pngs = sorted((tmp_path / folder).glob("*.png"))
+        decoded = set(colour_keys(np.stack([load_png(p) for p in pngs]).reshape(-1, 3)).tolist())
+        assert pngs and decoded <= train_colours, f"{folder}: colours outside the palette {decoded - train_colours}"
+    (tmp_path / "off").mkdir()
+    assert _eval_tiny_model(tmp_path / "off", {"lpips": False}, palette={"max_distance": 0}) == 0
+    assert json.loads((tmp_path / "off" / "recon.json").read_text())["palette"] is None

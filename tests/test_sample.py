@@ -168,3 +168,25 @@ def test_sample_rejects_bad_config_and_mismatched_models(stage, transformer, tmp
     with pytest.raises(SystemExit, match="retrain the transformer"):
         run_sample(stage, tmp_path / "other", "bad", n_per_class=1)
     assert not (stage / "bad").exists()
+
+
+def test_samples_are_snapped_onto_the_training_palette_when_asked(stage, transformer):
+    from vqgan.data.dataset import read_split
+    from vqgan.data.palette import colour_keys
+
+    train = np.asarray(read_split(stage / "data" / "train").images)
+    train_colours = set(colour_keys(train.reshape(-1, 3)).tolist())
+    palette = json.dumps({"max_distance": 255, "min_share": 1e-5})
+    args = ["--config", json.dumps({"n_per_class": 2, "batch_size": 4, "seed": 1}), "--transformer", str(transformer),
+            "--vqgan", str(stage / "vqgan"), "--device", "cpu", "--palette", palette]
+    assert sample.main([*args, "--train-data", str(stage / "data" / "train"), "--out", str(stage / "snapped")]) == 0
+    out = stage / "snapped"
+    info = json.loads((out / "samples.json").read_text())
+    assert info["palette"]["colours"] == len(train_colours) and info["palette"]["changed_share"] > 0
+    pngs = [p for p in out.glob("*.png") if p.name != "grid.png"]
+    decoded = set(colour_keys(np.stack([load_png(p) for p in pngs]).reshape(-1, 3)).tolist())
+    assert len(pngs) == 4 and decoded <= train_colours
+    # a palette without the split it is fitted on is a usage error, before anything is written
+    with pytest.raises(SystemExit, match="needs --train-data"):
+        sample.main([*args, "--out", str(stage / "no_train")])
+    assert not (stage / "no_train").exists()

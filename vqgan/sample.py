@@ -29,6 +29,8 @@ import torch
 
 from vqgan.config.sections import SampleConfig
 from vqgan.data.codes import CODES_JSON
+from vqgan.data.dataset import read_split
+from vqgan.data.palette import Snapper
 from vqgan.device import job_device
 from vqgan.io.checkpoint import CheckpointError, load_gpt, load_vqgan, model_files
 from vqgan.io.cli import UsageError, command, device_name, load_config_arg
@@ -74,6 +76,11 @@ def parse_args(argv):
                    help="trained transformer folder (results/transformer/{ds}/{variant})")
     p.add_argument("--vqgan", required=True, help="trained VQGAN folder (results/vqgan/{ds}/{variant})")
     p.add_argument("--out", required=True, help="output folder (results/samples/{ds}/{variant}/seed{seed})")
+    p.add_argument("--palette", default=None,
+                   help="the vqgan.palette section (inline JSON or a file): with max_distance > 0 the decoded frames "
+                        "are snapped onto the palette of --train-data, as eval_vqgan snaps reconstructions")
+    p.add_argument("--train-data", default=None, help="the training split the palette is fitted on "
+                                                       "(results/data/{ds}/train)")
     p.add_argument("--device", type=device_name, default=None, help="cpu / cuda (default: cuda when available)")
     return p.parse_args(argv)
 
@@ -83,8 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     refuse_overlap({"--out": args.out}, {"--config": args.config, "--vqgan": model_files(args.vqgan),
                                          "--transformer": [*model_files(args.transformer),
-                                                           Path(args.transformer) / CODES_JSON]})
+                                                           Path(args.transformer) / CODES_JSON],
+                                         "--palette": args.palette, "--train-data": args.train_data})
     cfg = SampleConfig.from_dict(load_config_arg(args.config))
+    palette = load_config_arg(args.palette) if args.palette else None
+    if palette and palette.get("max_distance", 0) and args.train_data is None:
+        raise UsageError("--palette with max_distance > 0 needs --train-data (the split the palette is fitted on)")
     out = Path(args.out)
     prepare_output(out, folder=True)  # fails now if `out` is not writable, or a file
     device = torch.device(job_device(args.device))
@@ -117,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     codes = sample_codes(gpt, labels, cfg, device)
     sample_s = time.perf_counter() - t0
     images = decode(vqgan, codes, (h, w), cfg.batch_size, device, used["decode_precision"])
+    snapper = Snapper.from_config(read_split(args.train_data).images, palette) if args.train_data else None
+    if snapper is not None:
+        images = snapper(images)
 
     with atomic_dir(out) as tmp:
         rows, row_names, names, k = [], [], [], 0
@@ -148,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             "tokens_per_s": len(labels) * h * w / max(sample_s, 1e-9),
             "transformer": str(args.transformer),
             "vqgan": str(args.vqgan),
+            "palette": snapper.summary() if snapper is not None else None,
         })
     print(f"wrote {len(labels)} samples ({', '.join(f'{class_names[c]}: {n}' for c, n in enumerate(counts))}) "
           f"to {out} in {sample_s:.1f} s", flush=True)

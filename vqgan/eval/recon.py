@@ -40,6 +40,7 @@ import torch
 from vqgan.config.sections import EvalConfig, FIDConfig
 from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
 from vqgan.data.object_masks import outward_boxes
+from vqgan.data.palette import Snapper
 from vqgan.device import job_device
 from vqgan.eval.eval_sets import EvalSet, check_eval_sets, native_screens, pixel_objects, preprocess
 from vqgan.eval.object_scores import PSNR_CAP_DB, ObjectScores, definition, empty_summary
@@ -214,9 +215,10 @@ def boxed_originals(originals: np.ndarray, frames: list[int], index: ObjectIndex
 
 
 def reconstructions(model, val_images: np.ndarray, eval_idx: np.ndarray, cfg: EvalConfig, device, counts: np.ndarray,
-                    desc: str = "eval"):
+                    desc: str = "eval", snapper: Snapper | None = None):
     """Encode the whole val split batch by batch, adding each code's uses to `counts`, and decode the evaluated
     images: yields (their val indices, sorted; the originals; the uint8 reconstructions) per batch that has any.
+    With `snapper` (vqgan.palette) the reconstructions are snapped onto the training palette, as samples are.
     (reconstruct_train passes its picked train images as `val_images`, every one evaluated.)"""
     eval_set = set(eval_idx.tolist())
     n_codes = len(counts)
@@ -231,7 +233,7 @@ def reconstructions(model, val_images: np.ndarray, eval_idx: np.ndarray, cfg: Ev
             continue
         with autocast(device, cfg.precision):
             rec = to_uint8(model.decode_indices(idx[torch.from_numpy(keep).to(idx.device)]))
-        yield b0 + np.flatnonzero(keep), batch[keep], rec
+        yield b0 + np.flatnonzero(keep), batch[keep], snapper(rec) if snapper is not None else rec
 
 
 class Picked:
@@ -247,7 +249,8 @@ class Picked:
         return np.asarray(self.images[self.idx[rows]])
 
 
-def reconstruct_train(model, train_images: np.ndarray, n: int, cfg: EvalConfig, device, folder: str) -> int:
+def reconstruct_train(model, train_images: np.ndarray, n: int, cfg: EvalConfig, device, folder: str,
+                      snapper: Snapper | None = None) -> int:
     """Write the reconstructions of the `n` train images the fid stage's floor and copy test use (evenly spaced,
     picked as vqgan.eval.fid.real_features picks them) as PNGs into `folder`, whole or not at all: the copy test
     against reconstructions compares samples with these. -> how many were written."""
@@ -256,7 +259,8 @@ def reconstruct_train(model, train_images: np.ndarray, n: int, cfg: EvalConfig, 
     writer = PngFolderWriter(folder)
     try:
         with torch.inference_mode():
-            for _, _, rec in reconstructions(model, picked, np.arange(len(picked)), cfg, device, unused, "train"):
+            for _, _, rec in reconstructions(model, picked, np.arange(len(picked)), cfg, device, unused, "train",
+                                              snapper):
                 writer.add(rec)
     except BaseException:
         writer.abort()
@@ -450,7 +454,8 @@ def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalC
              train_labels: np.ndarray | None = None, class_names: list[str] | None = None,
              objects=None, object_truth: dict[str, Any] | None = None,
              baselines: tuple[np.ndarray, np.ndarray] | None = None, val_levels: np.ndarray | None = None,
-             train_levels: np.ndarray | None = None) -> tuple[dict[str, Any], np.ndarray]:
+             train_levels: np.ndarray | None = None, snapper: Snapper | None = None,
+             ) -> tuple[dict[str, Any], np.ndarray]:
     """Reconstruct val images; return (metrics dict, recon grid image). `model` is a VQGAN in eval mode.
 
     With labels (the Atari game), baselines are per class and `per_class` breaks every number down by class.
@@ -458,7 +463,8 @@ def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalC
     class and per object class; `object_truth` (the manifest's record) says which classes (games) have truth.
     `baselines` = (mean, median) images per class, (C, H, W, 3), when already computed (external frame sets).
     With `val_levels` (the game's level per frame: Ms. Pac-Man's maze) `per_class` also breaks each game that shows
-    several levels down `per_level`, against the game's mean image and against the level's own (`train_levels`)."""
+    several levels down `per_level`, against the game's mean image and against the level's own (`train_levels`).
+    With `snapper` every reconstruction is snapped onto the training palette first (vqgan.data.palette)."""
     class_names = list(class_names or ["all"])
     n_classes = len(class_names) if val_labels is not None and train_labels is not None else 1
     mean_imgs, median_imgs = baselines if baselines is not None else class_baselines(train_images, train_labels,
@@ -477,7 +483,8 @@ def evaluate(model, val_images: np.ndarray, train_images: np.ndarray, cfg: EvalC
 
     # Usage is over the WHOLE val split; reconstructions and pixel metrics over the evaluated subset.
     with torch.inference_mode():
-        for images, target, rec in reconstructions(model, val_images, eval_idx, cfg, device, counts):
+        for images, target, rec in reconstructions(model, val_images, eval_idx, cfg, device, counts,
+                                                   snapper=snapper):
             cls = val_labels[images]
             mean_b, median_b = mean_imgs[cls], median_imgs[cls]  # each image's own class baseline
             preds = {"model": rec, "baseline_mean": mean_b, "baseline_median": median_b}
@@ -596,7 +603,8 @@ def parse_args(argv):
     p.add_argument("--recon-train-n", type=at_least(1), default=FIDConfig.from_dict({}).n,
                    help="how many train images, evenly spaced as the fid stage picks its train images: fid.n "
                         "(default: fid.n's default, %(default)s)")
-    p.add_argument("--config", default=None, help="the vqgan section (its `eval` keys are used) or the eval keys")
+    p.add_argument("--config", default=None,
+                   help="the vqgan section (its `eval` and `palette` keys are used) or the eval keys")
     p.add_argument("--weights-dir", default="resources/weights", help="LPIPS/VGG16 weights (LPIPS skipped if absent)")
     p.add_argument("--device", type=device_name, default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--eval-sets", default=None, metavar="JSON",
@@ -610,7 +618,8 @@ def split_levels(split) -> np.ndarray | None:
     return split.meta["level"].to_numpy(np.int64) if "level" in split.meta.columns else None
 
 
-def evaluate_eval_sets(model, sets: list[EvalSet], train, baselines, cfg: EvalConfig, device, lpips) -> dict:
+def evaluate_eval_sets(model, sets: list[EvalSet], train, baselines, cfg: EvalConfig, device, lpips,
+                       snapper: Snapper | None = None) -> dict:
     """Every external frame set preprocessed like the collector's frames and scored like the val split, against
     the training mean/median image of its game; objects from the pixels where the game has pixel rules."""
     crop = (train.manifest.get("config") or {}).get("crop")
@@ -622,7 +631,8 @@ def evaluate_eval_sets(model, sets: list[EvalSet], train, baselines, cfg: EvalCo
         truth = {"games": [es.game], "why": why}
         m, _ = evaluate(model, images, train.images, dataclasses.replace(cfg, grid_images=0), device, lpips,
                         val_labels=np.full(len(images), es.label), train_labels=train.labels,
-                        class_names=train.class_names, objects=objects, object_truth=truth, baselines=baselines)
+                        class_names=train.class_names, objects=objects, object_truth=truth, baselines=baselines,
+                        snapper=snapper)
         m.pop("per_class", None)  # one game: the set's own numbers say it all
         m["objects"]["source"] = "pixels (vqgan.data.atari_pixels.detect_objects_from_pixels)" if why is None else None
         out[es.name] = {"path": str(es.path), "game": es.game, **m,
@@ -645,8 +655,9 @@ def main(argv: list[str] | None = None) -> int:
                     "--config": args.config, "--weights-dir": args.weights_dir,
                     "--eval-sets": eval_set_folders(args.eval_sets)})
     section = load_config_arg(args.config) if args.config else {}
-    cfg = EvalConfig.from_dict(section.get("eval", {}) if "eval" in section or "train" in section
-                               or "model" in section else section)
+    whole = any(k in section for k in ("eval", "train", "model", "palette"))  # a vqgan section, or eval keys alone
+    cfg = EvalConfig.from_dict(section.get("eval", {}) if whole else section)
+    section = section if whole else {}
     for out, folder in ((args.out_json, False), (args.out_png, False), (args.recon_dir, True),
                         (args.recon_train_dir, True)):
         if out:
@@ -665,6 +676,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--eval-sets: {args.train_data} is not an Atari dataset; eval sets are raw ALE screens")
         sets = check_eval_sets(raw_sets, train.class_names, "--eval-sets")  # EvalSetError: one line, exit 2
     lpips, why = load_lpips(args.weights_dir, device) if cfg.lpips else (None, "off (vqgan.eval.lpips: false)")
+    # the decoded frames snapped onto the training split's palette (vqgan.palette; off unless max_distance > 0)
+    snapper = Snapper.from_config(train.images, section.get("palette"))
     writer = PngFolderWriter(args.recon_dir) if args.recon_dir else None
     n_classes = len(train.class_names)
     baselines = class_baselines(train.images, train.labels, n_classes)
@@ -673,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
                                     val_labels=val.labels, train_labels=train.labels, class_names=val.class_names,
                                     objects=val.objects, object_truth=val.manifest.get("object_truth"),
                                     baselines=baselines, val_levels=split_levels(val),
-                                    train_levels=split_levels(train))
+                                    train_levels=split_levels(train), snapper=snapper)
         if writer is not None:
             writer.close()
     except BaseException:
@@ -681,15 +694,15 @@ def main(argv: list[str] | None = None) -> int:
             writer.abort()
         raise
     if sets:
-        metrics["eval_sets"] = evaluate_eval_sets(model, sets, train, baselines, cfg, device, lpips)
+        metrics["eval_sets"] = evaluate_eval_sets(model, sets, train, baselines, cfg, device, lpips, snapper)
     n_recon_train = reconstruct_train(model, train.images, args.recon_train_n, cfg, device,
-                                      args.recon_train_dir) if args.recon_train_dir else None
+                                      args.recon_train_dir, snapper) if args.recon_train_dir else None
     # `precision`: what the VQGAN ran in (auto resolved on this device); eval_config: what the config said
     metrics.update(model=str(args.model), data=str(args.data), train_data=str(args.train_data),
                    precision=cfg.precision, eval_config=asdict(asked),
                    recon_dir=str(args.recon_dir) if args.recon_dir else None,
                    recon_train_dir=str(args.recon_train_dir) if args.recon_train_dir else None,
-                   n_recon_train=n_recon_train,
+                   n_recon_train=n_recon_train, palette=snapper.summary() if snapper is not None else None,
                    lpips_unavailable=why)
     save_png(args.out_png, picture)
     write_json_atomic(args.out_json, metrics)

@@ -6,6 +6,7 @@ rule sample:
     input:
         transformer=rules.train_transformer.output.model,
         vqgan=rules.train_vqgan.output.model,
+        train="results/data/{ds}/train",  # the palette the decoded frames are snapped onto (vqgan.palette)
     output:
         samples=report(
             directory("results/samples/{ds}/{variant}/seed{seed}"),
@@ -27,8 +28,10 @@ rule sample:
         cfg=sample_json,
         transformer=lambda w: f"results/transformer/{w.ds}/{w.variant}",
         vqgan=lambda w: f"results/vqgan/{w.ds}/{w.variant}",
+        palette=lambda w: section_json(w.ds, w.variant, "vqgan", keys=("palette",)),
     shell:
         on_own_gpus(
             "python -m vqgan.sample --config {params.cfg:q} --transformer {params.transformer:q}"
-            " --vqgan {params.vqgan:q} --out {output.samples:q} > {log:q} 2>&1"
+            " --vqgan {params.vqgan:q} --palette {params.palette:q} --train-data {input.train:q}"
+            " --out {output.samples:q} > {log:q} 2>&1"
         )

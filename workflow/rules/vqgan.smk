@@ -71,7 +71,8 @@ rule eval_vqgan:
     resources:
         gpu=GPU,  # 1 where GPUs were detected (the job gets its own), else 0: the CPU, GPUs hidden
     params:
-        cfg=lambda w: section_json(w.ds, w.variant, "vqgan", keys=("eval",)),
+        # eval keys and the palette the reconstructions are snapped onto (vqgan.palette)
+        cfg=lambda w: section_json(w.ds, w.variant, "vqgan", keys=("eval", "palette")),
         eval_sets=lambda w: eval_sets_json(w.ds),
         # fid.n alone, not the fid section: how many train images recon_train/ holds (the ones the fid stage picks),
         # so fid.n reruns this job too, the fid section's other keys do not
