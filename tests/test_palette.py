@@ -54,6 +54,8 @@ def test_snap_off_returns_the_frames_and_checks_them():
 def test_snapper_from_config_counts_what_it_moved():
     assert Snapper.from_config(frames(), {"max_distance": 0}) is None
     assert Snapper.from_config(frames(), None) is None
+    with pytest.raises(ValueError, match="unknown keys"):
+        Snapper.from_config(frames(), {"max_distanse": 3})
     s = Snapper.from_config(frames(), {"max_distance": 2, "min_share": 0.05})
     noisy = frames()
     noisy[:, 2, 2] = (25, 26, 166)

@@ -176,7 +176,8 @@ def test_samples_are_snapped_onto_the_training_palette_when_asked(stage, transfo
 
     train = np.asarray(read_split(stage / "data" / "train").images)
     train_colours = set(colour_keys(train.reshape(-1, 3)).tolist())
-    palette = json.dumps({"max_distance": 255, "min_share": 1e-5})
+    # as the sample rule passes it: the vqgan section's palette key
+    palette = json.dumps({"palette": {"max_distance": 255, "min_share": 1e-5}})
     args = ["--config", json.dumps({"n_per_class": 2, "batch_size": 4, "seed": 1}), "--transformer", str(transformer),
             "--vqgan", str(stage / "vqgan"), "--device", "cpu", "--palette", palette]
     assert sample.main([*args, "--train-data", str(stage / "data" / "train"), "--out", str(stage / "snapped")]) == 0

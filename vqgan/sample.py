@@ -77,8 +77,9 @@ def parse_args(argv):
     p.add_argument("--vqgan", required=True, help="trained VQGAN folder (results/vqgan/{ds}/{variant})")
     p.add_argument("--out", required=True, help="output folder (results/samples/{ds}/{variant}/seed{seed})")
     p.add_argument("--palette", default=None,
-                   help="the vqgan.palette section (inline JSON or a file): with max_distance > 0 the decoded frames "
-                        "are snapped onto the palette of --train-data, as eval_vqgan snaps reconstructions")
+                   help="the vqgan.palette section, or {\"palette\": section} (inline JSON or a file): with "
+                        "max_distance > 0 the decoded frames are snapped onto the palette of --train-data, as "
+                        "eval_vqgan snaps reconstructions")
     p.add_argument("--train-data", default=None, help="the training split the palette is fitted on "
                                                        "(results/data/{ds}/train)")
     p.add_argument("--device", type=device_name, default=None, help="cpu / cuda (default: cuda when available)")
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "--palette": args.palette, "--train-data": args.train_data})
     cfg = SampleConfig.from_dict(load_config_arg(args.config))
     palette = load_config_arg(args.palette) if args.palette else None
+    if isinstance(palette, dict) and "palette" in palette:  # the vqgan section holding it (as the rule passes it)
+        palette = palette["palette"]
     if palette and palette.get("max_distance", 0) and args.train_data is None:
         raise UsageError("--palette with max_distance > 0 needs --train-data (the split the palette is fitted on)")
     out = Path(args.out)

@@ -81,6 +81,9 @@ class Snapper:
         """The `vqgan.palette` section ({max_distance, min_share}) over the training `images`; None when
         max_distance is 0 (off) or the section is absent."""
         section = section or {}
+        unknown = sorted(set(section) - {"max_distance", "min_share"})
+        if unknown:
+            raise ValueError(f"vqgan.palette: unknown keys {unknown}; expected max_distance and min_share")
         distance = int(section.get("max_distance", 0))
         if distance < 0:
             raise ValueError(f"vqgan.palette.max_distance={distance} must be >= 0 (0 = off)")
