@@ -86,6 +86,17 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def palette_section(args) -> dict | None:
+    """--palette as the vqgan.palette section (the rule passes the vqgan section holding it); UsageError when it is
+    on and there is no --train-data to fit it on."""
+    palette = load_config_arg(args.palette) if args.palette else None
+    if isinstance(palette, dict) and "palette" in palette:
+        palette = palette["palette"]
+    if palette and palette.get("max_distance", 0) and args.train_data is None:
+        raise UsageError("--palette with max_distance > 0 needs --train-data (the split the palette is fitted on)")
+    return palette
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -94,11 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                                                            Path(args.transformer) / CODES_JSON],
                                          "--palette": args.palette, "--train-data": args.train_data})
     cfg = SampleConfig.from_dict(load_config_arg(args.config))
-    palette = load_config_arg(args.palette) if args.palette else None
-    if isinstance(palette, dict) and "palette" in palette:  # the vqgan section holding it (as the rule passes it)
-        palette = palette["palette"]
-    if palette and palette.get("max_distance", 0) and args.train_data is None:
-        raise UsageError("--palette with max_distance > 0 needs --train-data (the split the palette is fitted on)")
+    palette = palette_section(args)
     out = Path(args.out)
     prepare_output(out, folder=True)  # fails now if `out` is not writable, or a file
     device = torch.device(job_device(args.device))
