@@ -165,7 +165,7 @@ def recon_frames(folder: Path, n_files: int, n: int) -> tuple[np.ndarray, np.nda
 def row(name: str, frames: np.ndarray, originals: np.ndarray, scorer: Scorer, **extra) -> dict:
     err = np.abs(frames.astype(np.int16) - originals).max(-1)
     mse = float(((frames.astype(np.float64) - originals) ** 2).mean())
-    r = {"name": name, "rfid": scorer.fid(name, frames), "psnr": 10 * math.log10(255 ** 2 / max(mse, 1e-10)),
+    r = {"name": name, "rfid": scorer.fid(name, frames), "psnr": 10 * math.log10(255 ** 2 / mse) if mse else None,
          "exact_pixels": float((err == 0).mean()), "pixels_within_2": float((err <= 2).mean()), **extra}
     print(json.dumps(r), flush=True)
     return r
