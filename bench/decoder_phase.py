@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from vqgan.config.build import loss_config
 from vqgan.data.dataset import evenly_spaced, read_split
@@ -46,16 +45,13 @@ from vqgan.data.object_masks import ObjectMasks
 from vqgan.data.palette import fit_palette, snap
 from vqgan.eval.fid import InceptionFeatures, fid_from_features, files_features, resolve_inception_weights
 from vqgan.io.checkpoint import load_vqgan, save_model
+from vqgan.io.images import load_png, save_png, to_tensor
 from vqgan.io.weights import lpips_state_dict
 from vqgan.models.losses import VQLoss
 from vqgan.models.lpips import LPIPS
 
 # the default `ours` recipe's reconstruction loss (config/config.yaml: vqgan.loss and datasets.atari64.vqgan.loss)
 RECIPE = {"rec": "l1", "foreground_weight": 4.0, "object_weight": 10.0, "object_balance": True}
-
-
-def to_input(frames: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
 def finetune(model, mode: str, split, args) -> dict:
@@ -72,7 +68,7 @@ def finetune(model, mode: str, split, args) -> dict:
     if mode == "decoder":
         model.eval()
         with torch.no_grad():
-            zq = torch.cat([model.encode(to_input(split.images[i:i + 256]))[0] for i in range(0, len(split), 256)])
+            zq = torch.cat([model.encode(to_tensor(split.images[i:i + 256]))[0] for i in range(0, len(split), 256)])
         params = [*model.post_quant_conv.parameters(), *model.decoder.parameters()]
         model.decoder.train()
     else:
@@ -88,7 +84,7 @@ def finetune(model, mode: str, split, args) -> dict:
         for g in opt.param_groups + opt_d.param_groups:
             g["lr"] = lr
         idx = np.sort(rng.choice(len(split), args.batch_size, replace=False))
-        x = to_input(split.images[idx])
+        x = to_tensor(split.images[idx])
         objects = torch.from_numpy(masks(idx))[:, None] if masks is not None else None
         loss.discriminator.requires_grad_(False)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
@@ -122,7 +118,7 @@ def write_pngs(folder: Path, frames: np.ndarray) -> list[Path]:
     files = []
     for i, f in enumerate(frames):
         files.append(folder / f"{i:06d}.png")
-        Image.fromarray(f).save(files[-1])
+        save_png(files[-1], f)
     return files
 
 
@@ -159,7 +155,7 @@ def recon_eval(model_dir: Path, args, out: Path) -> dict:
 def recon_frames(folder: Path, n_files: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """n of the recon folder's files (evenly spaced, as the fid stage picks them) and their indices in it."""
     pick = evenly_spaced(n_files, n)
-    return np.stack([np.asarray(Image.open(folder / f"{i:06d}.png").convert("RGB")) for i in pick]), pick
+    return np.stack([load_png(folder / f"{i:06d}.png") for i in pick]), pick
 
 
 def row(name: str, frames: np.ndarray, originals: np.ndarray, scorer: Scorer, **extra) -> dict:
@@ -175,7 +171,7 @@ def palette_rows(frames: np.ndarray, originals: np.ndarray, train, recon_train: 
                  args) -> list[dict]:
     """The starting model's val reconstructions snapped at each distance, with `train_rfid`: its reconstructions of
     N train images, snapped alike, against those train images (the column the distance is chosen on)."""
-    train_frames = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(recon_train.glob("*.png"))])
+    train_frames = np.stack([load_png(p) for p in sorted(recon_train.glob("*.png"))])
     train_originals = np.asarray(train.images[evenly_spaced(len(train), len(train_frames))])
     train_real = scorer.features("train originals", train_originals, scorer.out)
     palette = fit_palette(train.images, args.palette_min_share)

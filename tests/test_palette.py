@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vqgan.config.sections import PaletteConfig
 from vqgan.data.palette import Snapper, colour_keys, fit_palette, snap
 
 BLUE, WALL, BALL = (24, 26, 167), (228, 111, 111), (200, 72, 72)
@@ -51,15 +52,22 @@ def test_snap_off_returns_the_frames_and_checks_them():
         snap(f.astype(np.float32), fit_palette(f, 1e-3), 3)
 
 
-def test_snapper_from_config_counts_what_it_moved():
-    assert Snapper.from_config(frames(), {"max_distance": 0}) is None
-    assert Snapper.from_config(frames(), None) is None
-    with pytest.raises(ValueError, match="unknown keys"):
-        Snapper.from_config(frames(), {"max_distanse": 3})
-    s = Snapper.from_config(frames(), {"max_distance": 2, "min_share": 0.05})
+def test_snapper_fit_counts_what_it_moved():
+    assert Snapper.fit(frames(), 0, 1e-4) is None
+    s = Snapper.fit(frames(), 2, 0.05)
     noisy = frames()
     noisy[:, 2, 2] = (25, 26, 166)
     assert np.array_equal(s(noisy), frames()) and len(s.palette) == 2
     assert s.summary() == {"colours": 2, "max_distance": 2, "min_share": 0.05,
                            "changed_share": pytest.approx(1 / 64)}
     assert set(colour_keys(s(noisy).reshape(-1, 3)).tolist()) <= set(colour_keys(frames().reshape(-1, 3)).tolist())
+
+
+def test_palette_config_takes_the_schema_defaults_and_refuses_bad_keys_and_values():
+    assert PaletteConfig.from_dict(None) == PaletteConfig(max_distance=0, min_share=1e-4)
+    assert not PaletteConfig.from_dict({}).on and PaletteConfig.from_dict({"max_distance": 12}).on
+    with pytest.raises(ValueError, match="unknown vqgan.palette keys"):
+        PaletteConfig.from_dict({"max_distanse": 3})
+    for bad in ({"max_distance": -1}, {"max_distance": 2.5}, {"min_share": 0}, {"min_share": "1e-4"}):
+        with pytest.raises(ValueError, match="invalid vqgan.palette"):
+            PaletteConfig.from_dict(bad)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vqgan.config.sections import SampleConfig
+from vqgan.config.sections import PaletteConfig, SampleConfig
 from vqgan.data.codes import CODES_JSON
 from vqgan.data.dataset import read_split
 from vqgan.data.palette import Snapper
@@ -86,15 +86,18 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def palette_section(args) -> dict | None:
-    """--palette as the vqgan.palette section (the rule passes the vqgan section holding it); UsageError when it is
-    on and there is no --train-data to fit it on."""
-    palette = load_config_arg(args.palette) if args.palette else None
-    if isinstance(palette, dict) and "palette" in palette:
-        palette = palette["palette"]
-    if palette and palette.get("max_distance", 0) and args.train_data is None:
+def palette_snapper(args) -> Snapper | None:
+    """--palette (the vqgan.palette section, or the vqgan section holding it, as the rule passes it) fitted on
+    --train-data, before anything is sampled; None when off. UsageError when it is on without --train-data."""
+    section = load_config_arg(args.palette) if args.palette else None
+    if isinstance(section, dict) and "palette" in section:
+        section = section["palette"]
+    palette = PaletteConfig.from_dict(section)
+    if not palette.on:
+        return None
+    if args.train_data is None:
         raise UsageError("--palette with max_distance > 0 needs --train-data (the split the palette is fitted on)")
-    return palette
+    return Snapper.fit(read_split(args.train_data).images, palette.max_distance, palette.min_share)
 
 
 @command
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                                                            Path(args.transformer) / CODES_JSON],
                                          "--palette": args.palette, "--train-data": args.train_data})
     cfg = SampleConfig.from_dict(load_config_arg(args.config))
-    palette = palette_section(args)
+    snapper = palette_snapper(args)
     out = Path(args.out)
     prepare_output(out, folder=True)  # fails now if `out` is not writable, or a file
     device = torch.device(job_device(args.device))
@@ -138,7 +141,6 @@ def main(argv: list[str] | None = None) -> int:
     codes = sample_codes(gpt, labels, cfg, device)
     sample_s = time.perf_counter() - t0
     images = decode(vqgan, codes, (h, w), cfg.batch_size, device, used["decode_precision"])
-    snapper = Snapper.from_config(read_split(args.train_data).images, palette) if args.train_data else None
     if snapper is not None:
         images = snapper(images)
 

@@ -170,6 +170,37 @@ class EvalConfig:
         return cfg
 
 
+@dataclass(frozen=True)
+class PaletteConfig:
+    """`vqgan.palette` keys (decoded frames snapped onto the training split's colours, vqgan.data.palette);
+    defaults from the schema. `max_distance` 0: off."""
+
+    max_distance: int  # grey levels (every channel) within which a decoded pixel becomes the palette colour
+    min_share: float  # the palette: colours covering at least this share of the training pixels
+
+    @property
+    def on(self) -> bool:
+        return self.max_distance > 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "PaletteConfig":
+        """The section as given (possibly partial), over the schema's defaults."""
+        d = {**defaults("vqgan.palette"), **(d or {})}
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown vqgan.palette keys {unknown}; known: {sorted(f.name for f in fields(cls))}")
+        cfg = cls(**d)
+        try:
+            bad = (isinstance(cfg.max_distance, bool) or not isinstance(cfg.max_distance, int)
+                   or not 0 <= cfg.max_distance <= 255 or not 0 < cfg.min_share < 1)
+        except TypeError:  # a value of the wrong type, e.g. min_share: "1e-4"
+            bad = True
+        if bad:
+            raise ValueError(f"invalid vqgan.palette config {asdict(cfg)}: max_distance is an integer 0-255 "
+                             "(0 = off), min_share a number in (0, 1)")
+        return cfg
+
+
 @dataclass
 class SampleConfig:
     """The `sample` section for one seed (the config lists `seeds`, one job each); defaults from the schema."""

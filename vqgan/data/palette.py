@@ -12,7 +12,7 @@ noise of sigma 1 grey level score FID 57 against real frames whose floor is 6 (b
 `snap` moves a pixel onto the nearest palette colour when that colour is within `max_distance` grey levels on every
 channel, and leaves it alone otherwise (edges' blends, colours the palette does not have). The palette is a fact of
 the training split alone, so it can be fitted by any stage that reads that split. Photographs have no palette: the
-config turns this off for them (`vqgan.palette.max_distance: 0`).
+config turns this off for them (`vqgan.palette.max_distance: 0`; its keys: vqgan.config.sections.PaletteConfig).
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def snap(frames: np.ndarray, palette: np.ndarray, max_distance: int) -> tuple[np
 class Snapper:
     """`snap` with one palette and distance, counting what it changed: (N, H, W, 3) uint8 -> the same, snapped.
 
-        snapper = Snapper.from_config(train_images, {"max_distance": 8, "min_share": 1e-4})  # None when off
+        snapper = Snapper.fit(train_images, max_distance=8, min_share=1e-4)  # None when max_distance is 0 (off)
     """
 
     def __init__(self, palette: np.ndarray, max_distance: int, min_share: float | None = None):
@@ -77,20 +77,12 @@ class Snapper:
         self.pixels = self.changed = 0
 
     @classmethod
-    def from_config(cls, images: np.ndarray, section: dict | None) -> "Snapper | None":
-        """The `vqgan.palette` section ({max_distance, min_share}) over the training `images`; None when
-        max_distance is 0 (off) or the section is absent."""
-        section = section or {}
-        unknown = sorted(set(section) - {"max_distance", "min_share"})
-        if unknown:
-            raise ValueError(f"vqgan.palette: unknown keys {unknown}; expected max_distance and min_share")
-        distance = int(section.get("max_distance", 0))
-        if distance < 0:
-            raise ValueError(f"vqgan.palette.max_distance={distance} must be >= 0 (0 = off)")
-        if distance == 0:
+    def fit(cls, images: np.ndarray, max_distance: int, min_share: float) -> "Snapper | None":
+        """The palette of the training `images` (fit_palette) with `max_distance`; None when it is 0 (off), and
+        then the images are not read."""
+        if max_distance <= 0:
             return None
-        min_share = float(section.get("min_share", 1e-4))
-        return cls(fit_palette(images, min_share), distance, min_share)
+        return cls(fit_palette(images, min_share), max_distance, min_share)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         out, changed = snap(frames, self.palette, self.max_distance)

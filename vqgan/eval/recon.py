@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqgan.config.sections import EvalConfig, FIDConfig
+from vqgan.config.sections import EvalConfig, FIDConfig, PaletteConfig
 from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
 from vqgan.data.object_masks import outward_boxes
 from vqgan.data.palette import Snapper
@@ -657,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     section = load_config_arg(args.config) if args.config else {}
     whole = any(k in section for k in ("eval", "train", "model", "palette"))  # a vqgan section, or eval keys alone
     cfg = EvalConfig.from_dict(section.get("eval", {}) if whole else section)
-    section = section if whole else {}
+    palette = PaletteConfig.from_dict(section.get("palette") if whole else None)
     for out, folder in ((args.out_json, False), (args.out_png, False), (args.recon_dir, True),
                         (args.recon_train_dir, True)):
         if out:
@@ -677,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         sets = check_eval_sets(raw_sets, train.class_names, "--eval-sets")  # EvalSetError: one line, exit 2
     lpips, why = load_lpips(args.weights_dir, device) if cfg.lpips else (None, "off (vqgan.eval.lpips: false)")
     # the decoded frames snapped onto the training split's palette (vqgan.palette; off unless max_distance > 0)
-    snapper = Snapper.from_config(train.images, section.get("palette"))
+    snapper = Snapper.fit(train.images, palette.max_distance, palette.min_share)
     writer = PngFolderWriter(args.recon_dir) if args.recon_dir else None
     n_classes = len(train.class_names)
     baselines = class_baselines(train.images, train.labels, n_classes)

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
 
 from vqgan.data.dataset import DatasetError, evenly_spaced, read_split
 from vqgan.data.object_presence import GameDetector, fit_game, has_presence_rules, ram_presence, reindex_objects
 from vqgan.io.cli import command
 from vqgan.io.files import prepare_output, refuse_overlap, safe_name, write_json_atomic
+from vqgan.io.images import load_png
 
 # A class whose detections in a variant's reconstructions are right less often than this (against RAM) is left out
 # of that variant's sample_object_rate: the decoder draws it in colours the detector takes for something else.
@@ -90,7 +90,7 @@ def reconstructions(recon_dir: str | Path, n_val: int) -> tuple[np.ndarray, np.n
     files = sorted(Path(recon_dir).glob("*.png"))
     if not files:
         return None
-    images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    images = np.stack([load_png(f) for f in files])
     return evenly_spaced(n_val, len(files)), images
 
 
@@ -127,7 +127,7 @@ def sample_images(folder: str | Path, games: Sequence[str]) -> dict[str, np.ndar
         game = names.get(str(f).rsplit("_", 1)[0])
         if game is not None:
             by_game.setdefault(game, []).append(f)
-    return {g: np.stack([np.asarray(Image.open(folder / f).convert("RGB")) for f in fs]) for g, fs in by_game.items()}
+    return {g: np.stack([load_png(folder / f) for f in fs]) for g, fs in by_game.items()}
 
 
 def score(train_dir, real_dir, sample_dirs: Sequence[str | Path] = (), recon_dir: str | Path | None = None,
