@@ -52,8 +52,8 @@ def score(folder: Path, detectors, real, ext, train_features) -> dict:
             "fid_train": fid_from_features(quiet_features(files, ext, folder.name), train_features)}
 
 
-def snapped(folder: Path, snapper: Snapper) -> Path:
-    out = folder.with_name(folder.name + "-snapped")
+def snapped(folder: Path, snapper: Snapper, distance: int) -> Path:
+    out = folder.with_name(f"{folder.name}-snapped{distance}")
     if not out.is_dir():
         out.mkdir(parents=True)
         for f in list_images(folder):
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         result = {"name": name, "raw": score(folder, detectors, real, ext, train_features)}
         if snapper is not None:
-            result["snapped"] = score(snapped(folder, snapper), detectors, real, ext, train_features)
+            result["snapped"] = score(snapped(folder, snapper, args.palette_distance), detectors, real, ext, train_features)
         line = " | ".join(f"{kind}: objects {r['objects']:.3f} (" + " / ".join(f"{g} {v:.2f}" for g, v in
                           r["per_game"].items()) + f"), FID vs train {r['fid_train']:.1f}"
                           for kind, r in result.items() if kind != "name")
