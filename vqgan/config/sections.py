@@ -14,6 +14,17 @@ from vqgan.models import invalid
 from vqgan.precision import PRECISIONS, check_precision
 
 
+def over_defaults(cls, section: str, d: dict[str, Any] | None, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A config section as given (possibly partial) over `base` (default: the schema's defaults of `section`), with
+    a ValueError naming any key that is not a field of the dataclass `cls`."""
+    d = {**(defaults(section) if base is None else base), **(d or {})}
+    known = sorted(f.name for f in fields(cls))
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {section} keys {unknown}; known: {known}")
+    return d
+
+
 @dataclass
 class LoopConfig:
     """Keys of a `<stage>.train` section common to every loop; each loop subclasses it with its extra keys.
@@ -66,11 +77,7 @@ class LoopConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None):
         """The section as given (possibly partial), over the schema's defaults."""
-        d = {**defaults(cls.SECTION), **(d or {})}
-        known = sorted(f.name for f in fields(cls))
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ValueError(f"unknown {cls.SECTION} keys {unknown}; known: {known}")
+        d = over_defaults(cls, cls.SECTION, d)
         try:
             return cls(**d)
         except TypeError as e:  # a value of the wrong type, e.g. betas: 0.9
@@ -152,11 +159,7 @@ class EvalConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "EvalConfig":
         """The section as given (possibly partial), over the schema's defaults."""
-        d = {**defaults("vqgan.eval"), **(d or {})}
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown vqgan.eval keys {unknown}; known: {sorted(f.name for f in fields(cls))}")
-        cfg = cls(**d)
+        cfg = cls(**over_defaults(cls, "vqgan.eval", d))
         try:
             bad = (cfg.batch_size < 1 or cfg.grid_images < 0 or not 0 < cfg.object_min_error < 255
                    or not 0 < cfg.object_keep_ratio <= 1 or not isinstance(cfg.lpips, bool))
@@ -185,11 +188,7 @@ class PaletteConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "PaletteConfig":
         """The section as given (possibly partial), over the schema's defaults."""
-        d = {**defaults("vqgan.palette"), **(d or {})}
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown vqgan.palette keys {unknown}; known: {sorted(f.name for f in fields(cls))}")
-        cfg = cls(**d)
+        cfg = cls(**over_defaults(cls, "vqgan.palette", d))
         try:
             bad = (isinstance(cfg.max_distance, bool) or not isinstance(cfg.max_distance, int)
                    or not 0 <= cfg.max_distance <= 255 or not 0 < cfg.min_share < 1)
@@ -245,10 +244,7 @@ class SampleConfig:
         """The section as given (possibly partial, `seed` in place of `seeds`), over the schema's defaults."""
         base = defaults("sample")
         seed = base.pop("seeds")[0]
-        d = {**base, "seed": seed, **(d or {})}
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown sample keys {unknown}; known: {sorted(f.name for f in fields(cls))}")
+        d = over_defaults(cls, "sample", d, base={**base, "seed": seed})
         try:
             return cls(**d)
         except TypeError as e:  # a value of the wrong type, e.g. "temperature": "hot"
