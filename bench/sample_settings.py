@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 from vqgan.data.dataset import evenly_spaced, read_split
 from vqgan.data.palette import Snapper
 from vqgan.eval.fid import InceptionFeatures, fid_from_features, files_features, list_images, resolve_inception_weights
-from vqgan.eval.sample_objects import fit_detectors, object_rate, shares, split_games
+from vqgan.eval.sample_objects import fit_detectors, object_rate, sample_images, shares, split_games
 from vqgan.io.images import load_png, save_png
 
 DEFAULTS = {"n_samples": 300, "batch_size": 50, "top_k": 100, "decode_precision": "fp32", "seed": 11}
@@ -44,8 +45,7 @@ def quiet_features(files, ext, name):
 
 def score(folder: Path, detectors, real, ext, train_features) -> dict:
     files = list_images(folder)
-    names = {g: [f for f in files if f.name.rsplit("_", 1)[0] == g] for g in detectors}
-    found = shares(detectors, {g: np.stack([load_png(f) for f in fs]) for g, fs in names.items() if fs})
+    found = shares(detectors, sample_images(folder, list(detectors)))
     rates = {g: object_rate(found[g]["classes"], real[g], SKIP.get(g, ())) for g in found}
     return {"objects": float(np.mean(list(rates.values()))), "per_game": rates,
             "shares": {g: found[g]["classes"] for g in found},
@@ -53,9 +53,11 @@ def score(folder: Path, detectors, real, ext, train_features) -> dict:
 
 
 def snapped(folder: Path, snapper: Snapper, distance: int) -> Path:
+    """The samples of `folder` snapped, in a sibling folder with its samples.json (which names the files)."""
     out = folder.with_name(f"{folder.name}-snapped{distance}")
     if not out.is_dir():
         out.mkdir(parents=True)
+        shutil.copyfile(folder / "samples.json", out / "samples.json")
         for f in list_images(folder):
             save_png(out / f.name, snapper(load_png(f)[None])[0])
     return out
